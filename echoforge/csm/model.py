@@ -1,0 +1,304 @@
+"""The CSM network in one file: a Llama-3.2 backbone plus a small Llama depth decoder.
+
+Each audio frame (80 ms of Mimi codes, 32 codebooks) costs one backbone step, which predicts
+codebook 0 from the conversation so far, plus 31 depth-decoder steps, which predict codebooks
+1..31 from the backbone's last hidden state and the codes already chosen in this frame.
+
+Shapes are static (gpt-fast style): KV caches are preallocated by :meth:`CSM.setup_caches`
+and written by index, so the per-frame step can be compiled / CUDA-graphed. Nothing here
+knows about tokenizers, files or sampling; see ``generate.py`` and ``generator.py``.
+
+Weight names follow gpt-fast (fused ``wqkv`` / ``w13``); ``loader.py`` maps the
+transformers and original Sesame checkpoints onto them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+# Llama-3 RoPE frequency scaling as used by Llama-3.2 (and thus by both CSM transformers).
+LLAMA3_ROPE_SCALING = {
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+@dataclass
+class ModelArgs:
+    """One Llama-style transformer (no embeddings, no head)."""
+
+    n_layer: int = 16
+    n_head: int = 32
+    n_local_heads: int = -1  # KV heads (grouped-query attention); -1 means n_head
+    dim: int = 2048
+    intermediate_size: int = 8192
+    head_dim: int = -1  # -1 means dim // n_head
+    rope_base: float = 500_000.0
+    rope_scaling: dict | None = field(default_factory=lambda: dict(LLAMA3_ROPE_SCALING))
+    norm_eps: float = 1e-5
+    max_seq_len: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.n_local_heads == -1:
+            self.n_local_heads = self.n_head
+        if self.head_dim == -1:
+            self.head_dim = self.dim // self.n_head
+        assert self.n_head % self.n_local_heads == 0, "n_head must be a multiple of n_local_heads"
+
+
+# The two Llama-3.2 flavours Sesame trained CSM with (names as in the reference `FLAVORS`).
+transformer_configs: dict[str, dict] = {
+    "llama-1B": dict(n_layer=16, n_head=32, n_local_heads=8, dim=2048, intermediate_size=8192, max_seq_len=2048),
+    "llama-100M": dict(n_layer=4, n_head=8, n_local_heads=2, dim=1024, intermediate_size=8192, max_seq_len=2048),
+}
+
+
+@dataclass
+class CSMArgs:
+    """Backbone + depth decoder + vocabularies."""
+
+    backbone: ModelArgs = field(default_factory=ModelArgs)
+    decoder: ModelArgs = field(default_factory=lambda: ModelArgs(**transformer_configs["llama-100M"]))
+    text_vocab_size: int = 128_256
+    audio_vocab_size: int = 2051  # 2048 Mimi codes + 3 specials (never decodable)
+    audio_num_codebooks: int = 32
+
+    def __post_init__(self) -> None:
+        # The decoder only ever sees positions 0..num_codebooks-1 within one frame
+        # (backbone state, then codebooks 0..30), so its cache is that long and no longer.
+        self.decoder.max_seq_len = self.audio_num_codebooks
+
+    @classmethod
+    def from_name(cls, name: str) -> CSMArgs:
+        """A named preset, e.g. ``CSMArgs.from_name("csm-1b")``."""
+        if name not in csm_configs:
+            raise ValueError(f"unknown CSM preset {name!r}; choose one of {sorted(csm_configs)}")
+        backbone, decoder = csm_configs[name]
+        return cls(backbone=ModelArgs(**transformer_configs[backbone]), decoder=ModelArgs(**transformer_configs[decoder]))
+
+
+csm_configs: dict[str, tuple[str, str]] = {"csm-1b": ("llama-1B", "llama-100M")}
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values ``[B, H_kv, S, head_dim]`` written by position index."""
+
+    def __init__(self, max_batch_size: int, max_seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (max_batch_size, n_heads, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # input_pos: [T] cache columns; k, v: [B, H_kv, T, head_dim]. Rows beyond B stay untouched.
+        b = k.shape[0]
+        self.k_cache[:b].index_copy_(2, input_pos, k)
+        self.v_cache[:b].index_copy_(2, input_pos, v)
+        return self.k_cache[:b], self.v_cache[:b]
+
+    def reset(self) -> None:
+        """Zero in place (no reallocation). Not needed for correctness: masks hide stale columns."""
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 (bf16 variance is too coarse), then scale in the input dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(args: ModelArgs) -> Tensor:
+    """Inverse RoPE frequencies ``[head_dim // 2]``, with Llama-3 long-context scaling if configured."""
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_base ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+    sc = args.rope_scaling
+    if not sc:
+        return inv_freq
+    factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+    old_len = sc["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are slowed down by `factor`, short ones kept, the band between interpolated.
+    scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_tables(args: ModelArgs) -> tuple[Tensor, Tensor]:
+    """cos/sin tables ``[max_seq_len, head_dim]`` in fp32 (half-split "rotate_half" layout)."""
+    t = torch.arange(args.max_seq_len, dtype=torch.float)
+    freqs = t[:, None] * rope_inv_freq(args)[None, :]  # [S, head_dim/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [S, head_dim]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: [B, H, T, hd]; cos/sin: [B, 1, T, hd]
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        q_dim, kv_dim = args.n_head * args.head_dim, args.n_local_heads * args.head_dim
+        # One fused matmul for q, k, v: fewer kernel launches / better CPU GEMM utilisation.
+        self.wqkv = nn.Linear(args.dim, q_dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(q_dim, args.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+        self.split = (q_dim, kv_dim, kv_dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor, kv_len: int | None) -> Tensor:
+        a = self.args
+        bsz, seqlen, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = q.view(bsz, seqlen, a.n_head, a.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(bsz, seqlen, a.n_local_heads, a.head_dim).transpose(1, 2)  # [B, H_kv, T, hd]
+        v = v.view(bsz, seqlen, a.n_local_heads, a.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        assert self.kv_cache is not None, "call setup_caches() first"
+        k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, hd]
+        if kv_len is not None:
+            # Eager-mode shortcut: columns >= kv_len are masked anyway, so skip reading them.
+            k, v, mask = k[:, :, :kv_len], v[:, :, :kv_len], mask[..., :kv_len]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=a.n_head != a.n_local_heads)
+        return self.wo(y.transpose(1, 2).reshape(bsz, seqlen, a.n_head * a.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.hidden = args.intermediate_size
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # fused gate (w1) + up (w3)
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor, kv_len: int | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos, kv_len)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """A stack of Llama blocks over input embeddings; returns normed hidden states."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layer))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        cos, sin = rope_tables(args)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [S, hd] fp32
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def setup_caches(self, max_batch_size: int, dtype: torch.dtype) -> None:
+        a = self.args
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch_size, a.max_seq_len, a.n_local_heads, a.head_dim, dtype).to(
+                self.norm.weight.device
+            )
+
+    def reset_caches(self) -> None:
+        for layer in self.layers:
+            if layer.attention.kv_cache is not None:
+                layer.attention.kv_cache.reset()
+
+    def forward(
+        self, x: Tensor, rope_pos: Tensor, input_pos: Tensor, mask: Tensor, kv_len: int | None = None
+    ) -> Tensor:
+        """Run the stack.
+
+        Args:
+            x: input embeddings ``[B, T, dim]``.
+            rope_pos: RoPE positions ``[B, T]`` (per row, so left-padded batches match unbatched runs).
+            input_pos: KV-cache columns to write ``[T]`` (shared by the batch).
+            mask: attention mask ``[B, 1, T, S]`` (bool, True = may attend).
+            kv_len: eager-only hint that columns >= kv_len are all masked (None under compile).
+        """
+        cos = self.rope_cos[rope_pos].unsqueeze(1).to(x.dtype)  # [B, 1, T, hd]
+        sin = self.rope_sin[rope_pos].unsqueeze(1).to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos, kv_len)
+        return self.norm(x)
+
+
+class CSM(nn.Module):
+    """Backbone, depth decoder, embeddings and heads (names mirror Sesame's ``Model``)."""
+
+    def __init__(self, args: CSMArgs):
+        super().__init__()
+        self.args = args
+        bb, dec = args.backbone, args.decoder
+        self.text_embeddings = nn.Embedding(args.text_vocab_size, bb.dim)
+        # One table for all codebooks: codebook i, code c lives at row i * audio_vocab_size + c.
+        # The depth decoder reads the same table (tied in every released checkpoint).
+        self.audio_embeddings = nn.Embedding(args.audio_vocab_size * args.audio_num_codebooks, bb.dim)
+        self.backbone = Transformer(bb)
+        self.decoder = Transformer(dec)
+        self.projection = nn.Linear(bb.dim, dec.dim, bias=False)  # backbone width -> decoder width
+        self.codebook0_head = nn.Linear(bb.dim, args.audio_vocab_size, bias=False)
+        # Codebooks 1..31 each have their own head: [K-1, dec_dim, vocab].
+        self.audio_head = nn.Parameter(torch.empty(args.audio_num_codebooks - 1, dec.dim, args.audio_vocab_size))
+        self.register_buffer(
+            "codebook_offsets", torch.arange(args.audio_num_codebooks) * args.audio_vocab_size, persistent=False
+        )
+        # Causal mask of the decoder's 32-position cache, indexed by position.
+        k = args.audio_num_codebooks
+        self.register_buffer("decoder_causal", torch.ones(k, k, dtype=torch.bool).tril(), persistent=False)
+        self.register_buffer("decoder_positions", torch.arange(k), persistent=False)
+        self.max_batch_size = 0
+
+    def setup_caches(self, max_batch_size: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate both KV caches once for up to ``max_batch_size`` rows."""
+        dtype = dtype or self.codebook0_head.weight.dtype
+        self.backbone.setup_caches(max_batch_size, dtype)
+        self.decoder.setup_caches(max_batch_size, dtype)
+        self.max_batch_size = max_batch_size
+
+    def embed_tokens(self, tokens: Tensor, tokens_mask: Tensor) -> Tensor:
+        """Embed prompt rows ``[B, T, K+1]`` (K codebooks + text column) under ``tokens_mask``.
+
+        A text position uses only its text column; an audio frame sums its K codebook embeddings.
+        """
+        text = self.text_embeddings(tokens[..., -1])  # [B, T, D]
+        audio = self.audio_embeddings(tokens[..., :-1] + self.codebook_offsets)  # [B, T, K, D]
+        mask = tokens_mask.to(text.dtype)
+        return (audio * mask[..., :-1, None]).sum(2) + text * mask[..., -1:]
+
+    def embed_frame(self, codes: Tensor) -> Tensor:
+        """Backbone input for one generated frame: codes ``[B, K]`` -> ``[B, 1, D]``."""
+        return self.audio_embeddings(codes + self.codebook_offsets).sum(1, keepdim=True)
+
+    def embed_code(self, codebook: int, codes: Tensor) -> Tensor:
+        """Decoder input for codebook ``codebook``: codes ``[B]`` -> projected ``[B, 1, dec_dim]``."""
+        return self.projection(self.audio_embeddings(codes + codebook * self.args.audio_vocab_size)).unsqueeze(1)

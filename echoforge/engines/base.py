@@ -1,0 +1,153 @@
+"""The one small interface every TTS engine implements.
+
+An engine turns a :class:`SynthesisRequest` into audio: either all at once
+(:meth:`TTSEngine.synthesize`) or as an iterator of chunks (:meth:`TTSEngine.stream`).
+Engines know nothing about HTTP, queues or files; the server, CLI and agent sit on top.
+
+Audio everywhere inside EchoForge is a 1-D ``numpy.float32`` array in [-1, 1] at the
+engine's ``sample_rate`` (24 kHz for CSM; the fallbacks declare their own rate and
+:mod:`echoforge.audio` resamples at the edges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One turn of a conversation: who spoke, what they said, and (optionally) how it sounded.
+
+    Args:
+        speaker: integer speaker id (CSM renders text as ``[{speaker}]{text}``).
+        text: the transcript of the turn.
+        audio: the turn's audio, 1-D float (numpy array or torch tensor) at ``sample_rate``,
+            or ``None`` for a text-only turn.
+        sample_rate: rate of ``audio`` in Hz (24 kHz for CSM's Mimi codec).
+    """
+
+    speaker: int
+    text: str
+    audio: Any = None
+    sample_rate: int = 24_000
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A voice an engine can speak with."""
+
+    id: str
+    name: str
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    speaker: int = 0
+
+
+@dataclass
+class SynthesisRequest:
+    """Everything an engine needs to speak one piece of text.
+
+    ``temperature=0`` means greedy decoding (deterministic); ``seed`` fixes sampling.
+    ``context`` carries earlier conversation turns (CSM uses them to keep the voice stable;
+    the fallbacks ignore them).
+    """
+
+    text: str
+    voice: str | None = None
+    speaker: int = 0
+    context: list[Segment] = field(default_factory=list)
+    temperature: float = 0.9
+    topk: int = 50
+    max_audio_length_ms: int = 90_000
+    speed: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError("text must be a non-empty string")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.topk < 1:
+            raise ValueError("topk must be >= 1")
+        if self.max_audio_length_ms <= 0:
+            raise ValueError("max_audio_length_ms must be > 0")
+        if not 0.25 <= self.speed <= 4.0:
+            raise ValueError("speed must be between 0.25 and 4.0")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine is, for logs, ``/api/health`` and ``echoforge engines``."""
+
+    name: str
+    is_fallback: bool
+    sample_rate: int
+    model: str = ""
+    device: str = "cpu"
+    description: str = ""
+
+
+class EngineError(RuntimeError):
+    """An engine could not be created or could not speak (clear message, no traceback needed)."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine's model, binary or weights are not present on this machine."""
+
+
+@runtime_checkable
+class TTSEngine(Protocol):
+    """The protocol. ``name``/``sample_rate``/``is_fallback`` are plain attributes."""
+
+    name: str
+    sample_rate: int
+    is_fallback: bool
+
+    def info(self) -> EngineInfo: ...
+
+    def voices(self) -> list[VoiceInfo]: ...
+
+    def synthesize(self, request: SynthesisRequest) -> np.ndarray:
+        """Return the whole utterance as 1-D float32 at ``sample_rate``."""
+        ...
+
+    def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        """Yield 1-D float32 chunks at ``sample_rate`` as soon as they are ready."""
+        ...
+
+
+class BaseEngine:
+    """Convenience base: ``synthesize`` concatenates ``stream`` (engines may override either)."""
+
+    name: str = "base"
+    sample_rate: int = 24_000
+    is_fallback: bool = True
+    model: str = ""
+    device: str = "cpu"
+    description: str = ""
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            name=self.name,
+            is_fallback=self.is_fallback,
+            sample_rate=self.sample_rate,
+            model=self.model,
+            device=self.device,
+            description=self.description,
+        )
+
+    def voices(self) -> list[VoiceInfo]:
+        return [VoiceInfo(id="default", name="Default")]
+
+    def synthesize(self, request: SynthesisRequest) -> np.ndarray:
+        chunks = list(self.stream(request))
+        if not chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Evaluation: intelligibility (WER), speaker similarity, consistency, speed."""

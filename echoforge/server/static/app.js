@@ -1,0 +1,1104 @@
+// EchoForge Studio: a single-page app with hash routes (#/characters, #/studio,
+// #/create, #/conversation). Vanilla ES module, no build step, nothing from the internet.
+// All network access goes through api(), which adds the API key and turns the server's
+// {"error": {...}} bodies into ApiError with a readable message.
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+/** Create an element: h("a", {href: "#", class: "x"}, "text", child). No innerHTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "style") el.style.cssText = v;
+    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+const store = {
+  get(key, fallback) {
+    try {
+      const raw = localStorage.getItem(`echoforge.${key}`);
+      return raw === null ? fallback : JSON.parse(raw);
+    } catch { return fallback; }
+  },
+  set(key, value) {
+    try { localStorage.setItem(`echoforge.${key}`, JSON.stringify(value)); } catch { /* quota or disabled */ }
+  },
+  remove(key) {
+    try { localStorage.removeItem(`echoforge.${key}`); } catch { /* disabled */ }
+  },
+};
+
+const state = {
+  health: null,
+  voices: [],
+  voicesLoaded: false,
+  limit: 4096,
+  apiKey: store.get("apiKey", ""),
+};
+
+// Tone presets: a text modifier CSM understands plus sampling settings that suit it.
+const PRESETS = [
+  { id: "neutral", label: "Neutral", prefix: "", temperature: 0.9, topk: 50 },
+  { id: "happy", label: "Happy", prefix: "(happy)", temperature: 1.0, topk: 60 },
+  { id: "calm", label: "Calm", prefix: "(calm)", temperature: 0.7, topk: 40 },
+  { id: "excited", label: "Excited", prefix: "(excited)", temperature: 1.1, topk: 80 },
+  { id: "sad", label: "Sad", prefix: "(sad)", temperature: 0.75, topk: 40 },
+  { id: "angry", label: "Angry", prefix: "(angry)", temperature: 1.05, topk: 70 },
+];
+
+// ---------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(message, { status = 0, type = "", code = "", retryAfter = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.type = type;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+function authHeaders() {
+  return state.apiKey ? { Authorization: `Bearer ${state.apiKey}` } : {};
+}
+
+/** Pull a human message out of any error body the server might send. */
+function messageFromBody(body) {
+  if (!body || typeof body !== "object") return "";
+  const e = body.error;
+  if (e && typeof e === "object" && e.message) return String(e.message);
+  if (typeof e === "string") return e;
+  if (typeof body.message === "string") return body.message;
+  if (typeof body.detail === "string") return body.detail;
+  if (Array.isArray(body.detail)) {
+    // FastAPI's default validation shape: [{loc: [...], msg}]
+    return body.detail.map((d) => {
+      const loc = (d.loc || []).filter((p) => p !== "body").join(".");
+      return loc ? `${loc}: ${d.msg}` : d.msg;
+    }).join("; ");
+  }
+  return "";
+}
+
+async function errorFromResponse(res) {
+  let body = null;
+  try { body = await res.clone().json(); } catch { /* not JSON */ }
+  const err = body && typeof body.error === "object" ? body.error : {};
+  let message = messageFromBody(body) || `${res.status} ${res.statusText || "error"}`.trim();
+  const retryAfter = res.headers.get("Retry-After");
+  if (res.status === 401 || res.status === 403) {
+    message = state.apiKey
+      ? `The API key was rejected (${message}). Check the key and save it again.`
+      : `This server requires an API key (${message}). Enter it at the top of the page.`;
+    showKeyBar(true);
+  } else if (res.status === 429 || res.status === 503) {
+    const wait = retryAfter ? ` Try again in ${retryAfter} s.` : " Try again shortly.";
+    message = `${res.status === 429 ? "The server is busy" : "The server is unavailable"}: ${message}.${wait}`.replace("..", ".");
+  }
+  return new ApiError(message, { status: res.status, type: err.type, code: err.code, retryAfter });
+}
+
+async function api(path, { method = "GET", json, form, signal, raw = false } = {}) {
+  const headers = { Accept: "application/json", ...authHeaders() };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form) {
+    body = form;
+  }
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body, signal });
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new ApiError("Cannot reach the EchoForge server. Is it still running?");
+  }
+  if (!res.ok) throw await errorFromResponse(res);
+  if (raw) return res;
+  if (res.status === 204) return null;
+  const type = res.headers.get("content-type") || "";
+  return type.includes("json") ? res.json() : res.text();
+}
+
+/** Fetch audio with auth and return an object URL (audio elements cannot send headers). */
+async function fetchAudioUrl(path, signal) {
+  const res = await api(path, { raw: true, signal });
+  const blob = await res.blob();
+  return { url: URL.createObjectURL(blob), blob };
+}
+
+// ---------------------------------------------------------------- UI helpers
+
+let toastTimer = 0;
+function toast(message, kind = "info") {
+  const el = $("#toast");
+  el.textContent = message;
+  el.dataset.kind = kind;
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { el.hidden = true; }, 4000);
+}
+
+function showError(el, err) {
+  if (!err) { el.hidden = true; el.textContent = ""; return; }
+  el.textContent = "";
+  const title = err.status === 401 || err.status === 403 ? "Authentication needed"
+    : err.status === 429 ? "Queue full"
+    : err.status >= 500 ? "Server error"
+    : err.status >= 400 ? "Request rejected"
+    : "Something went wrong";
+  el.append(h("strong", {}, title), h("span", { class: "msg" }, err.message || String(err)));
+  el.hidden = false;
+}
+
+function hashHue(text) {
+  let x = 0;
+  for (const ch of text) x = (x * 31 + ch.codePointAt(0)) >>> 0;
+  return x % 360;
+}
+
+function initials(name) {
+  const parts = String(name || "?").trim().split(/[\s_-]+/).filter(Boolean);
+  const letters = parts.length > 1 ? parts[0][0] + parts[parts.length - 1][0] : (parts[0] || "?").slice(0, 2);
+  return letters.toUpperCase();
+}
+
+function portrait(voice, extra = "") {
+  return h("span", { class: `portrait ${extra}`, style: `--hue:${hashHue(voice.id || voice.name)}`, "aria-hidden": "true" }, initials(voice.name));
+}
+
+const languageNames = (() => {
+  try { return new Intl.DisplayNames(["en"], { type: "language" }); } catch { return null; }
+})();
+function languageLabel(code) {
+  if (!code) return "";
+  try { return languageNames?.of(code) || code; } catch { return code; }
+}
+const cap = (s) => (s ? s[0].toUpperCase() + s.slice(1) : s);
+
+function voiceById(id) { return state.voices.find((v) => v.id === id); }
+
+function setProgress(block, fraction) {
+  const bar = $(".progress", block);
+  block.hidden = false;
+  if (fraction === null || fraction === undefined || fraction <= 0) {
+    bar.classList.add("indeterminate");
+    bar.removeAttribute("aria-valuenow");
+    $(".progress-bar", block).style.width = "";
+  } else {
+    bar.classList.remove("indeterminate");
+    const pct = Math.round(Math.min(1, fraction) * 100);
+    bar.setAttribute("aria-valuenow", String(pct));
+    $(".progress-bar", block).style.width = `${pct}%`;
+  }
+}
+
+function fmtSeconds(s) {
+  if (!Number.isFinite(s)) return "";
+  return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)}:${String(Math.round(s % 60)).padStart(2, "0")}`;
+}
+
+// ---------------------------------------------------------------- theme
+
+function effectiveTheme() {
+  const set = document.documentElement.dataset.theme;
+  if (set === "dark" || set === "light") return set;
+  return matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+}
+
+function syncThemeButton() {
+  const next = effectiveTheme() === "dark" ? "light" : "dark";
+  const btn = $("#theme-toggle");
+  btn.setAttribute("aria-label", `Switch to ${next} mode`);
+  btn.title = `Switch to ${next} mode`;
+}
+
+function initTheme() {
+  $("#theme-toggle").addEventListener("click", () => {
+    const next = effectiveTheme() === "dark" ? "light" : "dark";
+    document.documentElement.dataset.theme = next;
+    try { localStorage.setItem("echoforge.theme", next); } catch { /* disabled */ }
+    syncThemeButton();
+  });
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", syncThemeButton);
+  syncThemeButton();
+}
+
+// ---------------------------------------------------------------- health + API key
+
+function showKeyBar(open) {
+  const bar = $("#key-bar");
+  $("#key-toggle").hidden = false;
+  bar.hidden = !open;
+  $("#key-toggle").setAttribute("aria-expanded", String(open));
+  if (open) $("#api-key").value = state.apiKey;
+}
+
+function initKeyBar() {
+  $("#key-toggle").addEventListener("click", () => showKeyBar($("#key-bar").hidden));
+  $("#key-bar").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    state.apiKey = $("#api-key").value.trim();
+    store.set("apiKey", state.apiKey);
+    showKeyBar(false);
+    toast(state.apiKey ? "API key saved in this browser." : "API key cleared.");
+    await loadVoices();
+  });
+  $("#key-clear").addEventListener("click", () => {
+    state.apiKey = "";
+    store.remove("apiKey");
+    $("#api-key").value = "";
+    toast("API key removed from this browser.");
+  });
+}
+
+async function loadHealth() {
+  const badge = $("#engine-badge");
+  try {
+    const health = await api("/api/health");
+    state.health = health;
+    const limit = health.max_text_chars ?? health.limits?.max_text_chars;
+    if (Number.isFinite(limit) && limit > 0) state.limit = limit;
+    const eng = health.engine || {};
+    const name = eng.name || "unknown";
+    if (eng.is_fallback) {
+      badge.dataset.state = "fallback";
+      badge.textContent = `${name} · fallback engine (not CSM)`;
+    } else {
+      badge.dataset.state = "ok";
+      badge.textContent = name === "csm" ? "CSM engine" : `${name} engine`;
+    }
+    badge.title = [eng.description, eng.model && `model: ${eng.model}`, eng.device && `device: ${eng.device}`,
+      eng.sample_rate && `${eng.sample_rate} Hz`].filter(Boolean).join(" · ");
+    if (health.version) $("#version").textContent = `v${health.version}`;
+    if (health.auth_required) {
+      $("#key-toggle").hidden = false;
+      if (!state.apiKey) showKeyBar(true);
+    }
+    updateCounter();
+  } catch (err) {
+    badge.dataset.state = "offline";
+    badge.textContent = "Server offline";
+    badge.title = err.message;
+  }
+}
+
+// ---------------------------------------------------------------- router
+
+const ROUTES = ["characters", "studio", "create", "conversation"];
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [path, query = ""] = raw.split("?");
+  return { route: ROUTES.includes(path) ? path : "characters", params: new URLSearchParams(query) };
+}
+
+function route() {
+  const { route: name, params } = parseHash();
+  for (const view of $$(".view")) view.hidden = view.dataset.view !== name;
+  for (const a of $$(".main-nav a[data-route]")) {
+    if (a.dataset.route === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  const titles = { characters: "Characters", studio: "Studio", create: "Create voice", conversation: "Conversation" };
+  document.title = `${titles[name]} · EchoForge`;
+  if (name === "studio" && params.get("voice")) selectStudioVoice(params.get("voice"));
+  return name;
+}
+
+// ---------------------------------------------------------------- characters
+
+const samplePlayer = { audio: new Audio(), button: null, urls: new Map() };
+
+function stopSample() {
+  samplePlayer.audio.pause();
+  if (samplePlayer.button) {
+    samplePlayer.button.setAttribute("aria-pressed", "false");
+    $(".lbl", samplePlayer.button).textContent = "Play sample";
+    samplePlayer.button = null;
+  }
+}
+
+async function playSample(voice, button) {
+  if (samplePlayer.button === button) { stopSample(); return; }
+  stopSample();
+  samplePlayer.button = button;
+  button.setAttribute("aria-pressed", "true");
+  $(".lbl", button).textContent = "Stop";
+  try {
+    let url = samplePlayer.urls.get(voice.id);
+    if (!url) {
+      url = (await fetchAudioUrl(voice.sample_url)).url;
+      samplePlayer.urls.set(voice.id, url);
+    }
+    if (samplePlayer.button !== button) return; // user moved on while loading
+    samplePlayer.audio.src = url;
+    await samplePlayer.audio.play();
+  } catch (err) {
+    stopSample();
+    toast(err.name === "NotAllowedError" ? "The browser blocked playback; click again." : `Could not play the sample: ${err.message}`, "error");
+  }
+}
+samplePlayer.audio.addEventListener("ended", stopSample);
+
+async function loadVoices() {
+  const errBox = $("#voices-error");
+  try {
+    const data = await api("/api/voices");
+    state.voices = (data.voices || data.data || []).map((v) => ({ ...v, tags: v.tags || {} }));
+    state.voicesLoaded = true;
+    showError(errBox, null);
+  } catch (err) {
+    state.voices = [];
+    showError(errBox, err);
+  }
+  fillFilterOptions();
+  renderVoices();
+  fillVoiceSelects();
+}
+
+function fillFilterOptions() {
+  for (const sel of $$("#filters select[data-tag]")) {
+    const tag = sel.dataset.tag;
+    const current = sel.value;
+    const values = [...new Set(state.voices.map((v) => v.tags[tag]).filter(Boolean))].sort();
+    sel.replaceChildren(h("option", { value: "" }, "Any"),
+      ...values.map((v) => h("option", { value: v }, tag === "language" ? languageLabel(v) : cap(v))));
+    sel.value = values.includes(current) ? current : "";
+  }
+  // Suggestions for the create form.
+  const uniq = (tag) => [...new Set(state.voices.map((v) => v.tags[tag]).filter(Boolean))].sort();
+  $("#cv-styles").replaceChildren(...uniq("style").map((s) => h("option", { value: s })));
+  $("#cv-languages").replaceChildren(...uniq("language").map((s) => h("option", { value: s }, languageLabel(s))));
+}
+
+function matchesFilters(v) {
+  for (const sel of $$("#filters select[data-tag]")) {
+    if (sel.value && v.tags[sel.dataset.tag] !== sel.value) return false;
+  }
+  const q = $("#f-search").value.trim().toLowerCase();
+  if (!q) return true;
+  const hay = [v.name, v.id, v.description, v.transcript, ...Object.values(v.tags), languageLabel(v.tags.language)]
+    .filter(Boolean).join(" ").toLowerCase();
+  return q.split(/\s+/).every((word) => hay.includes(word));
+}
+
+function voiceCard(v) {
+  const tags = [];
+  if (v.tags.gender) tags.push(h("span", { class: "tag" }, cap(v.tags.gender)));
+  if (v.tags.style) tags.push(h("span", { class: "tag" }, cap(v.tags.style)));
+  if (v.tags.language) tags.push(h("span", { class: "tag", title: v.tags.language }, languageLabel(v.tags.language)));
+  const play = h("button", { class: "btn btn-secondary btn-sm play-btn", type: "button", "aria-pressed": "false", "aria-label": `Play sample of ${v.name}` },
+    h("span", { class: "play-icon", "aria-hidden": "true" }), h("span", { class: "lbl" }, "Play sample"));
+  play.addEventListener("click", () => playSample(v, play));
+  const actions = [
+    v.sample_url ? play : null,
+    h("a", { class: "btn btn-primary btn-sm", href: `#/studio?voice=${encodeURIComponent(v.id)}`, "aria-label": `Open ${v.name} in the studio` }, "Open in studio"),
+  ];
+  if (v.builtin === false) {
+    actions.push(h("button", { class: "btn btn-danger btn-sm", type: "button", "aria-label": `Delete ${v.name}`, onclick: () => deleteVoice(v) }, "Delete"));
+  }
+  return h("li", { class: "voice-card", dataset: { voiceId: v.id } },
+    h("div", { class: "top" }, portrait(v),
+      h("div", { class: "who" }, h("h3", {}, v.name), h("span", { class: "kind" }, v.builtin ? "Built-in voice" : "Your voice"))),
+    tags.length ? h("div", { class: "tags" }, tags) : null,
+    h("p", { class: "desc" }, v.description || (v.transcript ? `“${v.transcript}”` : "No description.")),
+    h("div", { class: "card-actions" }, actions));
+}
+
+function renderVoices() {
+  const list = state.voices.filter(matchesFilters);
+  $("#voice-grid").replaceChildren(...list.map(voiceCard));
+  $("#voice-empty").hidden = !(state.voicesLoaded && list.length === 0);
+  $("#voice-empty").textContent = state.voices.length ? "No voices match these filters." : "No voices yet — create one.";
+  $("#voice-count").textContent = state.voicesLoaded
+    ? (list.length === state.voices.length ? `${list.length} voice${list.length === 1 ? "" : "s"}` : `${list.length} of ${state.voices.length} voices`)
+    : "";
+}
+
+async function deleteVoice(v) {
+  if (!confirm(`Delete the voice “${v.name}”? This cannot be undone.`)) return;
+  try {
+    await api(`/api/voices/${encodeURIComponent(v.id)}`, { method: "DELETE" });
+    toast(`Deleted “${v.name}”.`);
+    await loadVoices();
+  } catch (err) {
+    toast(err.message, "error");
+  }
+}
+
+function initCharacters() {
+  $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
+  $("#f-search").addEventListener("input", renderVoices);
+  for (const sel of $$("#filters select")) sel.addEventListener("change", renderVoices);
+}
+
+// ---------------------------------------------------------------- voice selects
+
+function voiceOptions() {
+  return state.voices.map((v) => h("option", { value: v.id }, v.tags.language ? `${v.name} · ${languageLabel(v.tags.language)}` : v.name));
+}
+
+function fillVoiceSelects() {
+  for (const id of ["#gen-voice", "#conv-voice-0", "#conv-voice-1"]) {
+    const sel = $(id);
+    const current = sel.value || sel.dataset.want || "";
+    sel.replaceChildren(...voiceOptions());
+    if (!state.voices.length) sel.append(h("option", { value: "" }, "No voices available"));
+    if (current && voiceById(current)) sel.value = current;
+  }
+  const conv = store.get("conversation", null);
+  if (conv?.voices) conv.voices.forEach((id, i) => { if (voiceById(id)) $(`#conv-voice-${i}`).value = id; });
+  else if (state.voices.length > 1 && $("#conv-voice-0").value === $("#conv-voice-1").value) $("#conv-voice-1").value = state.voices[1].id;
+  const want = parseHash().params.get("voice");
+  if (want) selectStudioVoice(want);
+  updateStudioPortrait();
+  renderTurns();
+}
+
+function selectStudioVoice(id) {
+  const sel = $("#gen-voice");
+  sel.dataset.want = id;
+  if (voiceById(id)) sel.value = id;
+  updateStudioPortrait();
+}
+
+function updateStudioPortrait() {
+  const v = voiceById($("#gen-voice").value);
+  const slot = $("#gen-portrait");
+  if (!v) { slot.hidden = true; return; }
+  slot.hidden = false;
+  slot.textContent = initials(v.name);
+  slot.style.setProperty("--hue", hashHue(v.id || v.name));
+}
+
+// ---------------------------------------------------------------- task runner
+
+/**
+ * Poll GET /api/tasks/{id} until it finishes; calls onUpdate(task) on every poll.
+ * Resolves with the final task; rejects with ApiError when it failed or was cancelled.
+ */
+async function waitForTask(taskId, statusUrl, { onUpdate, signal }) {
+  const url = statusUrl || `/api/tasks/${encodeURIComponent(taskId)}`;
+  let delay = 250;
+  for (;;) {
+    if (signal?.aborted) throw new DOMException("cancelled", "AbortError");
+    const task = await api(url, { signal });
+    onUpdate?.(task);
+    if (task.status === "done" || task.status === "succeeded" || task.status === "completed") return task;
+    if (task.status === "failed") throw new ApiError(task.error?.message || task.error || "The generation failed.", { status: 500 });
+    if (task.status === "cancelled") throw new DOMException("cancelled", "AbortError");
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(1000, delay * 1.4);
+  }
+}
+
+function describeTask(task, noun = "Generating") {
+  if (task.status === "queued") {
+    const pos = task.position ?? task.queue_position;
+    return pos ? `Queued — position ${pos}…` : "Queued…";
+  }
+  if (task.status === "running") {
+    const pct = Number.isFinite(task.progress) && task.progress > 0 ? ` ${Math.round(task.progress * 100)} %` : "…";
+    return `${noun}${pct}`;
+  }
+  return cap(task.status || "");
+}
+
+/** Shared flow for the studio and conversation pages: submit → poll → fetch audio. */
+class TaskPanel {
+  constructor(prefix) {
+    this.p = prefix;
+    this.controller = null;
+    this.taskId = null;
+    this.objectUrl = null;
+  }
+  el(name) { return $(`#${this.p}-${name}`); }
+  busy(on) {
+    const submit = this.el("submit");
+    submit.disabled = on;
+    submit.classList.toggle("busy", on);
+    this.el("cancel").hidden = !on;
+  }
+  reset() {
+    showError(this.el("error"), null);
+    this.el("result").hidden = true;
+    this.el("progress").hidden = true;
+  }
+  status(text) { this.el("status").textContent = text; }
+  fail(err) {
+    this.el("progress").hidden = true;
+    if (err.name === "AbortError") { this.status("Cancelled."); return; }
+    this.status("Not generated.");
+    showError(this.el("error"), err);
+  }
+  async showAudio(blob, url, meta, filename) {
+    if (this.objectUrl) URL.revokeObjectURL(this.objectUrl);
+    this.objectUrl = url;
+    const audio = this.el("audio");
+    audio.src = url;
+    const dl = this.el("download");
+    dl.href = url;
+    dl.download = filename;
+    this.el("meta").textContent = meta;
+    this.el("result").hidden = false;
+    audio.addEventListener("loadedmetadata", () => {
+      if (Number.isFinite(audio.duration)) this.el("meta").textContent = [fmtSeconds(audio.duration), meta].filter(Boolean).join(" · ");
+    }, { once: true });
+  }
+  async cancel() {
+    this.controller?.abort();
+    if (this.taskId) {
+      try { await api(`/api/tasks/${encodeURIComponent(this.taskId)}`, { method: "DELETE" }); } catch { /* already finished */ }
+    }
+  }
+  /** Submit a task and show its result; returns {task, blob, url} or null. */
+  async run(path, payload, { noun, filenameBase, format }) {
+    this.reset();
+    this.busy(true);
+    this.controller = new AbortController();
+    const { signal } = this.controller;
+    this.status("Submitting…");
+    setProgress(this.el("progress"), 0);
+    try {
+      const created = await api(path, { method: "POST", json: payload, signal });
+      this.taskId = created.task_id || created.id;
+      const task = await waitForTask(this.taskId, created.status_url, {
+        signal,
+        onUpdate: (t) => { setProgress(this.el("progress"), t.progress); this.status(describeTask(t, noun)); },
+      });
+      setProgress(this.el("progress"), 1);
+      this.status("Fetching audio…");
+      const audioUrl = task.result_url || created.audio_url || `/api/tasks/${encodeURIComponent(this.taskId)}/audio`;
+      const { url, blob } = await fetchAudioUrl(audioUrl, signal);
+      const rtf = task.timings?.rtf;
+      const meta = [format.toUpperCase(), Number.isFinite(rtf) ? `RTF ${rtf.toFixed(2)}` : ""].filter(Boolean).join(" · ");
+      await this.showAudio(blob, url, meta, `${filenameBase}.${format}`);
+      this.el("progress").hidden = true;
+      this.status("Done.");
+      return { task, blob, url, audioUrl };
+    } catch (err) {
+      this.fail(err);
+      return null;
+    } finally {
+      this.busy(false);
+      this.taskId = null;
+      this.controller = null;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- studio
+
+const studio = new TaskPanel("gen");
+
+function currentPreset() {
+  const id = $("#gen-presets input:checked")?.value || "neutral";
+  return PRESETS.find((p) => p.id === id) || PRESETS[0];
+}
+
+function textToSend() {
+  const text = $("#gen-text").value;
+  const p = currentPreset();
+  return p.prefix && text.trim() ? `${p.prefix} ${text}` : text;
+}
+
+function updateCounter() {
+  const sent = textToSend();
+  const counter = $("#gen-count");
+  counter.textContent = `${sent.length.toLocaleString("en")} / ${state.limit.toLocaleString("en")}`;
+  const over = sent.length > state.limit;
+  counter.classList.toggle("over", over);
+  counter.setAttribute("aria-label", over ? `${sent.length} characters, over the limit of ${state.limit}` : `${sent.length} of ${state.limit} characters`);
+  const note = $("#gen-sent");
+  const p = currentPreset();
+  note.hidden = !(p.prefix && $("#gen-text").value.trim());
+  note.textContent = `Sent with the tone marker “${p.prefix}” in front.`;
+}
+
+function bindSlider(id, fmt) {
+  const input = $(`#${id}`);
+  const out = $(`#${id}-out`);
+  const sync = () => { out.textContent = fmt(Number(input.value)); };
+  input.addEventListener("input", sync);
+  sync();
+  return sync;
+}
+
+const sliderSync = {};
+
+function seedValue(id) {
+  const raw = $(id).value.trim();
+  return raw === "" ? undefined : Number(raw);
+}
+
+function generationPayload() {
+  const body = {
+    text: textToSend(),
+    voice: $("#gen-voice").value,
+    temperature: Number($("#gen-temperature").value),
+    topk: Number($("#gen-topk").value),
+    speed: Number($("#gen-speed").value),
+    format: $("#gen-format").value,
+  };
+  const seed = seedValue("#gen-seed");
+  if (seed !== undefined) body.seed = seed;
+  return body;
+}
+
+function addHistory(entry) {
+  const list = store.get("history", []);
+  list.unshift(entry);
+  store.set("history", list.slice(0, 25));
+  renderHistory();
+}
+
+function renderHistory() {
+  const list = store.get("history", []);
+  $("#history-empty").hidden = list.length > 0;
+  $("#history-clear").hidden = list.length === 0;
+  $("#history").replaceChildren(...list.map((e, i) => {
+    const v = voiceById(e.voice) || { id: e.voice, name: e.voice_name || e.voice || "?" };
+    const when = new Date(e.created_at);
+    const play = h("button", { class: "btn btn-ghost btn-sm", type: "button", "aria-label": `Load generation ${i + 1} into the player` }, "Play");
+    play.addEventListener("click", () => replayHistory(e));
+    const reuse = h("button", { class: "btn btn-ghost btn-sm", type: "button", "aria-label": `Reuse text of generation ${i + 1}` }, "Reuse");
+    reuse.addEventListener("click", () => {
+      $("#gen-text").value = e.text;
+      if (voiceById(e.voice)) $("#gen-voice").value = e.voice;
+      const preset = $(`#gen-presets input[value="${e.preset || "neutral"}"]`);
+      if (preset) preset.checked = true;
+      updateStudioPortrait();
+      updateCounter();
+      $("#gen-text").focus();
+    });
+    return h("li", {},
+      portrait(v, "portrait-sm"),
+      h("div", { class: "h-body" },
+        h("div", { class: "h-text", title: e.text }, e.text),
+        h("div", { class: "h-meta" }, [v.name, e.mode === "stream" ? "streamed" : (e.format || "").toUpperCase(),
+          when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })].filter(Boolean).join(" · "))),
+      h("div", { class: "h-actions" }, e.audio_url ? play : null, reuse));
+  }));
+}
+
+async function replayHistory(e) {
+  studio.reset();
+  studio.status("Loading from the server…");
+  try {
+    const { url, blob } = await fetchAudioUrl(e.audio_url);
+    await studio.showAudio(blob, url, (e.format || "wav").toUpperCase(), `echoforge-${e.task_id || "audio"}.${e.format || "wav"}`);
+    studio.status("Loaded from history.");
+    $("#gen-audio").play().catch(() => {});
+  } catch (err) {
+    if (err.status === 404 || err.status === 410) err.message = "This result is no longer on the server (results expire).";
+    studio.fail(err);
+  }
+}
+
+function initStudio() {
+  const group = $("#gen-presets");
+  group.replaceChildren(...PRESETS.map((p, i) => h("label", {},
+    h("input", { type: "radio", name: "preset", value: p.id, checked: i === 0 }),
+    h("span", {}, p.label))));
+  group.addEventListener("change", () => {
+    const p = currentPreset();
+    $("#gen-temperature").value = p.temperature;
+    $("#gen-topk").value = p.topk;
+    sliderSync.t(); sliderSync.k();
+    updateCounter();
+  });
+  sliderSync.t = bindSlider("gen-temperature", (v) => v.toFixed(2));
+  sliderSync.k = bindSlider("gen-topk", (v) => String(v));
+  bindSlider("gen-speed", (v) => `${v.toFixed(2)}×`);
+  $("#gen-text").addEventListener("input", updateCounter);
+  $("#gen-text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); $("#gen-form").requestSubmit(); }
+  });
+  $("#gen-voice").addEventListener("change", () => {
+    delete $("#gen-voice").dataset.want;
+    updateStudioPortrait();
+  });
+  $("#gen-form").addEventListener("submit", (ev) => { ev.preventDefault(); generate(); });
+  $("#gen-cancel").addEventListener("click", () => { studio.cancel(); stopStreaming?.(); });
+  $("#history-clear").addEventListener("click", () => { store.set("history", []); renderHistory(); });
+  updateCounter();
+  renderHistory();
+}
+
+async function generate() {
+  const payload = generationPayload();
+  const mode = $('#gen-form input[name="mode"]:checked').value;
+  const voice = voiceById(payload.voice);
+  const base = { text: $("#gen-text").value, voice: payload.voice, voice_name: voice?.name, preset: currentPreset().id, created_at: new Date().toISOString() };
+  if (mode === "stream") {
+    await streamGenerate(payload, base);
+    return;
+  }
+  const slug = (voice?.name || "speech").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
+  const done = await studio.run("/api/generate", payload, { noun: "Generating", filenameBase: `echoforge-${slug}`, format: payload.format });
+  if (done) addHistory({ ...base, format: payload.format, task_id: done.task.id || done.task.task_id, audio_url: done.audioUrl, rtf: done.task.timings?.rtf, mode: "task" });
+}
+
+// ---------------------------------------------------------------- streaming (WebSocket + Web Audio)
+
+let stopStreaming = null;
+
+function wavFromPcm16(chunks, sampleRate) {
+  const samples = chunks.reduce((n, c) => n + c.length, 0);
+  const buf = new ArrayBuffer(44 + samples * 2);
+  const dv = new DataView(buf);
+  const str = (o, s) => { for (let i = 0; i < s.length; i++) dv.setUint8(o + i, s.charCodeAt(i)); };
+  str(0, "RIFF"); dv.setUint32(4, 36 + samples * 2, true); str(8, "WAVE");
+  str(12, "fmt "); dv.setUint32(16, 16, true); dv.setUint16(20, 1, true); dv.setUint16(22, 1, true);
+  dv.setUint32(24, sampleRate, true); dv.setUint32(28, sampleRate * 2, true); dv.setUint16(32, 2, true); dv.setUint16(34, 16, true);
+  str(36, "data"); dv.setUint32(40, samples * 2, true);
+  let off = 44;
+  for (const c of chunks) { new Int16Array(buf, off, c.length).set(c); off += c.length * 2; }
+  return new Blob([buf], { type: "audio/wav" });
+}
+
+function streamGenerate(payload, base) {
+  studio.reset();
+  studio.busy(true);
+  studio.status("Connecting…");
+  setProgress(studio.el("progress"), 0);
+  const url = new URL("/api/stream", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  if (state.apiKey) url.searchParams.set("api_key", state.apiKey);
+  const ctx = new (window.AudioContext || window.webkitAudioContext)();
+  const pcm = [];
+  let sampleRate = 24000;
+  let playhead = 0;
+  let received = 0;
+  let leftover = null; // a split byte between frames
+  let finished = false;
+  const t0 = performance.now();
+  let firstAudioMs = null;
+
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    const finish = (err) => {
+      if (finished) return;
+      finished = true;
+      stopStreaming = null;
+      studio.busy(false);
+      studio.el("progress").hidden = true;
+      try { if (ws.readyState <= 1) ws.close(); } catch { /* closing */ }
+      if (err) {
+        ctx.close();
+        studio.fail(err);
+      } else if (received > 0) {
+        const blob = wavFromPcm16(pcm, sampleRate);
+        const objectUrl = URL.createObjectURL(blob);
+        const meta = [`streamed`, firstAudioMs !== null ? `first audio ${Math.round(firstAudioMs)} ms` : ""].filter(Boolean).join(" · ");
+        studio.showAudio(blob, objectUrl, meta, "echoforge-stream.wav");
+        studio.status("Done.");
+        addHistory({ ...base, mode: "stream", format: "wav" });
+        setTimeout(() => ctx.close(), Math.max(0, (playhead - ctx.currentTime) * 1000) + 500);
+      } else {
+        ctx.close();
+        studio.status("The server sent no audio.");
+      }
+      resolve();
+    };
+    stopStreaming = () => { finish(new DOMException("cancelled", "AbortError")); };
+    ws.addEventListener("open", () => {
+      ws.send(JSON.stringify({ type: "start", voice: payload.voice, format: "pcm", temperature: payload.temperature,
+        topk: payload.topk, speed: payload.speed, ...(payload.seed !== undefined ? { seed: payload.seed } : {}),
+        ...(state.apiKey ? { api_key: state.apiKey } : {}) }));
+    });
+    ws.addEventListener("message", (ev) => {
+      if (typeof ev.data === "string") {
+        let msg;
+        try { msg = JSON.parse(ev.data); } catch { return; }
+        if (msg.type === "ready") {
+          if (Number.isFinite(msg.sample_rate)) sampleRate = msg.sample_rate;
+          studio.status("Generating…");
+          ws.send(JSON.stringify({ type: "text", text: payload.text }));
+          ws.send(JSON.stringify({ type: "end" }));
+        } else if (msg.type === "done") {
+          finish(null);
+        } else if (msg.type === "error") {
+          finish(new ApiError(msg.message || msg.error?.message || "Streaming failed.", { status: msg.status || 400, code: msg.code }));
+        }
+        return;
+      }
+      // Binary: PCM s16le mono at sampleRate. Frames may split a sample; carry the odd byte.
+      let bytes = new Uint8Array(ev.data);
+      if (leftover) { const joined = new Uint8Array(leftover.length + bytes.length); joined.set(leftover); joined.set(bytes, leftover.length); bytes = joined; leftover = null; }
+      if (bytes.length % 2) { leftover = bytes.slice(-1); bytes = bytes.slice(0, -1); }
+      if (!bytes.length) return;
+      const ints = new Int16Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+      pcm.push(ints);
+      received += ints.length;
+      if (firstAudioMs === null) firstAudioMs = performance.now() - t0;
+      const buffer = ctx.createBuffer(1, ints.length, sampleRate);
+      const ch = buffer.getChannelData(0);
+      for (let i = 0; i < ints.length; i++) ch[i] = ints[i] / 32768;
+      const src = ctx.createBufferSource();
+      src.buffer = buffer;
+      src.connect(ctx.destination);
+      playhead = Math.max(playhead, ctx.currentTime + 0.05);
+      src.start(playhead);
+      playhead += buffer.duration;
+      studio.status(`Streaming… ${fmtSeconds(received / sampleRate)} received`);
+    });
+    ws.addEventListener("error", () => finish(new ApiError("The streaming connection failed. Check the server (and the API key, if one is required).")));
+    ws.addEventListener("close", (ev) => {
+      if (finished) return;
+      if (ev.code === 1008 || ev.code === 4401 || ev.code === 4001) { showKeyBar(true); finish(new ApiError(`Authentication failed: ${ev.reason || "API key required"}.`, { status: 401 })); }
+      else if (received > 0) finish(null);
+      else finish(new ApiError(ev.reason ? `Streaming closed: ${ev.reason}` : "The streaming connection closed before any audio arrived."));
+    });
+  });
+}
+
+// ---------------------------------------------------------------- create voice
+
+const recorder = { rec: null, stream: null, chunks: [], timer: 0, started: 0 };
+let clip = null; // {blob, name}
+
+function setClip(blob, name) {
+  const prev = $("#cv-audio").src;
+  if (prev.startsWith("blob:")) URL.revokeObjectURL(prev);
+  clip = blob ? { blob, name } : null;
+  $("#cv-preview").hidden = !blob;
+  if (blob) {
+    $("#cv-audio").src = URL.createObjectURL(blob);
+    $("#cv-clip-name").textContent = `${name} · ${(blob.size / 1024).toFixed(0)} KB`;
+  } else {
+    $("#cv-audio").removeAttribute("src");
+    $("#cv-file").value = "";
+  }
+}
+
+/** Decode any recorded blob and re-encode it as 16-bit mono WAV, which every server accepts. */
+async function toWav(blob) {
+  const ctx = new (window.AudioContext || window.webkitAudioContext)();
+  try {
+    const audio = await ctx.decodeAudioData(await blob.arrayBuffer());
+    const mono = new Float32Array(audio.length);
+    for (let c = 0; c < audio.numberOfChannels; c++) {
+      const d = audio.getChannelData(c);
+      for (let i = 0; i < d.length; i++) mono[i] += d[i] / audio.numberOfChannels;
+    }
+    const ints = new Int16Array(mono.length);
+    for (let i = 0; i < mono.length; i++) ints[i] = Math.max(-1, Math.min(1, mono[i])) * 32767;
+    return wavFromPcm16([ints], audio.sampleRate);
+  } finally {
+    ctx.close();
+  }
+}
+
+async function toggleRecording() {
+  const btn = $("#cv-record");
+  if (recorder.rec && recorder.rec.state === "recording") { recorder.rec.stop(); return; }
+  showError($("#cv-error"), null);
+  if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) {
+    showError($("#cv-error"), new ApiError("This browser cannot record audio here (recording needs a secure page: http://127.0.0.1 or https)."));
+    return;
+  }
+  try {
+    recorder.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false } });
+  } catch (err) {
+    showError($("#cv-error"), new ApiError(`Microphone unavailable: ${err.message || err.name}. Allow microphone access or upload a file instead.`));
+    return;
+  }
+  recorder.chunks = [];
+  recorder.rec = new MediaRecorder(recorder.stream);
+  recorder.rec.addEventListener("dataavailable", (e) => { if (e.data.size) recorder.chunks.push(e.data); });
+  recorder.rec.addEventListener("stop", async () => {
+    clearInterval(recorder.timer);
+    recorder.stream.getTracks().forEach((t) => t.stop());
+    btn.setAttribute("aria-pressed", "false");
+    $(".rec-label", btn).textContent = "Record again";
+    const raw = new Blob(recorder.chunks, { type: recorder.rec.mimeType || "audio/webm" });
+    const secs = (performance.now() - recorder.started) / 1000;
+    $("#cv-rec-time").textContent = `Recorded ${fmtSeconds(secs)}`;
+    try {
+      setClip(await toWav(raw), "recording.wav");
+    } catch {
+      setClip(raw, "recording.webm"); // let the server decode it
+    }
+  });
+  recorder.started = performance.now();
+  recorder.rec.start(250);
+  btn.setAttribute("aria-pressed", "true");
+  $(".rec-label", btn).textContent = "Stop recording";
+  $("#cv-rec-time").textContent = "Recording… 0.0 s";
+  recorder.timer = setInterval(() => {
+    $("#cv-rec-time").textContent = `Recording… ${fmtSeconds((performance.now() - recorder.started) / 1000)}`;
+  }, 200);
+}
+
+async function createVoice() {
+  const errBox = $("#cv-error");
+  const okBox = $("#cv-success");
+  showError(errBox, null);
+  okBox.hidden = true;
+  const fd = new FormData();
+  for (const name of ["name", "transcript", "gender", "style", "language", "description"]) {
+    fd.append(name, $(`#cv-${name}`).value.trim());
+  }
+  if (clip) fd.append("audio", clip.blob, clip.name);
+  const btn = $("#cv-submit");
+  btn.disabled = true;
+  btn.classList.add("busy");
+  try {
+    const voice = await api("/api/voices", { method: "POST", form: fd });
+    await loadVoices();
+    okBox.replaceChildren(h("strong", {}, `Voice “${voice.name}” created.`),
+      h("a", { href: `#/studio?voice=${encodeURIComponent(voice.id)}` }, "Open it in the studio"), " · ",
+      h("a", { href: "#/characters" }, "See all characters"));
+    okBox.hidden = false;
+    $("#create-form").reset();
+    setClip(null);
+    $("#cv-rec-time").textContent = "";
+    $(".rec-label", $("#cv-record")).textContent = "Record with microphone";
+  } catch (err) {
+    showError(errBox, err);
+  } finally {
+    btn.disabled = false;
+    btn.classList.remove("busy");
+  }
+}
+
+function initCreate() {
+  $("#cv-file").addEventListener("change", () => {
+    const f = $("#cv-file").files[0];
+    if (f) setClip(f, f.name);
+  });
+  $("#cv-clip-clear").addEventListener("click", () => setClip(null));
+  $("#cv-record").addEventListener("click", toggleRecording);
+  $("#cv-record").setAttribute("aria-pressed", "false");
+  const dz = $("#dropzone");
+  dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("drag"); });
+  dz.addEventListener("dragleave", () => dz.classList.remove("drag"));
+  dz.addEventListener("drop", (e) => {
+    e.preventDefault();
+    dz.classList.remove("drag");
+    const f = e.dataTransfer.files[0];
+    if (f) setClip(f, f.name);
+  });
+  $("#create-form").addEventListener("submit", (ev) => { ev.preventDefault(); createVoice(); });
+}
+
+// ---------------------------------------------------------------- conversation
+
+const convPanel = new TaskPanel("conv");
+let turns = store.get("conversation", null)?.turns || [
+  { speaker: 0, text: "Hey, did you get a chance to listen to the new recording?" },
+  { speaker: 1, text: "I did. The second take sounds much warmer." },
+];
+
+function saveConversation() {
+  store.set("conversation", { turns, voices: [$("#conv-voice-0").value, $("#conv-voice-1").value] });
+}
+
+function speakerName(i) {
+  const v = voiceById($(`#conv-voice-${i}`).value);
+  return `${"AB"[i]}${v ? ` · ${v.name}` : ""}`;
+}
+
+function renderTurns(focus) {
+  const list = $("#turns");
+  list.replaceChildren(...turns.map((t, i) => {
+    const sel = h("select", { "aria-label": `Speaker of turn ${i + 1}` },
+      h("option", { value: "0" }, speakerName(0)), h("option", { value: "1" }, speakerName(1)));
+    sel.value = String(t.speaker);
+    sel.addEventListener("change", () => { t.speaker = Number(sel.value); li.dataset.speaker = sel.value; saveConversation(); });
+    const ta = h("textarea", { rows: "2", "aria-label": `Text of turn ${i + 1}`, placeholder: "What does this speaker say?" });
+    ta.value = t.text;
+    ta.addEventListener("input", () => { t.text = ta.value; saveConversation(); });
+    const tool = (label, icon, fn, disabled) => {
+      const b = h("button", { class: "icon-btn", type: "button", "aria-label": `${label} turn ${i + 1}`, title: label, disabled },
+        h("span", { "aria-hidden": "true" }, icon));
+      b.addEventListener("click", fn);
+      return b;
+    };
+    const li = h("li", { class: "turn", dataset: { speaker: String(t.speaker) } },
+      h("div", { class: "turn-head" }, h("span", { class: "turn-no" }, `Turn ${i + 1}`), sel),
+      ta,
+      h("div", { class: "turn-tools" },
+        tool("Move up", "↑", () => moveTurn(i, -1), i === 0),
+        tool("Move down", "↓", () => moveTurn(i, 1), i === turns.length - 1),
+        tool("Remove", "✕", () => removeTurn(i), turns.length <= 1)));
+    return li;
+  }));
+  if (focus !== undefined) $$("textarea", list)[focus]?.focus();
+}
+
+function moveTurn(i, delta) {
+  const j = i + delta;
+  if (j < 0 || j >= turns.length) return;
+  [turns[i], turns[j]] = [turns[j], turns[i]];
+  saveConversation();
+  renderTurns();
+  $$(".turn", $("#turns"))[j]?.querySelector(`button[title="${delta < 0 ? "Move up" : "Move down"}"]:not(:disabled)`)?.focus();
+}
+
+function removeTurn(i) {
+  turns.splice(i, 1);
+  saveConversation();
+  renderTurns(Math.min(i, turns.length - 1));
+}
+
+function initConversation() {
+  $("#turn-add").addEventListener("click", () => {
+    const last = turns[turns.length - 1];
+    turns.push({ speaker: last ? 1 - last.speaker : 0, text: "" });
+    saveConversation();
+    renderTurns(turns.length - 1);
+  });
+  for (const i of [0, 1]) $(`#conv-voice-${i}`).addEventListener("change", () => { saveConversation(); renderTurns(); });
+  bindSlider("conv-temperature", (v) => v.toFixed(2));
+  bindSlider("conv-topk", (v) => String(v));
+  $("#conv-cancel").addEventListener("click", () => convPanel.cancel());
+  $("#conv-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const voices = [$("#conv-voice-0").value, $("#conv-voice-1").value];
+    const payload = {
+      turns: turns.map((t) => ({ voice: voices[t.speaker], text: t.text })),
+      format: $("#conv-format").value,
+      temperature: Number($("#conv-temperature").value),
+      topk: Number($("#conv-topk").value),
+    };
+    const seed = seedValue("#conv-seed");
+    if (seed !== undefined) payload.seed = seed;
+    await convPanel.run("/api/conversations", payload, { noun: "Rendering", filenameBase: "echoforge-conversation", format: payload.format });
+  });
+  renderTurns();
+}
+
+// ---------------------------------------------------------------- start
+
+async function main() {
+  initTheme();
+  initKeyBar();
+  initCharacters();
+  initStudio();
+  initCreate();
+  initConversation();
+  window.addEventListener("hashchange", () => { route(); $("#main").focus({ preventScroll: true }); });
+  route();
+  await loadHealth();
+  await loadVoices();
+  document.documentElement.dataset.ready = "true"; // tests wait on this
+}
+
+main();

