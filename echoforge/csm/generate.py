@@ -14,53 +14,62 @@ from torch import Tensor
 from echoforge.csm.model import CSM
 
 
-def sample(logits: Tensor, temperature: Tensor, topk: Tensor, kmax: int, generator: torch.Generator | None) -> Tensor:
+def sample(
+    logits: Tensor,
+    temperature: Tensor,
+    topk: Tensor | None,
+    kmax: int,
+    generator: torch.Generator | None,
+    any_greedy: bool = True,
+) -> Tensor:
     """Top-k sampling with per-row temperature; rows with temperature 0 take the argmax.
 
     Args:
         logits: ``[B, V]``.
         temperature: ``[B]`` float; 0 means greedy for that row.
-        topk: ``[B]`` long, each row's k (<= ``kmax``).
+        topk: ``[B]`` long, each row's k (<= ``kmax``); None when every row uses ``kmax``.
         kmax: static upper bound of ``topk`` (a Python int, so shapes stay fixed).
-        generator: RNG for the Gumbel-style draw (seeded by the caller for reproducibility).
+        generator: RNG for the exponential draw (seeded by the caller for reproducibility).
+        any_greedy: static hint; False skips the argmax branch.
 
     Returns:
         ``[B]`` long token ids.
     """
     logits = logits.float()
-    greedy = logits.argmax(-1)
-    scaled = logits / temperature.clamp_min(1e-5)[:, None]
-    vals, idx = scaled.topk(min(kmax, logits.shape[-1]), dim=-1)  # [B, kmax], sorted descending
-    keep = torch.arange(vals.shape[-1], device=vals.device)[None, :] < topk[:, None]
-    probs = torch.softmax(vals.masked_fill(~keep, float("-inf")), dim=-1)
+    vals, idx = (logits / temperature.clamp_min(1e-5)[:, None]).topk(min(kmax, logits.shape[-1]), dim=-1)  # [B, k]
+    if topk is not None:
+        keep = torch.arange(vals.shape[-1], device=vals.device)[None, :] < topk[:, None]
+        vals = vals.masked_fill(~keep, float("-inf"))
+    probs = torch.softmax(vals, dim=-1)
     # argmax(p / q) with q ~ Exp(1) is an exact draw from p without a host sync (gpt-fast's trick).
     q = torch.empty_like(probs).exponential_(1, generator=generator)
-    choice = (probs / q).argmax(-1, keepdim=True)
-    sampled = idx.gather(-1, choice).squeeze(-1)
-    return torch.where(temperature > 0, sampled, greedy)
-
-
-def sample_greedy(logits: Tensor) -> Tensor:
-    """Argmax over ``[B, V]`` -> ``[B]`` (temperature 0 for every row)."""
-    return logits.argmax(-1)
+    sampled = idx.gather(-1, (probs / q).argmax(-1, keepdim=True)).squeeze(-1)
+    if not any_greedy:
+        return sampled
+    return torch.where(temperature > 0, sampled, logits.argmax(-1))
 
 
 class Sampler:
-    """Bundles the per-batch sampling settings so the frame step has one argument for them."""
+    """Per-batch sampling settings, so the frame step takes one argument for them.
+
+    Decisions that depend only on the settings (all greedy? one k for all rows?) are made
+    here once, in Python, and become static branches in the hot path.
+    """
 
     def __init__(self, temperature: Tensor, topk: Tensor, kmax: int, generator: torch.Generator | None):
-        self.temperature, self.topk, self.kmax, self.generator = temperature, topk, kmax, generator
-        # Static decision: a batch of greedy rows skips the top-k / RNG work entirely.
+        self.temperature, self.kmax, self.generator = temperature, kmax, generator
         self.greedy = bool((temperature == 0).all())
+        self.any_greedy = bool((temperature == 0).any())
+        self.topk = None if bool((topk == kmax).all()) else topk
 
     def __call__(self, logits: Tensor) -> Tensor:
         if self.greedy:
-            return sample_greedy(logits)
-        return sample(logits, self.temperature, self.topk, self.kmax, self.generator)
+            return logits.argmax(-1)
+        return sample(logits, self.temperature, self.topk, self.kmax, self.generator, self.any_greedy)
 
 
 def prefill(
-    model: CSM, tokens: Tensor, tokens_mask: Tensor, rope_pos: Tensor, valid: Tensor, kv_len: int | None = None
+    model: CSM, tokens: Tensor, tokens_mask: Tensor, rope_pos: Tensor, valid: Tensor | None, kv_len: int | None = None
 ) -> Tensor:
     """Run the backbone over the whole prompt and return the last position's hidden state.
 
@@ -68,7 +77,8 @@ def prefill(
         tokens: ``[B, T, K+1]`` prompt rows (left-padded for batches).
         tokens_mask: ``[B, T, K+1]`` bool.
         rope_pos: ``[B, T]`` per-row positions (padding rows may hold anything >= 0).
-        valid: ``[B, S]`` bool, True for cache columns holding real (non-padding) tokens.
+        valid: ``[B, S]`` bool, True for cache columns holding real (non-padding) tokens;
+            None when no row is padded (then plain causal attention).
         kv_len: eager-only; pass ``T``.
 
     Returns:
@@ -76,10 +86,15 @@ def prefill(
     """
     t = tokens.shape[1]
     input_pos = torch.arange(t, device=tokens.device)
-    causal = torch.ones(t, valid.shape[1], dtype=torch.bool, device=tokens.device).tril()  # [T, S]
-    mask = (causal[None] & valid[:, None, :]).unsqueeze(1)  # [B, 1, T, S]
-    # A left-padding row attends to nothing real; let it see itself so softmax stays finite.
-    mask = mask | torch.eye(t, valid.shape[1], dtype=torch.bool, device=tokens.device)[None, None]
+    mask = None
+    if valid is not None or kv_len is None:
+        s = model.backbone.args.max_seq_len
+        causal = torch.ones(t, s, dtype=torch.bool, device=tokens.device).tril()  # [T, S]
+        mask = (
+            causal[None, None] if valid is None else (causal[None] & valid[:, None, :]).unsqueeze(1)
+        )  # [B|1, 1, T, S]
+        # A left-padding row attends to nothing real; let it see itself so softmax stays finite.
+        mask = mask | torch.eye(t, s, dtype=torch.bool, device=tokens.device)[None, None]
     h = model.backbone(model.embed_tokens(tokens, tokens_mask), rope_pos, input_pos, mask, kv_len)
     return h[:, -1]
 
@@ -92,6 +107,7 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     so nothing is reallocated or cleared.
     """
     k = model.args.audio_num_codebooks
+    b = h.shape[0]
     c0 = sampler(model.codebook0_head(h))  # [B]
     codes = [c0]
     # Positions 0 and 1: the projected backbone state and codebook 0's embedding.
@@ -99,24 +115,30 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     positions = model.decoder_positions  # [K] = arange(K); slices of it are static per step
     pos = positions[:2]
     for i in range(1, k):
-        b = x.shape[0]
-        rope_pos = pos[None].expand(b, -1)
-        mask = model.decoder_causal[pos][None, None].expand(b, 1, -1, -1)  # [B, 1, T, K]
-        out = model.decoder(x, rope_pos, pos, mask, i + 1 if slice_kv else None)
-        logits = out[:, -1] @ model.audio_head[i - 1]  # [B, vocab]
-        ci = sampler(logits)
+        # Decoder positions are the same for every row (rope_pos=None).
+        if slice_kv:  # eager: attend over exactly the live prefix, no mask needed
+            out = model.decoder(x, None, pos, None, i + 1)
+        else:  # static shapes: full 32-column cache under the causal mask
+            out = model.decoder(x, None, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
+        ci = sampler(out[:, -1] @ model.audio_head[i - 1])  # logits [B, vocab] -> [B]
         codes.append(ci)
         x = model.embed_code(i, ci)
         pos = positions[i + 1 : i + 2]
     return torch.stack(codes, dim=1)
 
 
-def backbone_step(model: CSM, frame: Tensor, pos: int, rope_pos: Tensor, valid: Tensor, slice_kv: bool = True) -> Tensor:
-    """Feed one generated frame ``[B, K]`` at cache column ``pos``; return the new state ``[B, D]``."""
-    input_pos = torch.tensor([pos], device=frame.device)
-    mask = (valid & (torch.arange(valid.shape[1], device=frame.device) <= pos))[:, None, None, :]  # [B,1,1,S]
-    h = model.backbone(model.embed_frame(frame), rope_pos[:, None], input_pos, mask, pos + 1 if slice_kv else None)
-    return h[:, -1]
+def backbone_step(
+    model: CSM, frame: Tensor, input_pos: Tensor, pos: int, rope_pos: Tensor, valid: Tensor | None
+) -> Tensor:
+    """Eager step: feed one generated frame ``[B, K]`` at cache column ``pos``; return ``[B, D]``.
+
+    ``input_pos`` is ``[pos]`` as a tensor; ``valid`` ``[B, S]`` marks real columns of left-padded
+    batches (None: nothing padded, so RoPE positions equal cache columns and no mask is needed).
+    """
+    if valid is None:
+        return model.backbone(model.embed_frame(frame), None, input_pos, None, pos + 1)[:, -1]
+    mask = valid[:, None, None, :]  # columns > pos are cut by kv_len
+    return model.backbone(model.embed_frame(frame), rope_pos[:, None], input_pos, mask, pos + 1)[:, -1]
 
 
 def decode_frame(
@@ -128,7 +150,7 @@ def decode_frame(
         h: ``[B, D]`` backbone state from the previous step.
         input_pos: ``[1]`` cache column for this frame's backbone step.
         rope_pos: ``[B]`` RoPE position for each row.
-        valid: ``[B, S]`` bool, real columns (the new column must already be marked valid).
+        valid: ``[B, S]`` bool, real columns (every column a row will generate into is True).
 
     Returns:
         ``(frame [B, K], h_next [B, D])``.

@@ -82,7 +82,9 @@ class CSMArgs:
         if name not in csm_configs:
             raise ValueError(f"unknown CSM preset {name!r}; choose one of {sorted(csm_configs)}")
         backbone, decoder = csm_configs[name]
-        return cls(backbone=ModelArgs(**transformer_configs[backbone]), decoder=ModelArgs(**transformer_configs[decoder]))
+        return cls(
+            backbone=ModelArgs(**transformer_configs[backbone]), decoder=ModelArgs(**transformer_configs[decoder])
+        )
 
 
 csm_configs: dict[str, tuple[str, str]] = {"csm-1b": ("llama-1B", "llama-100M")}
@@ -99,10 +101,12 @@ class KVCache(nn.Module):
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         # input_pos: [T] cache columns; k, v: [B, H_kv, T, head_dim]. Rows beyond B stay untouched.
-        b = k.shape[0]
-        self.k_cache[:b].index_copy_(2, input_pos, k)
-        self.v_cache[:b].index_copy_(2, input_pos, v)
-        return self.k_cache[:b], self.v_cache[:b]
+        kc, vc = self.k_cache, self.v_cache
+        if k.shape[0] != kc.shape[0]:
+            kc, vc = kc[: k.shape[0]], vc[: k.shape[0]]
+        kc.index_copy_(2, input_pos, k)
+        vc.index_copy_(2, input_pos, v)
+        return kc, vc
 
     def reset(self) -> None:
         """Zero in place (no reallocation). Not needed for correctness: masks hide stale columns."""
@@ -113,14 +117,14 @@ class KVCache(nn.Module):
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        self.eps, self.shape = eps, (dim,)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:  # one fused op: per-op overhead dominates small CPU models
+            return F.rms_norm(x, self.shape, self.weight, self.eps)
         # Normalise in fp32 (bf16 variance is too coarse), then scale in the input dtype.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.shape, eps=self.eps).to(x.dtype)
 
 
 def rope_inv_freq(args: ModelArgs) -> Tensor:
@@ -142,18 +146,19 @@ def rope_inv_freq(args: ModelArgs) -> Tensor:
 
 
 def rope_tables(args: ModelArgs) -> tuple[Tensor, Tensor]:
-    """cos/sin tables ``[max_seq_len, head_dim]`` in fp32 (half-split "rotate_half" layout)."""
+    """cos and *signed* sin tables ``[max_seq_len, head_dim]`` in fp32 (half-split layout).
+
+    The usual ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]`` equals
+    ``x * cos + roll(x, hd/2) * [-sin, sin]``: one roll instead of chunk + neg + cat.
+    """
     t = torch.arange(args.max_seq_len, dtype=torch.float)
     freqs = t[:, None] * rope_inv_freq(args)[None, :]  # [S, head_dim/2]
-    emb = torch.cat([freqs, freqs], dim=-1)  # [S, head_dim]
-    return emb.cos(), emb.sin()
+    return torch.cat([freqs, freqs], dim=-1).cos(), torch.cat([-freqs.sin(), freqs.sin()], dim=-1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x: [B, H, T, hd]; cos/sin: [B, 1, T, hd]
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """Rotate ``x [..., hd]`` by tables from :func:`rope_tables` (broadcastable to ``x``)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 class Attention(nn.Module):
@@ -165,23 +170,32 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, q_dim + 2 * kv_dim, bias=False)
         self.wo = nn.Linear(q_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
-        self.split = (q_dim, kv_dim, kv_dim)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor, kv_len: int | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None
+    ) -> Tensor:
         a = self.args
         bsz, seqlen, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.split, dim=-1)
-        q = q.view(bsz, seqlen, a.n_head, a.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = k.view(bsz, seqlen, a.n_local_heads, a.head_dim).transpose(1, 2)  # [B, H_kv, T, hd]
-        v = v.view(bsz, seqlen, a.n_local_heads, a.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = F.linear(x, self.wqkv.weight).view(bsz, seqlen, a.n_head + 2 * a.n_local_heads, a.head_dim)
+        qk = apply_rope(qkv[:, :, : a.n_head + a.n_local_heads], cos, sin)  # q and k rotated in one go
+        q = qk[:, :, : a.n_head].transpose(1, 2)  # [B, H, T, hd]
+        k = qk[:, :, a.n_head :].transpose(1, 2)  # [B, H_kv, T, hd]
+        v = qkv[:, :, a.n_head + a.n_local_heads :].transpose(1, 2)
         assert self.kv_cache is not None, "call setup_caches() first"
         k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, hd]
         if kv_len is not None:
             # Eager-mode shortcut: columns >= kv_len are masked anyway, so skip reading them.
-            k, v, mask = k[:, :, :kv_len], v[:, :, :kv_len], mask[..., :kv_len]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=a.n_head != a.n_local_heads)
-        return self.wo(y.transpose(1, 2).reshape(bsz, seqlen, a.n_head * a.head_dim))
+            k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+            mask = None if mask is None else mask[..., :kv_len]
+        gqa = a.n_head != a.n_local_heads
+        if mask is None:
+            # Caller guarantees every column < kv_len is visible: either one query (decode) or a
+            # fresh causal block starting at column 0 (prefill / first decoder step).
+            assert seqlen == 1 or kv_len == seqlen
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return F.linear(y.transpose(1, 2).reshape(bsz, seqlen, a.n_head * a.head_dim), self.wo.weight)
 
 
 class FeedForward(nn.Module):
@@ -192,8 +206,8 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.w13(x).split(self.hidden, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        gate, up = F.linear(x, self.w13.weight).split(self.hidden, dim=-1)
+        return F.linear(F.silu(gate) * up, self.w2.weight)
 
 
 class TransformerBlock(nn.Module):
@@ -204,9 +218,12 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, input_pos: Tensor, kv_len: int | None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos, kv_len)
-        return h + self.feed_forward(self.ffn_norm(h))
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None
+    ) -> Tensor:
+        # `.forward` directly: nn.Module.__call__'s hook handling is measurable per-op overhead here.
+        h = x + self.attention.forward(self.attention_norm.forward(x), cos, sin, mask, input_pos, kv_len)
+        return h + self.feed_forward.forward(self.ffn_norm.forward(h))
 
 
 class Transformer(nn.Module):
@@ -234,22 +251,28 @@ class Transformer(nn.Module):
                 layer.attention.kv_cache.reset()
 
     def forward(
-        self, x: Tensor, rope_pos: Tensor, input_pos: Tensor, mask: Tensor, kv_len: int | None = None
+        self, x: Tensor, rope_pos: Tensor | None, input_pos: Tensor, mask: Tensor | None, kv_len: int | None = None
     ) -> Tensor:
         """Run the stack.
 
         Args:
             x: input embeddings ``[B, T, dim]``.
-            rope_pos: RoPE positions ``[B, T]`` (per row, so left-padded batches match unbatched runs).
+            rope_pos: RoPE positions ``[B, T]`` (per row, so left-padded batches match unbatched runs),
+                or None when they equal ``input_pos`` for every row.
             input_pos: KV-cache columns to write ``[T]`` (shared by the batch).
-            mask: attention mask ``[B, 1, T, S]`` (bool, True = may attend).
+            mask: attention mask ``[B, 1, T, S]`` (bool, True = may attend), or None when every
+                column below ``kv_len`` is visible (causal within a block that starts at column 0).
             kv_len: eager-only hint that columns >= kv_len are all masked (None under compile).
         """
-        cos = self.rope_cos[rope_pos].unsqueeze(1).to(x.dtype)  # [B, 1, T, hd]
-        sin = self.rope_sin[rope_pos].unsqueeze(1).to(x.dtype)
+        if rope_pos is None:  # every row at the cache columns: one table lookup for the batch
+            cos, sin = self.rope_cos[input_pos][None, :, None], self.rope_sin[input_pos][None, :, None]  # [1, T, 1, hd]
+        else:
+            cos, sin = self.rope_cos[rope_pos].unsqueeze(2), self.rope_sin[rope_pos].unsqueeze(2)  # [B, T, 1, hd]
+        if cos.dtype != x.dtype:
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos, kv_len)
-        return self.norm(x)
+            x = layer.forward(x, cos, sin, mask, input_pos, kv_len)
+        return self.norm.forward(x)
 
 
 class CSM(nn.Module):

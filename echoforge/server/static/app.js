@@ -3,49 +3,17 @@
 // All network access goes through api(), which adds the API key and turns the server's
 // {"error": {...}} bodies into ApiError with a readable message.
 
-const $ = (sel, root = document) => root.querySelector(sel);
-const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
-
-/** Create an element: h("a", {href: "#", class: "x"}, "text", child). No innerHTML. */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "class") el.className = v;
-    else if (k === "style") el.style.cssText = v;
-    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : String(c));
-  }
-  return el;
-}
-
-const store = {
-  get(key, fallback) {
-    try {
-      const raw = localStorage.getItem(`echoforge.${key}`);
-      return raw === null ? fallback : JSON.parse(raw);
-    } catch { return fallback; }
-  },
-  set(key, value) {
-    try { localStorage.setItem(`echoforge.${key}`, JSON.stringify(value)); } catch { /* quota or disabled */ }
-  },
-  remove(key) {
-    try { localStorage.removeItem(`echoforge.${key}`); } catch { /* disabled */ }
-  },
-};
+import { ApiError, api, fetchAudioUrl, session } from "./api.js";
+import { toWav, wavFromPcm16 } from "./audio.js";
+import { $, $$, h, store } from "./dom.js";
 
 const state = {
   health: null,
   voices: [],
   voicesLoaded: false,
   limit: 4096,
-  apiKey: store.get("apiKey", ""),
 };
+session.apiKey = store.get("apiKey", "");
 
 // Tone presets: a text modifier CSM understands plus sampling settings that suit it.
 const PRESETS = [
@@ -56,89 +24,6 @@ const PRESETS = [
   { id: "sad", label: "Sad", prefix: "(sad)", temperature: 0.75, topk: 40 },
   { id: "angry", label: "Angry", prefix: "(angry)", temperature: 1.05, topk: 70 },
 ];
-
-// ---------------------------------------------------------------- API
-
-class ApiError extends Error {
-  constructor(message, { status = 0, type = "", code = "", retryAfter = null } = {}) {
-    super(message);
-    this.name = "ApiError";
-    this.status = status;
-    this.type = type;
-    this.code = code;
-    this.retryAfter = retryAfter;
-  }
-}
-
-function authHeaders() {
-  return state.apiKey ? { Authorization: `Bearer ${state.apiKey}` } : {};
-}
-
-/** Pull a human message out of any error body the server might send. */
-function messageFromBody(body) {
-  if (!body || typeof body !== "object") return "";
-  const e = body.error;
-  if (e && typeof e === "object" && e.message) return String(e.message);
-  if (typeof e === "string") return e;
-  if (typeof body.message === "string") return body.message;
-  if (typeof body.detail === "string") return body.detail;
-  if (Array.isArray(body.detail)) {
-    // FastAPI's default validation shape: [{loc: [...], msg}]
-    return body.detail.map((d) => {
-      const loc = (d.loc || []).filter((p) => p !== "body").join(".");
-      return loc ? `${loc}: ${d.msg}` : d.msg;
-    }).join("; ");
-  }
-  return "";
-}
-
-async function errorFromResponse(res) {
-  let body = null;
-  try { body = await res.clone().json(); } catch { /* not JSON */ }
-  const err = body && typeof body.error === "object" ? body.error : {};
-  let message = messageFromBody(body) || `${res.status} ${res.statusText || "error"}`.trim();
-  const retryAfter = res.headers.get("Retry-After");
-  if (res.status === 401 || res.status === 403) {
-    message = state.apiKey
-      ? `The API key was rejected (${message}). Check the key and save it again.`
-      : `This server requires an API key (${message}). Enter it at the top of the page.`;
-    showKeyBar(true);
-  } else if (res.status === 429 || res.status === 503) {
-    const wait = retryAfter ? ` Try again in ${retryAfter} s.` : " Try again shortly.";
-    message = `${res.status === 429 ? "The server is busy" : "The server is unavailable"}: ${message}.${wait}`.replace("..", ".");
-  }
-  return new ApiError(message, { status: res.status, type: err.type, code: err.code, retryAfter });
-}
-
-async function api(path, { method = "GET", json, form, signal, raw = false } = {}) {
-  const headers = { Accept: "application/json", ...authHeaders() };
-  let body;
-  if (json !== undefined) {
-    headers["Content-Type"] = "application/json";
-    body = JSON.stringify(json);
-  } else if (form) {
-    body = form;
-  }
-  let res;
-  try {
-    res = await fetch(path, { method, headers, body, signal });
-  } catch (e) {
-    if (e.name === "AbortError") throw e;
-    throw new ApiError("Cannot reach the EchoForge server. Is it still running?");
-  }
-  if (!res.ok) throw await errorFromResponse(res);
-  if (raw) return res;
-  if (res.status === 204) return null;
-  const type = res.headers.get("content-type") || "";
-  return type.includes("json") ? res.json() : res.text();
-}
-
-/** Fetch audio with auth and return an object URL (audio elements cannot send headers). */
-async function fetchAudioUrl(path, signal) {
-  const res = await api(path, { raw: true, signal });
-  const blob = await res.blob();
-  return { url: URL.createObjectURL(blob), blob };
-}
 
 // ---------------------------------------------------------------- UI helpers
 
@@ -244,21 +129,21 @@ function showKeyBar(open) {
   $("#key-toggle").hidden = false;
   bar.hidden = !open;
   $("#key-toggle").setAttribute("aria-expanded", String(open));
-  if (open) $("#api-key").value = state.apiKey;
+  if (open) $("#api-key").value = session.apiKey;
 }
 
 function initKeyBar() {
   $("#key-toggle").addEventListener("click", () => showKeyBar($("#key-bar").hidden));
   $("#key-bar").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    state.apiKey = $("#api-key").value.trim();
-    store.set("apiKey", state.apiKey);
+    session.apiKey = $("#api-key").value.trim();
+    store.set("apiKey", session.apiKey);
     showKeyBar(false);
-    toast(state.apiKey ? "API key saved in this browser." : "API key cleared.");
+    toast(session.apiKey ? "API key saved in this browser." : "API key cleared.");
     await loadVoices();
   });
   $("#key-clear").addEventListener("click", () => {
-    state.apiKey = "";
+    session.apiKey = "";
     store.remove("apiKey");
     $("#api-key").value = "";
     toast("API key removed from this browser.");
@@ -276,7 +161,8 @@ async function loadHealth() {
     const name = eng.name || "unknown";
     if (eng.is_fallback) {
       badge.dataset.state = "fallback";
-      badge.textContent = `${name} · fallback engine (not CSM)`;
+      badge.replaceChildren(h("span", { class: "long" }, `${name} · fallback engine (not CSM)`),
+        h("span", { class: "short" }, `${name} · fallback`));
     } else {
       badge.dataset.state = "ok";
       badge.textContent = name === "csm" ? "CSM engine" : `${name} engine`;
@@ -286,7 +172,7 @@ async function loadHealth() {
     if (health.version) $("#version").textContent = `v${health.version}`;
     if (health.auth_required) {
       $("#key-toggle").hidden = false;
-      if (!state.apiKey) showKeyBar(true);
+      if (!session.apiKey) showKeyBar(true);
     }
     updateCounter();
   } catch (err) {
@@ -327,7 +213,8 @@ function stopSample() {
   samplePlayer.audio.pause();
   if (samplePlayer.button) {
     samplePlayer.button.setAttribute("aria-pressed", "false");
-    $(".lbl", samplePlayer.button).textContent = "Play sample";
+    delete samplePlayer.button.dataset.state;
+    $(".lbl", samplePlayer.button).textContent = "Play";
     samplePlayer.button = null;
   }
 }
@@ -347,6 +234,7 @@ async function playSample(voice, button) {
     if (samplePlayer.button !== button) return; // user moved on while loading
     samplePlayer.audio.src = url;
     await samplePlayer.audio.play();
+    button.dataset.state = "playing";
   } catch (err) {
     stopSample();
     toast(err.name === "NotAllowedError" ? "The browser blocked playback; click again." : `Could not play the sample: ${err.message}`, "error");
@@ -356,6 +244,15 @@ samplePlayer.audio.addEventListener("ended", stopSample);
 
 async function loadVoices() {
   const errBox = $("#voices-error");
+  if (state.health?.auth_required && !session.apiKey) {
+    // Don't send a request we know will be refused; say what is needed instead.
+    state.voices = [];
+    showError(errBox, new ApiError("This server requires an API key. Enter it at the top of the page to load the voices.", { status: 401 }));
+    fillFilterOptions();
+    renderVoices();
+    fillVoiceSelects();
+    return;
+  }
   try {
     const data = await api("/api/voices");
     state.voices = (data.voices || data.data || []).map((v) => ({ ...v, tags: v.tags || {} }));
@@ -402,7 +299,7 @@ function voiceCard(v) {
   if (v.tags.style) tags.push(h("span", { class: "tag" }, cap(v.tags.style)));
   if (v.tags.language) tags.push(h("span", { class: "tag", title: v.tags.language }, languageLabel(v.tags.language)));
   const play = h("button", { class: "btn btn-secondary btn-sm play-btn", type: "button", "aria-pressed": "false", "aria-label": `Play sample of ${v.name}` },
-    h("span", { class: "play-icon", "aria-hidden": "true" }), h("span", { class: "lbl" }, "Play sample"));
+    h("span", { class: "play-icon", "aria-hidden": "true" }), h("span", { class: "lbl" }, "Play"));
   play.addEventListener("click", () => playSample(v, play));
   const actions = [
     v.sample_url ? play : null,
@@ -415,7 +312,7 @@ function voiceCard(v) {
     h("div", { class: "top" }, portrait(v),
       h("div", { class: "who" }, h("h3", {}, v.name), h("span", { class: "kind" }, v.builtin ? "Built-in voice" : "Your voice"))),
     tags.length ? h("div", { class: "tags" }, tags) : null,
-    h("p", { class: "desc" }, v.description || (v.transcript ? `“${v.transcript}”` : "No description.")),
+    h("p", { class: "desc", title: v.description || null }, v.description || (v.transcript ? `“${v.transcript}”` : "No description.")),
     h("div", { class: "card-actions" }, actions));
 }
 
@@ -479,8 +376,10 @@ function selectStudioVoice(id) {
 function updateStudioPortrait() {
   const v = voiceById($("#gen-voice").value);
   const slot = $("#gen-portrait");
-  if (!v) { slot.hidden = true; return; }
+  const desc = $("#gen-voice-desc");
+  if (!v) { slot.hidden = true; desc.textContent = ""; return; }
   slot.hidden = false;
+  desc.textContent = [[v.tags.gender, v.tags.style].filter(Boolean).map(cap).join(", "), v.description].filter(Boolean).join(" — ");
   slot.textContent = initials(v.name);
   slot.style.setProperty("--hue", hashHue(v.id || v.name));
 }
@@ -656,6 +555,9 @@ function generationPayload() {
   };
   const seed = seedValue("#gen-seed");
   if (seed !== undefined) body.seed = seed;
+  // The tone also goes as OpenAI-style instructions, which the server maps to style hints.
+  const preset = currentPreset();
+  if (preset.prefix) body.instructions = preset.id;
   return body;
 }
 
@@ -733,6 +635,10 @@ function initStudio() {
     updateStudioPortrait();
   });
   $("#gen-form").addEventListener("submit", (ev) => { ev.preventDefault(); generate(); });
+  // Streaming always delivers PCM (kept as WAV), so the format only applies to rendered files.
+  for (const radio of $$('#gen-form input[name="mode"]')) {
+    radio.addEventListener("change", () => { $("#gen-format").disabled = radio.value === "stream" && radio.checked; });
+  }
   $("#gen-cancel").addEventListener("click", () => { studio.cancel(); stopStreaming?.(); });
   $("#history-clear").addEventListener("click", () => { store.set("history", []); renderHistory(); });
   updateCounter();
@@ -757,20 +663,6 @@ async function generate() {
 
 let stopStreaming = null;
 
-function wavFromPcm16(chunks, sampleRate) {
-  const samples = chunks.reduce((n, c) => n + c.length, 0);
-  const buf = new ArrayBuffer(44 + samples * 2);
-  const dv = new DataView(buf);
-  const str = (o, s) => { for (let i = 0; i < s.length; i++) dv.setUint8(o + i, s.charCodeAt(i)); };
-  str(0, "RIFF"); dv.setUint32(4, 36 + samples * 2, true); str(8, "WAVE");
-  str(12, "fmt "); dv.setUint32(16, 16, true); dv.setUint16(20, 1, true); dv.setUint16(22, 1, true);
-  dv.setUint32(24, sampleRate, true); dv.setUint32(28, sampleRate * 2, true); dv.setUint16(32, 2, true); dv.setUint16(34, 16, true);
-  str(36, "data"); dv.setUint32(40, samples * 2, true);
-  let off = 44;
-  for (const c of chunks) { new Int16Array(buf, off, c.length).set(c); off += c.length * 2; }
-  return new Blob([buf], { type: "audio/wav" });
-}
-
 function streamGenerate(payload, base) {
   studio.reset();
   studio.busy(true);
@@ -778,7 +670,7 @@ function streamGenerate(payload, base) {
   setProgress(studio.el("progress"), 0);
   const url = new URL("/api/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (state.apiKey) url.searchParams.set("api_key", state.apiKey);
+  if (session.apiKey) url.searchParams.set("api_key", session.apiKey);
   const ctx = new (window.AudioContext || window.webkitAudioContext)();
   const pcm = [];
   let sampleRate = 24000;
@@ -820,7 +712,7 @@ function streamGenerate(payload, base) {
     ws.addEventListener("open", () => {
       ws.send(JSON.stringify({ type: "start", voice: payload.voice, format: "pcm", temperature: payload.temperature,
         topk: payload.topk, speed: payload.speed, ...(payload.seed !== undefined ? { seed: payload.seed } : {}),
-        ...(state.apiKey ? { api_key: state.apiKey } : {}) }));
+        ...(session.apiKey ? { api_key: session.apiKey } : {}) }));
     });
     ws.addEventListener("message", (ev) => {
       if (typeof ev.data === "string") {
@@ -884,24 +776,6 @@ function setClip(blob, name) {
   } else {
     $("#cv-audio").removeAttribute("src");
     $("#cv-file").value = "";
-  }
-}
-
-/** Decode any recorded blob and re-encode it as 16-bit mono WAV, which every server accepts. */
-async function toWav(blob) {
-  const ctx = new (window.AudioContext || window.webkitAudioContext)();
-  try {
-    const audio = await ctx.decodeAudioData(await blob.arrayBuffer());
-    const mono = new Float32Array(audio.length);
-    for (let c = 0; c < audio.numberOfChannels; c++) {
-      const d = audio.getChannelData(c);
-      for (let i = 0; i < d.length; i++) mono[i] += d[i] / audio.numberOfChannels;
-    }
-    const ints = new Int16Array(mono.length);
-    for (let i = 0; i < mono.length; i++) ints[i] = Math.max(-1, Math.min(1, mono[i])) * 32767;
-    return wavFromPcm16([ints], audio.sampleRate);
-  } finally {
-    ctx.close();
   }
 }
 
@@ -1022,9 +896,12 @@ function renderTurns(focus) {
       h("option", { value: "0" }, speakerName(0)), h("option", { value: "1" }, speakerName(1)));
     sel.value = String(t.speaker);
     sel.addEventListener("change", () => { t.speaker = Number(sel.value); li.dataset.speaker = sel.value; saveConversation(); });
-    const ta = h("textarea", { rows: "2", "aria-label": `Text of turn ${i + 1}`, placeholder: "What does this speaker say?" });
+    const ta = h("textarea", { "aria-label": `Text of turn ${i + 1}`, placeholder: "What does this speaker say?" });
     ta.value = t.text;
-    ta.addEventListener("input", () => { t.text = ta.value; saveConversation(); });
+    // Grow with the text (only while visible: a hidden textarea has no scrollHeight).
+    const grow = () => { if (ta.offsetParent) { ta.style.height = "auto"; ta.style.height = `${ta.scrollHeight + 2}px`; } };
+    ta.rows = Math.min(8, Math.max(2, Math.ceil(t.text.length / 45)));
+    ta.addEventListener("input", () => { t.text = ta.value; saveConversation(); grow(); });
     const tool = (label, icon, fn, disabled) => {
       const b = h("button", { class: "icon-btn", type: "button", "aria-label": `${label} turn ${i + 1}`, title: label, disabled },
         h("span", { "aria-hidden": "true" }, icon));
@@ -1088,6 +965,7 @@ function initConversation() {
 // ---------------------------------------------------------------- start
 
 async function main() {
+  session.onAuthError = () => showKeyBar(true);
   initTheme();
   initKeyBar();
   initCharacters();
@@ -1095,6 +973,8 @@ async function main() {
   initCreate();
   initConversation();
   window.addEventListener("hashchange", () => { route(); $("#main").focus({ preventScroll: true }); });
+  // The skip link must not touch the hash: the hash is the router's.
+  $(".skip-link").addEventListener("click", (ev) => { ev.preventDefault(); $("#main").focus(); });
   route();
   await loadHealth();
   await loadVoices();

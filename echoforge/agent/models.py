@@ -1,0 +1,187 @@
+"""The agent's models, loaded once and shared by every conversation (CLI, server sessions, benchmark).
+
+:class:`AgentModels` holds the recogniser, the LLM, the knowledge base and the optional emotion
+detector; :meth:`AgentModels.warm_up` runs each once so the first real turn is not paying for lazy
+initialisation; :meth:`AgentModels.memory_report` says what each one takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echoforge.agent.config import AgentSettings
+from echoforge.agent.vad import SileroVAD, TurnDetector
+
+log = logging.getLogger("echoforge.agent")
+
+
+def analysis_emotion_detector() -> Callable[[np.ndarray, int], dict | None] | None:
+    """An ``(audio, sr) -> {"label", "confidence", ...}`` adapter over ``echoforge.analysis``, if present.
+
+    The analysis part is optional: when it is missing (or exposes nothing we recognise) the agent
+    simply runs without the user's detected emotion.
+    """
+    if importlib.util.find_spec("echoforge.analysis.emotion") is None:
+        return None
+    try:
+        module = importlib.import_module("echoforge.analysis.emotion")
+    except Exception as exc:  # a broken optional part must not stop the agent
+        log.warning("echoforge.analysis.emotion is present but failed to import: %s", exc)
+        return None
+    fn = next((getattr(module, n) for n in ("detect_emotion", "analyze_emotion", "classify_emotion", "predict") if callable(getattr(module, n, None))), None)
+    if fn is None:
+        return None
+    params = None
+    if importlib.util.find_spec("echoforge.analysis.params") is not None:
+        with contextlib.suppress(Exception):
+            params = importlib.import_module("echoforge.analysis.params")
+
+    def detect(audio: np.ndarray, sample_rate: int) -> dict | None:
+        result = fn(audio, sample_rate)
+        data = _as_dict(result)
+        if not data:
+            return None
+        label = data.get("label") or data.get("emotion") or data.get("top")
+        out: dict[str, Any] = {"label": label, "confidence": data.get("confidence") or data.get("score")}
+        style_fn = getattr(params, "reply_style", None) if params is not None else None
+        if callable(style_fn):
+            with contextlib.suppress(Exception):
+                style = style_fn(result)
+                out["reply_style"] = _as_dict(style).get("name") or str(style)
+        return out if label else None
+
+    return detect
+
+
+def _as_dict(value: Any) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(value)
+    if isinstance(value, str):
+        return {"label": value}
+    return {}
+
+
+@dataclass
+class AgentModels:
+    """Shared, thread-safe models. Build with :meth:`load`."""
+
+    settings: AgentSettings
+    stt: Any
+    llm: Any
+    kb: Any = None
+    emotion_detector: Callable[[np.ndarray, int], dict | None] | None = None
+    vad_model_path: Path | None = None
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(cls, settings: AgentSettings, data_dir: Path, *, with_kb: bool = True) -> AgentModels:
+        """Load STT, LLM and the knowledge base (built/updated incrementally) for ``settings``."""
+        from echoforge.agent.llm import create_llm
+        from echoforge.agent.rag import KnowledgeBase
+        from echoforge.agent.stt import WhisperSTT
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        stt = WhisperSTT.from_settings(settings)
+        times["stt"] = time.perf_counter() - t
+        t = time.perf_counter()
+        llm = create_llm(settings)
+        times["llm"] = time.perf_counter() - t
+        kb = None
+        if with_kb:
+            t = time.perf_counter()
+            kb = KnowledgeBase.from_settings(settings, data_dir)
+            report = kb.build()
+            times["kb"] = time.perf_counter() - t
+            log.info("knowledge base: %d chunks (%s)", report.total_chunks, report.as_dict())
+        emotion = analysis_emotion_detector() if settings.use_analysis else None
+        models = cls(settings, stt, llm, kb, emotion, load_seconds=times)
+        if settings.report_memory:
+            log.info("agent memory: %s", models.memory_report())
+        return models
+
+    def new_detector(self) -> TurnDetector:
+        """A fresh VAD state machine for one conversation (each needs its own recurrent state)."""
+        from echoforge.agent.pipeline import vad_params
+
+        return TurnDetector(vad_params(self.settings), SileroVAD(self.vad_model_path))
+
+    def warm_up(self) -> dict[str, float]:
+        """Run each model once (blocking; call in a thread). Returns seconds per model."""
+        import threading as _t
+
+        times = {}
+        t = time.perf_counter()
+        self.stt.transcribe(np.zeros(16_000, np.float32), 16_000)
+        times["stt"] = time.perf_counter() - t
+        if self.kb is not None:
+            t = time.perf_counter()
+            self.kb.query("warm up", 1)
+            times["kb"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in self.llm.stream([{"role": "user", "content": "Hi"}], _t.Event(), 2, 0.0):
+            pass
+        times["llm"] = time.perf_counter() - t
+        return times
+
+    def memory_report(self, engine: Any = None) -> dict[str, Any]:
+        """What each model takes: weights (MB), process RSS, and CUDA memory when on a GPU."""
+        mb = 1024 * 1024
+        report: dict[str, Any] = {
+            "stt_weights_mb": round(_safe(getattr(self.stt, "memory_bytes", None)) / mb, 1),
+            "stt_device": getattr(self.stt, "device", "cpu"),
+            "llm_weights_mb": round(_safe(getattr(self.llm, "memory_bytes", None)) / mb, 1),
+            "llm_device": getattr(self.llm, "device", "remote"),
+        }
+        if self.kb is not None:
+            model = getattr(self.kb.embedder, "_model", None)
+            params = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+            report["embedder_weights_mb"] = round(params / mb, 1)
+        if engine is not None:
+            report["tts_engine"] = engine.name
+            report["tts_device"] = getattr(engine, "device", "cpu")
+        try:
+            import psutil
+
+            report["process_rss_mb"] = round(psutil.Process().memory_info().rss / mb, 1)
+        except ImportError:
+            pass
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                report["cuda_allocated_mb"] = round(torch.cuda.memory_allocated() / mb, 1)
+                report["cuda_reserved_mb"] = round(torch.cuda.memory_reserved() / mb, 1)
+        except ImportError:
+            pass
+        return report
+
+
+def _safe(fn: Callable[[], int] | None) -> int:
+    try:
+        return int(fn()) if fn else 0
+    except Exception:
+        return 0

@@ -1,0 +1,710 @@
+"""The live voice agent: mic PCM → VAD → STT → RAG + LLM → sentences → TTS → paced audio out.
+
+::
+
+    InputAudioFrame ─► VADProcessor ─► STTProcessor ─► LLMProcessor ─► SentenceProcessor ─► TTSProcessor ─► OutputProcessor ─► observer
+                         ▲  (BotStarted/StoppedSpeaking travel upstream from the output: the VAD raises its bar)
+
+Barge-in: the VAD confirms speech while the agent talks → ``UserStartedSpeakingFrame`` +
+``InterruptionFrame`` downstream. Every stage drops its queue and cancels its work (the LLM and
+TTS threads see their stop events); the output stops after the chunk in hand, works out how much of
+the reply was actually heard, and commits only that to the history.
+
+Audio leaves at real-time pace (``playback_lead_ms`` ahead of the clock), so "sent" ≈ "heard" and
+the truncation is accurate to a chunk. Transports (WebSocket, sounddevice, file) read
+:meth:`VoiceAgent.events` and play :class:`OutputAudioFrame`; on :class:`InterruptionFrame` they flush
+whatever they buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from echoforge.agent.config import AgentSettings
+from echoforge.agent.frames import (
+    AssistantTurnFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    ErrorFrame,
+    Frame,
+    InputAudioFrame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    LogFrame,
+    MetricsFrame,
+    OutputAudioFrame,
+    RetrievalFrame,
+    StateFrame,
+    TranscriptionFrame,
+    TTSAudioFrame,
+    TTSTextFrame,
+    UserAudioFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from echoforge.agent.llm import build_messages
+from echoforge.agent.processors import DOWN, UP, Direction, FrameProcessor, Pipeline, iterate_in_thread
+from echoforge.agent.sentences import SentenceSplitter
+from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
+from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
+
+log = logging.getLogger("echoforge.agent")
+
+LISTENING, THINKING, SPEAKING, PAUSED, STOPPED = "listening", "thinking", "speaking", "paused", "stopped"
+
+
+# --- conversation -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    """One turn of the conversation as it was heard (assistant turns: only the spoken part)."""
+
+    role: str  # "user" | "assistant"
+    text: str
+    audio: np.ndarray | None = None
+    sample_rate: int = SAMPLE_RATE
+    interrupted: bool = False
+    time: float = field(default_factory=time.time)
+
+
+class Conversation:
+    """The history shared by the LLM (text) and the TTS (text + audio context segments)."""
+
+    def __init__(self, agent_speaker: int = 0, user_speaker: int = 1) -> None:
+        self.turns: list[Turn] = []
+        self.agent_speaker = agent_speaker
+        self.user_speaker = user_speaker
+
+    def add(self, turn: Turn) -> None:
+        self.turns.append(turn)
+
+    def history(self, max_turns: int) -> list[tuple[str, str]]:
+        """The last ``max_turns`` turns as ``(role, text)`` for the LLM."""
+        return [(t.role, t.text) for t in self.turns[-max_turns:]] if max_turns else []
+
+    def tts_context(self, max_turns: int, sample_rate: int) -> list[Segment]:
+        """The last turns as engine :class:`Segment`s (audio resampled to the engine's rate)."""
+        from echoforge.audio import resample
+
+        segments = []
+        for t in self.turns[-max_turns:] if max_turns else []:
+            if not t.text:
+                continue
+            audio = None
+            if t.audio is not None and t.audio.size:
+                audio = resample(t.audio, t.sample_rate, sample_rate)
+            speaker = self.agent_speaker if t.role == "assistant" else self.user_speaker
+            segments.append(Segment(speaker=speaker, text=t.text, audio=audio, sample_rate=sample_rate))
+        return segments
+
+
+# --- processors -----------------------------------------------------------------------------------
+
+
+class VADProcessor(FrameProcessor):
+    """Runs the synchronous :class:`TurnDetector` on input audio (~0.1 ms per 32 ms window, so inline)."""
+
+    def __init__(self, detector: TurnDetector) -> None:
+        super().__init__()
+        self.detector = detector
+        self.paused = False
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, InputAudioFrame):
+            if self.paused:
+                return
+            audio = frame.audio
+            if frame.sample_rate != SAMPLE_RATE:
+                from echoforge.audio import resample
+
+                audio = resample(audio, frame.sample_rate, SAMPLE_RATE)
+            for event in self.detector.push(audio):
+                if event.kind == "started":
+                    await self.push_frame(UserStartedSpeakingFrame(during_bot_speech=event.during_bot_speech))
+                    await self.push_frame(InterruptionFrame(reason="barge-in" if event.during_bot_speech else "user"))
+                else:
+                    assert event.audio is not None
+                    await self.push_frame(UserStoppedSpeakingFrame(speech_seconds=event.audio.size / SAMPLE_RATE))
+                    await self.push_frame(UserAudioFrame(audio=event.audio, vad_end=time.monotonic()))
+            return
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self.detector.set_bot_speaking(True)
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.detector.set_bot_speaking(False)
+        await self.push_frame(frame, direction)
+
+
+class STTProcessor(FrameProcessor):
+    """Transcribes each user turn in a worker thread."""
+
+    def __init__(self, stt: Any) -> None:
+        super().__init__()
+        self.stt = stt
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, UserAudioFrame):
+            transcript = await asyncio.to_thread(self.stt.transcribe, frame.audio, frame.sample_rate)
+            await self.push_frame(
+                TranscriptionFrame(
+                    text=transcript.text,
+                    words=transcript.words,
+                    audio=frame.audio,
+                    sample_rate=frame.sample_rate,
+                    vad_end=frame.vad_end,
+                )
+            )
+            return
+        await self.push_frame(frame, direction)
+
+
+class LLMProcessor(FrameProcessor):
+    """Retrieval + emotion + prompt + streamed LLM reply for each non-empty transcript."""
+
+    def __init__(
+        self,
+        llm: Any,
+        conversation: Conversation,
+        settings: AgentSettings,
+        kb: Any = None,
+        emotion_detector: Callable[[np.ndarray, int], dict | None] | None = None,
+        style: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.llm = llm
+        self.conversation = conversation
+        self.settings = settings
+        self.kb = kb
+        self.emotion_detector = emotion_detector
+        self.style = style or dict
+        self.turn_id = 0
+        self.cancelled = 0  # replies cut short by an interruption
+        self.generating = False
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, TranscriptionFrame):
+            await self.push_frame(frame, direction)
+            if frame.text.strip():
+                await self._respond(frame)
+            return
+        await self.push_frame(frame, direction)
+
+    async def _respond(self, frame: TranscriptionFrame) -> None:
+        s = self.settings
+        history = self.conversation.history(s.history_turns)
+        self.conversation.add(Turn("user", frame.text, frame.audio, frame.sample_rate))
+        passages, relevant = [], False
+        if self.kb is not None:
+            retrieval = await asyncio.to_thread(self.kb.query, frame.text, s.top_k)
+            relevant = retrieval.relevant
+            passages = [p for p in retrieval.passages if p.score >= s.relevance_threshold] if relevant else []
+        emotion = None
+        if self.emotion_detector is not None and frame.audio is not None:
+            with contextlib.suppress(Exception):  # analysis is optional: never let it break a turn
+                emotion = await asyncio.to_thread(self.emotion_detector, frame.audio, frame.sample_rate)
+        await self.push_frame(
+            RetrievalFrame(query=frame.text, passages=passages, fallback=not relevant, emotion=emotion), DOWN
+        )
+        messages = build_messages(
+            frame.text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), emotion
+        )
+        self.turn_id += 1
+        turn_id = self.turn_id
+        await self.push_frame(LLMResponseStartFrame(turn_id=turn_id))
+        stop = threading.Event()
+        text = ""
+        self.generating = True
+        try:
+            async for piece in iterate_in_thread(
+                lambda: self.llm.stream(messages, stop, s.llm_max_tokens, s.llm_temperature), stop
+            ):
+                text += piece
+                await self.push_frame(LLMTextFrame(text=piece, turn_id=turn_id))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            stop.set()
+            self.generating = False
+        await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=text.strip()))
+
+
+class SentenceProcessor(FrameProcessor):
+    """Streamed LLM text → whole sentences for the TTS (the text frames pass through too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splitter = SentenceSplitter()
+        self.index = 0
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, InterruptionFrame | LLMResponseStartFrame):
+            self.splitter.reset()
+            self.index = 0
+        if isinstance(frame, LLMResponseEndFrame):
+            # The last (maybe unpunctuated) sentence goes out before the end marker.
+            for sentence in self.splitter.flush():
+                await self._emit(sentence, frame.turn_id)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, LLMTextFrame):
+            for sentence in self.splitter.push(frame.text):
+                await self._emit(sentence, frame.turn_id)
+
+    async def _emit(self, sentence: str, turn_id: int) -> None:
+        await self.push_frame(TTSTextFrame(text=sentence, turn_id=turn_id, index=self.index))
+        self.index += 1
+
+
+class TTSProcessor(FrameProcessor):
+    """Speaks each sentence through the engine (in a worker thread), with the conversation as context."""
+
+    def __init__(
+        self,
+        engine: TTSEngine,
+        conversation: Conversation,
+        settings: AgentSettings,
+        voice: Callable[[], str | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.conversation = conversation
+        self.settings = settings
+        self.voice = voice or (lambda: settings.voice)
+        self.cancelled = 0
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if not isinstance(frame, TTSTextFrame):
+            await self.push_frame(frame, direction)
+            return
+        s = self.settings
+        request = SynthesisRequest(
+            text=frame.text,
+            voice=self.voice(),
+            speaker=s.speaker,
+            context=self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
+        )
+        stop = threading.Event()
+        try:
+            async for chunk in iterate_in_thread(lambda: self.engine.stream(request), stop):
+                chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                if chunk.size:
+                    await self.push_frame(
+                        TTSAudioFrame(
+                            audio=chunk,
+                            sample_rate=self.engine.sample_rate,
+                            text=frame.text,
+                            turn_id=frame.turn_id,
+                            index=frame.index,
+                        )
+                    )
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        await self.push_frame(
+            TTSAudioFrame(
+                audio=np.zeros(0, np.float32),
+                sample_rate=self.engine.sample_rate,
+                text=frame.text,
+                turn_id=frame.turn_id,
+                index=frame.index,
+                last=True,
+            )
+        )
+
+
+@dataclass
+class _Sentence:
+    text: str
+    sent: int = 0  # samples sent to the player
+    complete: bool = False  # the TTS finished it
+
+
+@dataclass
+class _Reply:
+    turn_id: int
+    sentences: dict[int, _Sentence] = field(default_factory=dict)
+    audio: list[np.ndarray] = field(default_factory=list)
+    sample_rate: int = 24_000
+    full_text: str = ""
+
+
+class OutputProcessor(FrameProcessor):
+    """Paces agent audio to real time, tracks what was heard, commits assistant turns.
+
+    A separate playback task drains a buffer of fixed-size chunks so that text frames are never held
+    behind audio. Each chunk goes out as an :class:`OutputAudioFrame` once the already-sent audio is
+    within ``playback_lead_ms`` of the wall clock.
+    """
+
+    def __init__(self, conversation: Conversation, settings: AgentSettings, detector: TurnDetector | None = None) -> None:
+        super().__init__()
+        self.conversation = conversation
+        self.settings = settings
+        self.detector = detector
+        self._buffer: deque[tuple[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._play_task: asyncio.Task | None = None
+        self._reply: _Reply | None = None
+        self._play_until = 0.0  # monotonic time at which everything sent so far has been played
+        self.speaking = False
+        self.chunks_sent = 0
+        # Set by UserStartedSpeakingFrame, which reaches us before the InterruptionFrame right behind
+        # it: the interruption's cancellations yield to the loop, and no chunk may slip out meanwhile.
+        self._hold = False
+
+    async def start(self) -> None:
+        await super().start()
+        self._wake = asyncio.Event()
+        self._play_task = asyncio.create_task(self._play(), name="output-play")
+
+    async def stop(self) -> None:
+        from echoforge.agent.processors import cancel_task
+
+        await cancel_task(self._play_task)
+        await super().stop()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, InterruptionFrame) and direction is DOWN:
+            await self._interrupt(frame)
+            return
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._hold = True
+        elif isinstance(frame, LLMResponseStartFrame):
+            self._reply = _Reply(frame.turn_id)
+        elif isinstance(frame, TTSAudioFrame):
+            self._enqueue_audio(frame)
+            return
+        elif isinstance(frame, LLMResponseEndFrame):
+            if self._reply is not None and self._reply.turn_id == frame.turn_id:
+                self._reply.full_text = frame.text
+            self._buffer.append(("end", frame.turn_id))
+            self._wake.set()
+        await self.push_frame(frame, direction)
+
+    def _enqueue_audio(self, frame: TTSAudioFrame) -> None:
+        reply = self._reply
+        if reply is None or reply.turn_id != frame.turn_id:
+            return  # audio of a reply that was interrupted
+        reply.sample_rate = frame.sample_rate
+        sentence = reply.sentences.setdefault(frame.index, _Sentence(frame.text))
+        if frame.last:
+            sentence.complete = True
+            return
+        step = max(1, frame.sample_rate * self.settings.output_chunk_ms // 1000)
+        for i in range(0, frame.audio.size, step):
+            self._buffer.append(("audio", (frame.index, frame.audio[i : i + step], frame.sample_rate)))
+        self._wake.set()
+
+    async def _play(self) -> None:
+        lead = self.settings.playback_lead_ms / 1000
+        while True:
+            if not self._buffer:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            kind, item = self._buffer.popleft()
+            if kind == "end":
+                await asyncio.sleep(max(0.0, self._play_until - time.monotonic()))
+                await self._finish_reply(item)
+                continue
+            index, chunk, sr = item
+            wait = self._play_until - time.monotonic() - lead
+            if wait > 0:
+                await asyncio.sleep(wait)
+            reply = self._reply
+            if reply is None or self._hold:
+                continue
+            if not self.speaking:
+                self.speaking = True
+                await self._announce(BotStartedSpeakingFrame())
+            now = time.monotonic()
+            self._play_until = max(self._play_until, now) + chunk.size / sr
+            reply.sentences[index].sent += chunk.size
+            reply.audio.append(chunk)
+            if self.detector is not None:
+                self.detector.note_playback(chunk)
+            self.chunks_sent += 1
+            await self.push_frame(OutputAudioFrame(audio=chunk, sample_rate=sr))
+
+    async def _announce(self, frame: Frame) -> None:
+        """Bot speaking frames go upstream (the VAD guard) and on to the observer."""
+        await self.push_frame(frame, UP)
+
+    async def _finish_reply(self, turn_id: int) -> None:
+        reply = self._reply
+        if reply is None or reply.turn_id != turn_id:
+            return
+        self._reply = None
+        text = " ".join(reply.sentences[i].text for i in sorted(reply.sentences)) or reply.full_text
+        self._commit(reply, text, interrupted=False)
+        await self.push_frame(AssistantTurnFrame(text=text, full_text=reply.full_text, interrupted=False))
+        if self.speaking:
+            self.speaking = False
+            await self._announce(BotStoppedSpeakingFrame(interrupted=False))
+
+    def _heard_text(self, reply: _Reply) -> str:
+        """The words actually played: whole sentences, then the played fraction of the current one.
+
+        Audio sent within the last ``playback_lead_ms`` is still in the player's buffer, so it is
+        subtracted; the cut sentence keeps the share of its words that matches the share of its
+        audio heard (audio known so far: sent + queued).
+        """
+        unplayed = max(0.0, self._play_until - time.monotonic()) * reply.sample_rate
+        heard_left = sum(s.sent for s in reply.sentences.values()) - unplayed
+        words: list[str] = []
+        for i in sorted(reply.sentences):
+            sentence = reply.sentences[i]
+            total = self._sentence_total(reply, i)
+            heard = min(sentence.sent, max(0.0, heard_left))
+            heard_left -= sentence.sent
+            sentence_words = sentence.text.split()
+            if total and heard >= total and sentence.complete:
+                words += sentence_words
+                continue
+            n = int(len(sentence_words) * heard / total) if total else 0
+            words += sentence_words[:n]
+            break
+        return " ".join(words)
+
+    def _sentence_total(self, reply: _Reply, index: int) -> int:
+        """Samples of sentence ``index`` that reached the output buffer (sent + still queued)."""
+        queued = sum(item[1].size for kind, item in self._buffer if kind == "audio" and item[0] == index)
+        return reply.sentences[index].sent + queued
+
+    async def _interrupt(self, frame: InterruptionFrame) -> None:
+        reply = self._reply
+        heard = ""
+        if reply is not None and any(s.sent for s in reply.sentences.values()):
+            heard = self._heard_text(reply)  # before the buffer is cleared: it sizes the cut sentence
+        self._buffer.clear()
+        self._hold = False
+        self._play_until = time.monotonic()
+        await self.push_frame(frame, DOWN)  # transports flush their players first
+        if reply is not None:
+            self._reply = None
+            self._commit(reply, heard, interrupted=True)
+            await self.push_frame(AssistantTurnFrame(text=heard, full_text=reply.full_text, interrupted=True))
+        if self.speaking:
+            self.speaking = False
+            await self._announce(BotStoppedSpeakingFrame(interrupted=True))
+
+    def _commit(self, reply: _Reply, text: str, interrupted: bool) -> None:
+        audio = np.concatenate(reply.audio) if reply.audio else None
+        if text or interrupted:
+            self.conversation.add(Turn("assistant", text, audio, reply.sample_rate, interrupted=interrupted))
+
+
+# --- latency --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TurnLatency:
+    """Seconds of one turn, from the VAD's end-of-turn decision (voice-to-voice = ``first_audio``)."""
+
+    vad_end: float
+    transcript: float | None = None
+    retrieval: float | None = None
+    first_token: float | None = None
+    first_audio: float | None = None
+    text: str = ""
+
+    def as_dict(self) -> dict[str, float | None]:
+        def rel(t: float | None) -> float | None:
+            return None if t is None else round(t - self.vad_end, 4)
+
+        def delta(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round(b - a, 4)
+
+        return {
+            "stt_s": delta(self.vad_end, self.transcript),
+            "rag_s": delta(self.transcript, self.retrieval),
+            "llm_first_token_s": delta(self.retrieval or self.transcript, self.first_token),
+            "tts_first_audio_s": delta(self.first_token, self.first_audio),
+            "transcript_at_s": rel(self.transcript),
+            "first_token_at_s": rel(self.first_token),
+            "voice_to_voice_s": rel(self.first_audio),
+        }
+
+
+# --- the agent ------------------------------------------------------------------------------------
+
+
+class VoiceAgent:
+    """One conversation: builds the pipeline around shared models and exposes its events.
+
+    Args:
+        engine: the TTS engine (CSM, Piper, espeak…).
+        settings: validated agent settings.
+        stt: a :class:`echoforge.agent.stt.WhisperSTT` (or anything with ``transcribe``).
+        llm: a :class:`echoforge.agent.llm.ChatLLM`.
+        kb: a :class:`echoforge.agent.rag.KnowledgeBase`, or ``None`` for no retrieval.
+        emotion_detector: ``(audio, sr) -> {"label", "confidence", ...}`` or ``None``.
+        vad: a ready :class:`TurnDetector` (tests share one model); default: built from settings.
+    """
+
+    def __init__(
+        self,
+        engine: TTSEngine,
+        settings: AgentSettings,
+        stt: Any,
+        llm: Any,
+        kb: Any = None,
+        emotion_detector: Callable[[np.ndarray, int], dict | None] | None = None,
+        vad: TurnDetector | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.conversation = Conversation(agent_speaker=settings.speaker)
+        self.style: dict[str, float] = {}
+        self.voice: str | None = settings.voice
+        detector = vad or TurnDetector(vad_params(settings))
+        detector.reset()
+        self.vad = VADProcessor(detector)
+        self.stt = STTProcessor(stt)
+        self.llm = LLMProcessor(llm, self.conversation, settings, kb, emotion_detector, lambda: self.style)
+        self.sentences = SentenceProcessor()
+        self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice)
+        self.output = OutputProcessor(self.conversation, settings, detector)
+        self.pipeline = Pipeline([self.vad, self.stt, self.llm, self.sentences, self.tts, self.output], self._observe)
+        self._events: asyncio.Queue[Frame] = asyncio.Queue()
+        self.state = STOPPED
+        self.latencies: list[dict[str, float | None]] = []
+        self._turn: TurnLatency | None = None
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.pipeline.start()
+        self._started = True
+        await self._set_state(LISTENING)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        await self.interrupt("stop")
+        await self.pipeline.stop()
+        self._started = False
+        await self._set_state(STOPPED)
+
+    async def pause(self) -> None:
+        """Stop talking and stop listening until :meth:`resume`."""
+        self.vad.paused = True
+        await self.interrupt("pause")
+        self.vad.detector.reset()
+        await self._set_state(PAUSED)
+
+    async def resume(self) -> None:
+        self.vad.paused = False
+        self.vad.detector.reset()
+        await self._set_state(LISTENING)
+
+    async def interrupt(self, reason: str = "manual") -> None:
+        """Cut the current reply (what was heard stays in the history)."""
+        await self.pipeline.queue_frame(InterruptionFrame(reason=reason))
+
+    async def push_audio(self, audio: np.ndarray | bytes, sample_rate: int = SAMPLE_RATE) -> None:
+        """Feed microphone audio: float32 samples, or PCM s16le bytes."""
+        if isinstance(audio, bytes | bytearray | memoryview):
+            from echoforge.audio import pcm16_to_float
+
+            audio = pcm16_to_float(bytes(audio))
+        await self.pipeline.queue_frame(InputAudioFrame(audio=np.asarray(audio, np.float32), sample_rate=sample_rate))
+
+    def set_style(self, values: dict[str, float]) -> None:
+        """Emotion sliders (0..1 each: warmth, energy, humor, formality)."""
+        self.style = {k: min(1.0, max(0.0, float(v))) for k, v in values.items()}
+
+    def set_voice(self, voice: str | None) -> None:
+        self.voice = voice or None
+
+    async def events(self) -> AsyncIterator[Frame]:
+        """Every frame that leaves the pipeline (audio, transcripts, text, state, metrics, errors)."""
+        while True:
+            yield await self._events.get()
+
+    def next_event_nowait(self) -> Frame | None:
+        try:
+            return self._events.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def next_event(self, timeout: float | None = None) -> Frame:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    # -- observer ------------------------------------------------------------------------------
+    async def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self._events.put_nowait(StateFrame(state=state))
+
+    async def _observe(self, frame: Frame, direction: Direction) -> None:
+        paused = self.state == PAUSED
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            self._turn = TurnLatency(vad_end=frame.created)
+            if not paused:
+                await self._set_state(THINKING)
+        elif isinstance(frame, TranscriptionFrame) and self._turn is not None:
+            self._turn.transcript = frame.created
+            self._turn.text = frame.text
+            if not frame.text.strip():
+                self._events.put_nowait(LogFrame(message="(no words recognised)"))
+                self._turn = None
+                if not paused:
+                    await self._set_state(LISTENING)
+        elif isinstance(frame, RetrievalFrame) and self._turn is not None:
+            self._turn.retrieval = frame.created
+        elif isinstance(frame, LLMTextFrame) and self._turn is not None and self._turn.first_token is None:
+            self._turn.first_token = frame.created
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            if self._turn is not None and self._turn.first_audio is None:
+                self._turn.first_audio = frame.created
+                self._emit_latency()
+            if not paused:
+                await self._set_state(SPEAKING)
+        elif isinstance(frame, AssistantTurnFrame):
+            if self._turn is not None:  # a reply with no audio (empty, or cut before sound)
+                self._emit_latency()
+            if not paused and self.state in (THINKING, SPEAKING):
+                await self._set_state(LISTENING)
+        elif isinstance(frame, BotStoppedSpeakingFrame | InterruptionFrame):
+            if not paused and self.state in (THINKING, SPEAKING) and not self.llm.generating:
+                await self._set_state(LISTENING)
+        elif isinstance(frame, ErrorFrame):
+            log.error("agent error in %s: %s", frame.processor, frame.error)
+        self._events.put_nowait(frame)
+
+    def _emit_latency(self) -> None:
+        assert self._turn is not None
+        latency = self._turn.as_dict()
+        self._turn = None
+        self.latencies.append(latency)
+        self._events.put_nowait(MetricsFrame(latency=latency))
+
+
+def vad_params(s: AgentSettings) -> VADParams:
+    """The VAD part of the agent settings."""
+    return VADParams(
+        threshold=s.vad_threshold,
+        interrupt_threshold=s.vad_interrupt_threshold,
+        silence_ms=s.silence_ms,
+        min_speech_ms=s.min_speech_ms,
+        interrupt_min_speech_ms=s.interrupt_min_speech_ms,
+        echo_ratio=s.echo_ratio,
+        min_rms=s.min_rms,
+        preroll_ms=s.preroll_ms,
+        max_turn_s=s.max_turn_s,
+    )

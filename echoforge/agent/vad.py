@@ -1,0 +1,246 @@
+"""Voice activity detection and end-of-turn: Silero VAD (ONNX) under a plain synchronous state machine.
+
+:class:`SileroVAD` runs the ``silero-vad`` package's shipped ONNX model with onnxruntime on
+512-sample windows (32 ms at 16 kHz) — no torch, no download. :class:`TurnDetector` turns the
+per-window speech probabilities into events:
+
+* ``started`` after ``min_speech_ms`` of (almost) continuous speech — short noises never start a turn;
+* ``stopped`` after ``silence_ms`` of silence, with the turn's audio (pre-roll included).
+
+While the agent speaks (:meth:`TurnDetector.set_bot_speaking`) a window only counts as speech when
+its probability reaches the raised ``interrupt_threshold`` *and* the input is louder than
+``echo_ratio`` × the recent playback level: the agent's own voice leaking back from the speakers
+is quieter than the playback itself, a person talking over it is not (self-interruption guard;
+browsers also cancel echo).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+WINDOW = 512  # samples per Silero window at 16 kHz (32 ms)
+CONTEXT = 64  # samples of the previous window the model sees in front of each window
+
+
+def silero_model_path(name: str = "silero_vad.onnx") -> Path:
+    """The ONNX file shipped inside the ``silero-vad`` package (found without importing torch)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the silero-vad package is not installed (pip install --no-deps silero-vad)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"Silero VAD model not found at {path}")
+    return path
+
+
+class SileroVAD:
+    """Streaming Silero VAD v5 on onnxruntime: ``prob = vad(window)`` for 512-sample float32 windows."""
+
+    def __init__(self, model_path: str | Path | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # One window is ~0.1 ms of work; more threads only add scheduling overhead.
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(model_path or silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)  # (2, batch, 128) recurrent state
+        self._context = np.zeros((1, CONTEXT), dtype=np.float32)
+
+    def __call__(self, window: np.ndarray) -> float:
+        """Speech probability of one 512-sample window at 16 kHz."""
+        assert window.shape == (WINDOW,), window.shape
+        x = np.concatenate([self._context, window.reshape(1, WINDOW).astype(np.float32)], axis=1)  # (1, 576)
+        out, self._state = self.session.run(
+            None, {"input": x, "state": self._state, "sr": np.array(SAMPLE_RATE, dtype=np.int64)}
+        )
+        self._context = x[:, -CONTEXT:]
+        return float(out.reshape(-1)[0])
+
+
+@dataclass
+class VADEvent:
+    """``kind`` is ``started`` or ``stopped``; ``audio`` (16 kHz) is the whole turn on ``stopped``."""
+
+    kind: str
+    time_s: float
+    audio: np.ndarray | None = None
+    during_bot_speech: bool = False
+
+
+@dataclass
+class VADParams:
+    threshold: float = 0.5
+    interrupt_threshold: float = 0.85
+    silence_ms: int = 600
+    min_speech_ms: int = 200
+    interrupt_min_speech_ms: int = 250
+    echo_ratio: float = 0.5
+    min_rms: float = 0.003
+    preroll_ms: int = 300
+    max_turn_s: float = 30.0
+
+
+@dataclass
+class _Turn:
+    audio: list[np.ndarray] = field(default_factory=list)
+    speech_windows: int = 0
+
+
+class TurnDetector:
+    """Synchronous VAD state machine: ``quiet → starting → speaking → quiet``.
+
+    Feed any-length 16 kHz float32 chunks to :meth:`push`; it returns the events they caused.
+    Time is counted in samples, so a file can be pushed faster than real time.
+    """
+
+    def __init__(self, params: VADParams | None = None, vad: SileroVAD | None = None) -> None:
+        self.params = params or VADParams()
+        self.vad = vad or SileroVAD()
+        self.vad.reset()
+        self.bot_speaking = False
+        # Levels are compared over a few hundred ms, because single 32 ms windows swing by 20 dB
+        # within one word: playback = RMS of the last ~12 chunks (~0.5 s at 40 ms, long enough to
+        # cover the echo path's delay), input = RMS of the last 4 windows (~130 ms: short, so a noise burst does not linger).
+        self._playback_rms: deque[float] = deque(maxlen=12)
+        self._input_ms: deque[float] = deque(maxlen=4)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._samples = 0
+        self._preroll: deque[np.ndarray] = deque(maxlen=max(1, self.params.preroll_ms * SAMPLE_RATE // 1000 // WINDOW))
+        self.state = "quiet"
+        self._turn = _Turn()
+        self._run = 0  # consecutive speech windows while starting
+        self._gap = 0  # non-speech windows tolerated while starting
+        self._silence = 0  # consecutive silent windows while speaking
+        self.last_prob = 0.0
+        self.last_rms = 0.0
+
+    # -- guard -----------------------------------------------------------------------------------
+    def set_bot_speaking(self, speaking: bool) -> None:
+        """Raise (or lower) the bar for speech while the agent's own voice plays."""
+        self.bot_speaking = speaking
+        if not speaking:
+            self._playback_rms.clear()
+
+    def note_playback(self, chunk: np.ndarray) -> None:
+        """Record the level of audio just sent to the speakers (the echo reference)."""
+        if chunk.size:
+            self._playback_rms.append(float(np.sqrt(np.mean(np.square(chunk, dtype=np.float64)))))
+
+    @property
+    def playback_level(self) -> float:
+        """RMS of the last ~0.5 s of playback (0 when nothing played lately)."""
+        if not self._playback_rms:
+            return 0.0
+        return float(np.sqrt(np.mean(np.square(np.asarray(self._playback_rms)))))
+
+    @property
+    def input_level(self) -> float:
+        """RMS of the last ~130 ms of input."""
+        return float(np.sqrt(np.mean(self._input_ms))) if self._input_ms else 0.0
+
+    def reset(self) -> None:
+        self.vad.reset()
+        self.state = "quiet"
+        self._turn = _Turn()
+        self._run = self._gap = self._silence = 0
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._preroll.clear()
+
+    # -- core ------------------------------------------------------------------------------------
+    def _is_speech(self, prob: float, rms: float) -> bool:
+        p = self.params
+        if self.bot_speaking and self.state in ("quiet", "starting"):
+            level = self.input_level
+            return prob >= p.interrupt_threshold and level >= p.min_rms and level >= p.echo_ratio * self.playback_level
+        if rms < p.min_rms:
+            return False
+        # Hysteresis: once speaking, a lower probability keeps the turn going (Silero's own advice).
+        threshold = p.threshold - 0.15 if self.state == "speaking" else p.threshold
+        return prob >= threshold
+
+    def push(self, audio: np.ndarray) -> list[VADEvent]:
+        """Process 16 kHz mono float32 audio; return the ``started``/``stopped`` events it caused."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self._pending = np.concatenate([self._pending, audio]) if self._pending.size else audio
+        events: list[VADEvent] = []
+        n = self._pending.size // WINDOW
+        for i in range(n):
+            window = self._pending[i * WINDOW : (i + 1) * WINDOW]
+            self._samples += WINDOW
+            event = self._step(window)
+            if event is not None:
+                events.append(event)
+        self._pending = self._pending[n * WINDOW :].copy()
+        return events
+
+    def _step(self, window: np.ndarray) -> VADEvent | None:
+        p = self.params
+        prob = self.vad(window)
+        mean_square = float(np.mean(np.square(window, dtype=np.float64)))
+        self._input_ms.append(mean_square)
+        rms = float(np.sqrt(mean_square))
+        self.last_prob, self.last_rms = prob, rms
+        speech = self._is_speech(prob, rms)
+        now = self._samples / SAMPLE_RATE
+        win_ms = WINDOW * 1000 / SAMPLE_RATE
+
+        if self.state == "quiet":
+            if speech:
+                self.state = "starting"
+                self._turn = _Turn(audio=list(self._preroll) + [window], speech_windows=1)
+                self._run, self._gap = 1, 0
+            else:
+                self._preroll.append(window)
+            return None
+
+        if self.state == "starting":
+            self._turn.audio.append(window)
+            if speech:
+                self._run += 1
+                self._turn.speech_windows += 1
+            else:
+                self._gap += 1
+                # Two dropped windows (64 ms) are tolerated (plosives, stops inside a word); more is
+                # a pause: a short word alone, or noise, does not start a turn.
+                if self._gap > 2:
+                    self.state = "quiet"
+                    self._preroll.extend(self._turn.audio[-self._preroll.maxlen :])
+                    self._turn = _Turn()
+                    return None
+            need_ms = p.interrupt_min_speech_ms if self.bot_speaking else p.min_speech_ms
+            if self._run * win_ms >= need_ms:
+                self.state = "speaking"
+                self._silence = 0
+                return VADEvent("started", now, during_bot_speech=self.bot_speaking)
+            return None
+
+        # speaking
+        self._turn.audio.append(window)
+        if speech:
+            self._silence = 0
+            self._turn.speech_windows += 1
+        else:
+            self._silence += 1
+        too_long = len(self._turn.audio) * WINDOW / SAMPLE_RATE >= p.max_turn_s
+        if self._silence * win_ms >= p.silence_ms or too_long:
+            # Keep ~200 ms of the trailing silence: Whisper likes a little room after the last word.
+            keep = max(0, self._silence - int(200 / win_ms))
+            chunks = self._turn.audio[: len(self._turn.audio) - keep]
+            turn_audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            self.state = "quiet"
+            self._turn = _Turn()
+            self._preroll.clear()
+            return VADEvent("stopped", now, audio=turn_audio)
+        return None

@@ -1,0 +1,151 @@
+"""Server commands: ``serve``, ``worker``, ``keys create|list|revoke``, ``backup``, ``restore``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from echoforge.cli.common import console, fail, settings_from_cli, user_errors
+
+keys_app = typer.Typer(help="Manage API keys (stored hashed in the data dir).", no_args_is_help=True)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto | csm | piper | espeak")] = None,
+    reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
+) -> None:
+    """Start the EchoForge server: REST + OpenAI-compatible API, WebSocket streaming, web studio."""
+    import uvicorn
+
+    settings = settings_from_cli()
+    host = host or settings.server.host
+    port = port or settings.server.port
+    console.print(f"EchoForge on [bold]http://{host}:{port}[/]  (API docs: /docs)")
+    with user_errors():
+        if reload:
+            if engine:
+                os.environ["ECHOFORGE_ENGINE"] = engine
+            uvicorn.run("echoforge.server.app:create_app", factory=True, host=host, port=port, reload=True, log_level="info")
+            return
+        from echoforge.server import observability
+        from echoforge.server.app import create_app
+
+        app = create_app(settings, engine_name=engine)
+        # With the metrics middleware, `echoforge.access` logs each request (with its request id).
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), timeout_graceful_shutdown=15,
+                    access_log=observability.metrics is None)  # fmt: skip
+
+
+def worker(
+    engine: Annotated[str | None, typer.Option(help="auto | csm | piper | espeak")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Concurrent tasks (default: server.workers).")] = None,
+) -> None:
+    """Run a queue worker process for the Redis backend (scale out over processes / GPUs)."""
+    from echoforge.server.app import load_engine
+    from echoforge.server.services.queue import make_queue
+    from echoforge.server.services.synthesis import SynthesisService
+    from echoforge.server.services.voices import VoiceStore
+    from echoforge.server.services.worker import TaskRunner, WorkerPool
+
+    settings = settings_from_cli()
+    if settings.server.queue_backend != "redis":
+        fail("`echoforge worker` needs the Redis queue: set ECHOFORGE_SERVER__QUEUE_BACKEND=redis (and server.redis_url); "
+             "the SQLite queue is worked by the server process itself")
+    with user_errors():
+        eng, _ = load_engine(settings, engine)
+        s = settings.server
+        voices = VoiceStore(settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 2**20))
+        queue = make_queue(settings)
+        synthesis = SynthesisService(eng, voices, settings)
+        synthesis.warm_up()
+        n = threads or s.workers * (synthesis.max_batch if synthesis.batching else 1)
+        pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), n)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        pool.start()
+        console.print(f"worker {pool.worker_id}: {n} thread(s) on {s.redis_url} — Ctrl+C to stop")
+        stop.wait()
+        console.print("stopping: finishing or re-queueing running tasks…")
+        pool.stop(grace_s=10.0)
+        synthesis.close()
+        queue.close()
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="A label for the key (who/what uses it).")] = "") -> None:
+    """Create an API key. The key is shown once; only its hash is stored."""
+    from echoforge.server.services.auth import ApiKeyStore
+
+    settings = settings_from_cli()
+    key, entry = ApiKeyStore(settings.data_dir).create(name)
+    console.print(f"created key [bold]{entry['id']}[/] {('(' + name + ')') if name else ''} — copy it now, it is not shown again:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (ids, names, prefixes — never the keys)."""
+    from echoforge.server.services.auth import ApiKeyStore
+
+    settings = settings_from_cli()
+    entries = ApiKeyStore(settings.data_dir).list()
+    table = Table("id", "name", "prefix", "created", "status")
+    for e in entries:
+        table.add_row(e["id"], e.get("name", ""), e["prefix"] + "…", e["created_at"], "revoked" if e["revoked"] else "active")
+    console.print(table if entries else "no API keys (the server is open unless server.api_keys is set)")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (k_…) or its prefix.")]) -> None:
+    """Revoke an API key (takes effect at once, also in a running server)."""
+    from echoforge.server.services.auth import ApiKeyStore
+
+    settings = settings_from_cli()
+    if not ApiKeyStore(settings.data_dir).revoke(key_id):
+        fail(f"no active key {key_id!r} (see `echoforge keys list`)")
+    console.print(f"revoked {key_id}")
+
+
+def backup(
+    file: Annotated[Path, typer.Argument(help="Archive to write (.tar.gz).")],
+    results: Annotated[bool, typer.Option("--results/--no-results", help="Also include finished task audio.")] = False,
+) -> None:
+    """Back up voices, tasks, API keys and config into FILE."""
+    from echoforge.server.services.backup import create_backup
+
+    settings = settings_from_cli()
+    with user_errors():
+        manifest = create_backup(settings, file, include_results=results)
+    console.print(f"wrote {file}: {', '.join(manifest['contents']) or 'settings only'}")
+
+
+def restore(
+    file: Annotated[Path, typer.Argument(help="Archive made by `echoforge backup`.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Restore a backup into the data dir (stop the server first)."""
+    from echoforge.server.services.backup import restore_backup
+
+    settings = settings_from_cli()
+    with user_errors():
+        manifest = restore_backup(settings, file, force=force)
+    console.print(f"restored {', '.join(manifest['contents'])} into {settings.data_dir}")
+    if "config_skipped" in manifest:
+        console.print(f"[yellow]config not restored:[/] {manifest['config_skipped']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)
+    app.add_typer(keys_app, name="keys")
+    app.command()(backup)
+    app.command()(restore)

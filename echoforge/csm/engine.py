@@ -1,0 +1,146 @@
+"""The ``csm`` engine: :class:`CSMGenerator` behind the :class:`TTSEngine` protocol.
+
+Adds what the generator leaves to its caller: settings (device, dtype, compile, chunk sizes),
+the watermark, numpy output, and a fail-fast load (a missing model must never stall start-up
+waiting on an unreachable hub).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import numpy as np
+
+from echoforge.engines.base import BaseEngine, EngineUnavailable, SynthesisRequest, VoiceInfo
+
+if TYPE_CHECKING:
+    from echoforge.config import Settings
+    from echoforge.csm.generator import CSMGenerator
+
+log = logging.getLogger("echoforge.csm")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Can we open a TCP connection to the Hugging Face endpoint within ``timeout`` seconds?"""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class CSMEngine(BaseEngine):
+    """Sesame CSM-1B as an EchoForge engine (24 kHz, streaming, conversation context)."""
+
+    name = "csm"
+    is_fallback = False
+    sample_rate = 24_000
+    description = "Sesame CSM-1B conversational speech model"
+
+    def __init__(
+        self,
+        generator: CSMGenerator,
+        model: str = "",
+        watermark: bool = True,
+        watermark_key: str | None = None,
+        first_chunk_frames: int = 2,
+        chunk_frames: int = 8,
+    ):
+        self.generator = generator
+        self.model = model
+        self.device = str(generator.device)
+        self.watermark = watermark
+        self.watermark_key = watermark_key
+        self.first_chunk_frames = first_chunk_frames
+        self.chunk_frames = chunk_frames
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CSMEngine:
+        """Build from ``settings.csm``; raise :class:`EngineUnavailable` quickly when it cannot load.
+
+        A hub repo id is looked up in the local cache first; the hub is only contacted when
+        it answers within 2 s and ``HF_HUB_OFFLINE`` is not set.
+        """
+        from echoforge.csm.generator import CSMGenerator
+        from echoforge.csm.loader import is_repo_id, resolve
+
+        csm = settings.csm
+        t0 = time.perf_counter()
+        if csm.watermark:
+            try:  # fail at start-up, not on the first request
+                import echoforge.csm.watermark  # noqa: F401
+            except ImportError as exc:
+                raise EngineUnavailable(f"csm.watermark is on but the watermark module cannot load: {exc}") from exc
+        try:
+            try:
+                path = resolve(csm.model, local_files_only=True)
+            except EngineUnavailable:
+                if not is_repo_id(csm.model):
+                    raise
+                offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+                if offline or not hub_reachable():
+                    raise EngineUnavailable(
+                        f"CSM weights {csm.model!r} are not on this machine and the Hugging Face hub is not reachable; "
+                        f"download them (`huggingface-cli download {csm.model}`) or set csm.model to a local directory"
+                    ) from None
+                path = resolve(csm.model, local_files_only=False)
+            generator = CSMGenerator.from_pretrained(
+                path,
+                device=settings.device,
+                dtype=None if settings.dtype == "auto" else settings.dtype,
+                codec=csm.codec,
+                tokenizer=csm.tokenizer,
+                compile=csm.compile,
+                max_batch_size=csm.max_batch_size,
+                local_files_only=True,
+            )
+        except EngineUnavailable:
+            raise
+        except (ImportError, OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise EngineUnavailable(
+                f"CSM model {csm.model!r} could not be loaded: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        log.info("CSM engine ready (%s on %s) in %.1f s", csm.model, generator.device, time.perf_counter() - t0)
+        return cls(generator, csm.model, csm.watermark, csm.watermark_key, csm.first_chunk_frames, csm.chunk_frames)
+
+    def voices(self) -> list[VoiceInfo]:
+        # CSM has no named voices: speaker ids plus context clips define the voice.
+        return [
+            VoiceInfo(id=f"speaker-{i}", name=f"Speaker {i}", description="CSM speaker id", speaker=i) for i in (0, 1)
+        ]
+
+    def _mark(self, audio: np.ndarray) -> np.ndarray:
+        if not self.watermark or audio.size == 0:
+            return audio
+        from echoforge.csm import watermark
+
+        return np.asarray(watermark.apply(audio, self.sample_rate, self.watermark_key), dtype=np.float32)
+
+    def _kwargs(self, r: SynthesisRequest) -> dict:
+        return dict(text=r.text, speaker=r.speaker, context=list(r.context), max_audio_length_ms=r.max_audio_length_ms,
+                    temperature=r.temperature, topk=r.topk, seed=r.seed)  # fmt: skip
+
+    def synthesize(self, request: SynthesisRequest) -> np.ndarray:
+        """The whole utterance, watermarked once over its full length."""
+        audio = self.generator.generate(**self._kwargs(request)).numpy().astype(np.float32, copy=False)
+        return self._mark(audio)
+
+    def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        """Chunks as frames arrive (``csm.first_chunk_frames``, then ``csm.chunk_frames``), each watermarked."""
+        for chunk in self.generator.stream(
+            **self._kwargs(request), first_chunk_frames=self.first_chunk_frames, chunk_frames=self.chunk_frames
+        ):
+            yield self._mark(chunk.numpy().astype(np.float32, copy=False))
+
+    def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[np.ndarray]:
+        """Several requests in one forward pass per step (the server's batching entry point)."""
+        outs = self.generator.generate_batch([self._kwargs(r) for r in requests])
+        return [self._mark(a.numpy().astype(np.float32, copy=False)) for a in outs]

@@ -1,0 +1,210 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires routers, middleware and error handlers; its lifespan builds
+the services — engine (``echoforge.engines.create_engine``, loudly logged when it is a
+fallback), voice store, task queue, synthesis service, API keys, rate limiter and the
+in-process worker pool — warms the engine up, and on shutdown lets running tasks finish or
+re-queues them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from echoforge import __version__
+from echoforge.config import Settings, get_settings
+from echoforge.engines import create_engine
+from echoforge.engines.base import TTSEngine
+from echoforge.logging import bind_request_id
+from echoforge.server import observability
+from echoforge.server.deps import Authenticated, Services
+from echoforge.server.errors import error_body, install_error_handlers
+from echoforge.server.routers import diagnostic, health, openai, stream, tasks, voices
+from echoforge.server.services.auth import ApiKeyStore, RateLimiter
+from echoforge.server.services.queue import make_queue
+from echoforge.server.services.synthesis import SynthesisService
+from echoforge.server.services.voices import VoiceStore
+from echoforge.server.services.worker import TaskRunner, WorkerPool
+
+log = logging.getLogger("echoforge.server")
+security_log = logging.getLogger("echoforge.security")
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+SHUTDOWN_GRACE_S = 10.0
+# Routers other parts of EchoForge provide (``router`` in each module), included when present:
+# name → whether the app-wide API-key dependency applies (WebSocket and /metrics check keys themselves).
+OPTIONAL_ROUTERS = {"analysis": True, "agent": False, "metrics": False}
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``max_bytes`` (by Content-Length, or counted while reading)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        limit_mb = self.max_bytes / (1024 * 1024)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            security_log.warning("rejected request body: %s bytes on %s (limit %d)", declared.decode(), scope["path"], self.max_bytes)
+            body = json.dumps(error_body(f"request body is larger than the {limit_mb:.0f} MB limit", "invalid_request_error", None, "payload_too_large")).encode()
+            await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    from starlette.exceptions import HTTPException
+
+                    security_log.warning("rejected streamed request body over %d bytes on %s", self.max_bytes, scope["path"])
+                    raise HTTPException(413, f"request body is larger than the {limit_mb:.0f} MB limit")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class RequestIdMiddleware:
+    """Bind a request id (``X-Request-ID`` or a fresh one) to every log record of the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        rid = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:12]
+        bind_request_id(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def build_services(settings: Settings, engine: TTSEngine, model_load_s: float, *, start_workers: bool = True) -> Services:
+    """Everything but the engine; also used by ``echoforge worker``."""
+    s = settings.server
+    voices = VoiceStore(settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 1024 * 1024))
+    queue = make_queue(settings)
+    synthesis = SynthesisService(engine, voices, settings)
+    keys = ApiKeyStore(settings.data_dir, [k.get_secret_value() for k in s.api_keys])
+    pool = None
+    if start_workers:
+        # Batch-capable engines get more claimers than engine slots so requests can meet in a batch.
+        threads = s.workers * (synthesis.max_batch if synthesis.batching else 1)
+        pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), threads)
+        pool.start()
+    return Services(
+        settings=settings,
+        engine=engine,
+        voices=voices,
+        queue=queue,
+        synthesis=synthesis,
+        keys=keys,
+        limiter=RateLimiter(s.rate_limit_per_minute),
+        pool=pool,
+        model_load_s=model_load_s,
+    )
+
+
+def load_engine(settings: Settings, engine_name: str | None = None) -> tuple[TTSEngine, float]:
+    """Create the engine, timing it and shouting when it is a fallback."""
+    t0 = time.perf_counter()
+    engine = create_engine(settings, engine_name)
+    load_s = time.perf_counter() - t0
+    info = engine.info()
+    if info.is_fallback:
+        log.warning("=" * 72)
+        log.warning("SERVING WITH THE %s FALLBACK ENGINE — NOT CSM. %s", info.name.upper(), info.description)
+        log.warning("=" * 72)
+    else:
+        log.info("engine %s (%s on %s) loaded in %.1f s", info.name, info.model, info.device, load_s)
+    return engine, load_s
+
+
+def create_app(settings: Settings | None = None, *, engine_name: str | None = None, engine: TTSEngine | None = None) -> FastAPI:
+    """Build the app. ``engine_name`` overrides ``settings.engine``; ``engine`` injects a ready one."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine is not None:
+            eng, load_s = engine, 0.0
+        else:
+            eng, load_s = await asyncio.to_thread(load_engine, settings, engine_name)
+        services = await asyncio.to_thread(build_services, settings, eng, load_s)
+        warm_s = await asyncio.to_thread(services.synthesis.warm_up)
+        log.info("engine warmed up in %.2f s; auth %s", warm_s, "on" if services.keys.required else "off (no API keys configured)")
+        app.state.services = services
+        try:
+            yield
+        finally:
+            if services.pool is not None:
+                await asyncio.to_thread(services.pool.stop, SHUTDOWN_GRACE_S)
+            services.synthesis.close()
+            services.queue.close()
+            close = getattr(eng, "close", None) or getattr(eng, "unload", None)
+            if engine is None and callable(close):
+                close()
+
+    app = FastAPI(
+        title="EchoForge",
+        version=__version__,
+        description="Local-first conversational voice server (CSM-1B): EchoForge task API, OpenAI-compatible speech API, WebSocket streaming.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.server.max_upload_mb * 1024 * 1024) + 64 * 1024)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+        )
+    if observability.metrics is not None:  # request metrics + request id + access log
+        app.add_middleware(observability.metrics.MetricsMiddleware)
+    else:
+        app.add_middleware(RequestIdMiddleware)
+
+    app.include_router(health.router)
+    for module in (voices, tasks, openai, diagnostic):
+        app.include_router(module.router, dependencies=[Authenticated])
+    app.include_router(stream.router)  # authenticates in the handshake (query or first message)
+    for name, needs_key in OPTIONAL_ROUTERS.items():
+        if (HERE / "routers" / f"{name}.py").is_file():
+            module = importlib.import_module(f"echoforge.server.routers.{name}")
+            app.include_router(module.router, dependencies=[Authenticated] if needs_key else [])
+
+    if (STATIC_DIR / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="studio")
+    return app

@@ -1,0 +1,1 @@
+"""HTTP/WebSocket routers: thin — validate, call a service, return."""

@@ -1,0 +1,189 @@
+"""``WS /api/agent``: the live voice agent over a WebSocket.
+
+Client → server: a JSON ``start`` message first (``sample_rate`` of the mic PCM, default 16000;
+optional ``voice``, ``style`` sliders, ``api_key``), then binary frames of PCM s16le mono and JSON
+control messages: ``{"type": "stop" | "pause" | "resume" | "interrupt"}``,
+``{"type": "style", "values": {"warmth": 0..1, ...}}``, ``{"type": "voice", "voice": "..."}``.
+
+Server → client: ``ready`` (with the output ``sample_rate``), then JSON events (``state``,
+``transcript``, ``retrieval``, ``llm_text``, ``assistant``, ``latency``, ``interrupt``, ``log``,
+``error``, …) and binary PCM s16le frames of agent audio at the engine's rate. On ``interrupt`` the
+client must drop whatever audio it still has queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
+
+from echoforge.agent.config import agent_settings
+from echoforge.agent.frames import OutputAudioFrame, frame_event
+from echoforge.audio import float_to_pcm16
+
+log = logging.getLogger("echoforge.server.agent")
+router = APIRouter(tags=["agent"])
+
+START_TIMEOUT_S = 30.0
+MAX_INPUT_RATE = 192_000
+
+
+def _services(app: FastAPI) -> Any:
+    return getattr(app.state, "services", None)
+
+
+def _settings_and_engine(app: FastAPI) -> tuple[Any, Any]:
+    """Settings and engine from the app (``app.state.services``; plain ``app.state`` attributes also work)."""
+    services = _services(app)
+    settings = getattr(services, "settings", None) or getattr(app.state, "settings", None)
+    engine = getattr(services, "engine", None) or getattr(app.state, "engine", None)
+    if settings is None:
+        from echoforge.config import get_settings
+
+        settings = get_settings()
+    if engine is None:
+        raise RuntimeError("no TTS engine on app.state")
+    return settings, engine
+
+
+async def agent_models(app: FastAPI) -> Any:
+    """The shared agent models, loaded (and warmed up) on first use, in a thread."""
+    lock = app.state.__dict__.setdefault("_agent_models_lock", asyncio.Lock())
+    async with lock:
+        models = getattr(app.state, "agent_models", None)
+        if models is None:
+            from echoforge.agent.models import AgentModels
+
+            settings, _ = _settings_and_engine(app)
+            agent = agent_settings(settings)
+            models = await asyncio.to_thread(AgentModels.load, agent, settings.data_dir)
+            await asyncio.to_thread(models.warm_up)
+            app.state.agent_models = models
+        return models
+
+
+def _authorize(ws: WebSocket, msg: dict[str, Any]) -> None:
+    """API-key check in the handshake, like ``/api/stream`` (browsers cannot set WS headers)."""
+    services = _services(ws.app)
+    if services is None or not hasattr(services, "keys"):
+        return
+    from echoforge.server.deps import check_key, check_rate
+
+    key = ws.query_params.get("api_key") or msg.get("api_key") or ws.headers.get("x-api-key")
+    auth = ws.headers.get("authorization", "")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    client = ws.client.host if ws.client else "unknown"
+    principal = check_key(services, key if isinstance(key, str) else None, client, "/api/agent")
+    check_rate(services, principal, "/api/agent")
+
+
+async def _send_events(ws: WebSocket, agent: Any) -> None:
+    async for frame in agent.events():
+        if isinstance(frame, OutputAudioFrame):
+            await ws.send_bytes(float_to_pcm16(frame.audio))
+            continue
+        event = frame_event(frame)
+        if event is not None:
+            await ws.send_text(json.dumps(event, default=str))
+
+
+async def _control(agent: Any, msg: dict[str, Any]) -> bool:
+    """Apply one control message; False when the session should end."""
+    kind = msg.get("type")
+    if kind == "stop":
+        return False
+    if kind == "pause":
+        await agent.pause()
+    elif kind == "resume":
+        await agent.resume()
+    elif kind == "interrupt":
+        await agent.interrupt("manual")
+    elif kind in ("style", "emotion"):
+        values = msg.get("values")
+        if not isinstance(values, dict):
+            raise ValueError("'values' must be an object of slider values")
+        agent.set_style(values)
+    elif kind == "voice":
+        agent.set_voice(msg.get("voice"))
+    else:
+        raise ValueError(f"unknown message type {kind!r}")
+    return True
+
+
+@router.websocket("/api/agent")
+async def agent_socket(ws: WebSocket) -> None:
+    from echoforge.agent.pipeline import VoiceAgent
+
+    await ws.accept()
+    try:
+        try:
+            raw = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
+            msg = json.loads(raw)
+            if not isinstance(msg, dict) or msg.get("type") != "start":
+                raise ValueError
+        except (TimeoutError, ValueError, KeyError):
+            await ws.send_json({"type": "error", "message": "the first message must be {'type': 'start', ...}", "code": "bad_start"})
+            await ws.close(1008, "expected a start message")
+            return
+        try:
+            _authorize(ws, msg)
+            rate = int(msg.get("sample_rate", 16_000))
+            if not 8_000 <= rate <= MAX_INPUT_RATE:
+                raise ValueError(f"sample_rate must be between 8000 and {MAX_INPUT_RATE}")
+        except Exception as exc:  # ApiError (auth/rate) or ValueError
+            message = getattr(exc, "message", str(exc))
+            await ws.send_json({"type": "error", "message": message, "code": getattr(exc, "code", "bad_start")})
+            await ws.close(1008, message[:120])
+            return
+        settings, engine = _settings_and_engine(ws.app)
+        await ws.send_json({"type": "log", "message": "loading agent models…"})
+        models = await agent_models(ws.app)
+        agent = VoiceAgent(
+            engine,
+            models.settings,
+            models.stt,
+            models.llm,
+            models.kb,
+            models.emotion_detector,
+            vad=models.new_detector(),
+        )
+        if msg.get("voice"):
+            agent.set_voice(str(msg["voice"]))
+        if isinstance(msg.get("style"), dict):
+            agent.set_style(msg["style"])
+        await ws.send_json({"type": "ready", "sample_rate": engine.sample_rate, "input_sample_rate": rate, "format": "pcm_s16le", "engine": engine.name})
+        await agent.start()
+        sender = asyncio.create_task(_send_events(ws, agent))
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("bytes") is not None:
+                    data = message["bytes"]
+                    if len(data) % 2:
+                        data = data[:-1]
+                    await agent.push_audio(data, rate)
+                elif message.get("text") is not None:
+                    try:
+                        if not await _control(agent, json.loads(message["text"])):
+                            break
+                    except (ValueError, AttributeError) as exc:
+                        await ws.send_json({"type": "error", "message": str(exc), "code": "bad_message"})
+        finally:
+            await agent.stop()
+            await asyncio.sleep(0)  # let the sender flush the final state event
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+        with contextlib.suppress(Exception):
+            await ws.close()
+    except WebSocketDisconnect:
+        log.info("agent client disconnected")
+    except RuntimeError as exc:  # sending on a socket the client already closed
+        log.info("agent session ended: %s", exc)

@@ -1,0 +1,96 @@
+"""The EchoForge task API: generate / conversations → 202 + task; status, audio, cancel, list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from echoforge.audio import MIME_TYPES
+from echoforge.server.deps import RateLimitedDep, Services, ServicesDep
+from echoforge.server.errors import BadRequest, Conflict, NotFound
+from echoforge.server.schemas import ERROR_RESPONSES, ConversationRequest, GenerateRequest, Task, TaskCreated, TaskList
+from echoforge.server.services.queue import TaskRecord
+
+router = APIRouter(prefix="/api", tags=["tasks"], responses=ERROR_RESPONSES)
+
+
+def _created(task: TaskRecord) -> dict:
+    return {
+        "task_id": task.id,
+        "status": task.status,
+        "status_url": f"/api/tasks/{task.id}",
+        "audio_url": f"/api/tasks/{task.id}/audio",
+    }
+
+
+def _check_text(services: Services, text: str, param: str) -> None:
+    limit = services.settings.server.max_text_chars
+    if len(text) > limit:
+        raise BadRequest(f"{param} is {len(text)} characters; the limit is {limit}", param=param)
+    if not text.strip():
+        raise BadRequest(f"{param} must not be blank", param=param)
+
+
+def _task(services: Services, task_id: str) -> TaskRecord:
+    task = services.queue.get(task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found", param="task_id", code="task_not_found")
+    return task
+
+
+@router.post("/generate", status_code=202, response_model=TaskCreated)
+def generate(body: GenerateRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
+    """Queue one utterance; poll ``status_url`` and fetch ``audio_url`` when done."""
+    _check_text(services, body.text, "text")
+    services.voices.get(body.voice)  # 404 now rather than a failed task later
+    for i, turn in enumerate(body.context):
+        _check_text(services, turn.text, f"context.{i}.text")
+        if turn.voice:
+            services.voices.get(turn.voice)
+    task = services.queue.enqueue("generate", body.model_dump(), body.format)
+    return _created(task)
+
+
+@router.post("/conversations", status_code=202, response_model=TaskCreated)
+def conversation(body: ConversationRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
+    """Queue a multi-speaker script rendered into one clip."""
+    for i, turn in enumerate(body.turns):
+        _check_text(services, turn.text, f"turns.{i}.text")
+        services.voices.get(turn.voice)
+    task = services.queue.enqueue("conversation", body.model_dump(), body.format)
+    return _created(task)
+
+
+@router.get("/tasks", response_model=TaskList)
+def list_tasks(services: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
+    return {"tasks": [t.public() for t in services.queue.recent(limit)]}
+
+
+@router.get("/tasks/{task_id}", response_model=Task)
+def get_task(task_id: str, services: ServicesDep) -> dict:
+    return _task(services, task_id).public()
+
+
+@router.get("/tasks/{task_id}/audio", response_class=Response, responses={200: {"content": {"audio/*": {}}}})
+def task_audio(task_id: str, services: ServicesDep) -> Response:
+    task = _task(services, task_id)
+    if task.status != "done":
+        raise Conflict(f"task {task_id} is {task.status}; audio is available when it is done", code=f"task_{task.status}")
+    data = services.queue.result(task_id)
+    if data is None:
+        raise NotFound(f"the audio of task {task_id} has expired (results are kept {services.settings.server.result_ttl_hours:g} h)")
+    return Response(
+        data,
+        media_type=MIME_TYPES[task.format],
+        headers={"Content-Disposition": f'attachment; filename="{task_id}.{"ogg" if task.format == "opus" else task.format}"'},
+    )
+
+
+@router.delete("/tasks/{task_id}", response_model=Task)
+def cancel_task(task_id: str, services: ServicesDep, _: RateLimitedDep) -> dict:
+    """Cancel a queued or running task; a finished task is returned unchanged."""
+    _task(services, task_id)
+    task = services.queue.cancel(task_id)
+    assert task is not None
+    return task.public()

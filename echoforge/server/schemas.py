@@ -1,0 +1,194 @@
+"""Pydantic request and response models of the HTTP API (the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AudioFormatName = Literal["wav", "mp3", "opus", "flac", "aac", "pcm"]
+TaskStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# Documented on every route so clients (and schemathesis) know the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        400: "Bad request",
+        401: "Missing or invalid API key",
+        403: "Forbidden",
+        404: "Not found",
+        409: "Conflict",
+        413: "Request or upload too large",
+        422: "Validation error",
+        429: "Rate limit or queue full (see Retry-After)",
+        503: "Engine unavailable (see Retry-After)",
+    }.items()
+}
+
+
+# ------------------------------------------------------------------ health / diagnostic
+class EngineStatus(BaseModel):
+    name: str
+    is_fallback: bool
+    model: str
+    device: str
+    sample_rate: int
+    description: str
+
+
+class QueueStatus(BaseModel):
+    backend: str
+    depth: int
+    running: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    engine: EngineStatus
+    queue: QueueStatus
+    auth_required: bool
+    uptime_s: float
+    model_load_s: float
+
+
+# ------------------------------------------------------------------ voices
+class VoiceTags(BaseModel):
+    gender: str = ""
+    style: str = ""
+    language: str = ""
+
+
+class Voice(BaseModel):
+    id: str
+    name: str
+    description: str
+    tags: VoiceTags
+    builtin: bool
+    transcript: str
+    speaker: int
+    sample_url: str
+    created_at: str
+
+
+class VoiceList(BaseModel):
+    voices: list[Voice]
+
+
+class VoicePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=80)
+    description: str | None = Field(None, max_length=500)
+    transcript: str | None = Field(None, max_length=2000)
+    gender: str | None = Field(None, max_length=40)
+    style: str | None = Field(None, max_length=40)
+    language: str | None = Field(None, max_length=40)
+    speaker: int | None = Field(None, ge=0, le=31)
+
+
+# ------------------------------------------------------------------ generation / tasks
+class ContextTurn(BaseModel):
+    speaker: int = Field(0, ge=0, le=31)
+    text: str = Field(..., min_length=1, max_length=4096)
+    voice: str | None = Field(None, max_length=120)
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., min_length=1, description="What to say (limit: server.max_text_chars).")
+    voice: str = Field("alloy", min_length=1, max_length=120, description="Voice id, name or OpenAI voice name.")
+    context: list[ContextTurn] = Field(default_factory=list, max_length=16)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    topk: int | None = Field(None, ge=1, le=2051)
+    speed: float | None = Field(None, ge=0.25, le=4.0)
+    max_audio_length_ms: int | None = Field(None, ge=100, le=600_000)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    format: AudioFormatName = "wav"
+    instructions: str | None = Field(None, max_length=4096)
+
+
+class ConversationTurn(BaseModel):
+    voice: str = Field(..., min_length=1, max_length=120)
+    text: str = Field(..., min_length=1, max_length=4096)
+
+
+class ConversationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    turns: list[ConversationTurn] = Field(..., min_length=1, max_length=64)
+    format: AudioFormatName = "wav"
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    topk: int | None = Field(None, ge=1, le=2051)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+class TaskCreated(BaseModel):
+    task_id: str
+    status: TaskStatus
+    status_url: str
+    audio_url: str
+
+
+class Timings(BaseModel):
+    queue_s: float | None = None
+    synth_s: float | None = None
+    audio_s: float | None = None
+    rtf: float | None = None
+
+
+class Task(BaseModel):
+    id: str
+    kind: str
+    status: TaskStatus
+    progress: float
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    timings: Timings
+    result_url: str | None
+    format: str
+    request: dict[str, Any]
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+
+
+# ------------------------------------------------------------------ OpenAI-compatible
+class SpeechRequest(BaseModel):
+    """``POST /v1/audio/speech`` as OpenAI defines it."""
+
+    model: str = Field(..., min_length=1, max_length=100)
+    input: str = Field(..., min_length=1, max_length=4096)
+    voice: str | dict[str, Any] = Field(..., description="A voice name/id, or {\"id\": ...}.")
+    instructions: str | None = Field(None, max_length=4096)
+    response_format: AudioFormatName = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,347 @@
+"""The synthesis service: the only place the server touches the engine.
+
+* Engine calls run in worker threads — never on the event loop. A semaphore bounds how many
+  run at once (``server.workers``: one per device is the sane default for CSM).
+* :meth:`SynthesisService.synthesize` is for queue workers (blocking, cancellable between
+  chunks, reports progress). When the engine has ``synthesize_batch`` (or ``generate_batch``),
+  requests that arrive within a few milliseconds of each other are batched into one call.
+* :meth:`SynthesisService.stream` is for HTTP/WebSocket streaming: an async iterator over
+  the engine's chunks, produced in a thread and handed to the loop as they come.
+* :meth:`SynthesisService.build_request` turns API parameters + a voice into a
+  :class:`SynthesisRequest` (voice prompt for CSM, espeak variant for the fallbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue as queue_mod
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
+from echoforge.server import observability
+from echoforge.server.errors import BadRequest
+from echoforge.server.services.voices import VoiceStore
+
+if TYPE_CHECKING:
+    from echoforge.config import Settings
+
+log = logging.getLogger("echoforge.server.synthesis")
+
+_WORDS_PER_SECOND = 2.6  # only for progress estimates
+BATCH_WINDOW_S = 0.02
+
+
+class Cancelled(Exception):
+    """Synthesis stopped because the task was cancelled or the server is shutting down."""
+
+
+def estimate_seconds(text: str, speed: float = 1.0) -> float:
+    return max(0.5, len(text.split()) / _WORDS_PER_SECOND / max(speed, 0.25))
+
+
+@dataclass
+class _BatchItem:
+    request: SynthesisRequest
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class SynthesisStats:
+    requests: int = 0
+    batches: int = 0
+    batched_requests: int = 0
+    max_batch: int = 0
+    streams: int = 0
+    audio_s: float = 0.0
+    synth_s: float = 0.0
+
+
+class SynthesisService:
+    """Runs one engine for the server (and for ``echoforge worker``)."""
+
+    def __init__(self, engine: TTSEngine, voices: VoiceStore, settings: Settings) -> None:
+        self.engine = engine
+        self.voices = voices
+        self.settings = settings
+        self.concurrency = settings.server.workers
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._batch_fn = getattr(engine, "synthesize_batch", None) or getattr(engine, "generate_batch", None)
+        self.max_batch = settings.csm.max_batch_size if self._batch_fn else 1
+        self.stats = SynthesisStats()
+        self._stats_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=max(4, self.concurrency * 2), thread_name_prefix="echoforge-stream")
+        self._batch_queue: queue_mod.Queue[_BatchItem | None] = queue_mod.Queue()
+        self._batch_threads: list[threading.Thread] = []
+        if self._batch_fn and self.max_batch > 1:
+            for i in range(self.concurrency):
+                t = threading.Thread(target=self._batch_loop, name=f"echoforge-batch-{i}", daemon=True)
+                t.start()
+                self._batch_threads.append(t)
+
+    @property
+    def batching(self) -> bool:
+        return bool(self._batch_threads)
+
+    # ------------------------------------------------------------------ requests
+    def build_request(
+        self,
+        *,
+        text: str,
+        voice: str,
+        context: list[dict[str, Any]] | None = None,
+        temperature: float | None = None,
+        topk: int | None = None,
+        speed: float | None = None,
+        max_audio_length_ms: int | None = None,
+        seed: int | None = None,
+        instructions: str | None = None,
+    ) -> SynthesisRequest:
+        """API parameters (None = settings default) → engine request with the voice applied."""
+        gen = self.settings.generation
+        if len(text) > self.settings.server.max_text_chars:
+            raise BadRequest(f"text is {len(text)} characters; the limit is {self.settings.server.max_text_chars}", param="text")
+        if not text.strip():
+            raise BadRequest("text must not be empty", param="text")
+        v = self.voices.get(voice)
+        style = tone_from_instructions(instructions)
+        segments: list[Segment] = []
+        prompt = self.voices.prompt(v, self.engine)
+        if prompt is not None:
+            segments.append(prompt)
+        for turn in context or []:
+            speaker = turn.get("speaker", 0)
+            if turn.get("voice"):
+                speaker = self.voices.get(turn["voice"]).speaker
+            segments.append(Segment(speaker=int(speaker), text=str(turn["text"])))
+        temp = gen.temperature if temperature is None else temperature
+        return SynthesisRequest(
+            text=text,
+            voice=self.voices.engine_voice(v, self.engine),
+            speaker=v.speaker,
+            context=segments,
+            temperature=float(style.get("temperature", temp)) if temperature is None else temp,
+            topk=gen.topk if topk is None else topk,
+            speed=(gen.speed if speed is None else speed) * float(style.get("speed_factor", 1.0)),
+            max_audio_length_ms=gen.max_audio_length_ms if max_audio_length_ms is None else max_audio_length_ms,
+            seed=seed,
+        )
+
+    # ------------------------------------------------------------------ blocking (workers)
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the ``server.workers`` engine slots."""
+        self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def synthesize(
+        self,
+        request: SynthesisRequest,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> np.ndarray:
+        """Whole utterance, blocking. Raises :class:`Cancelled` when ``should_stop()`` turns true."""
+        t0 = time.perf_counter()
+        if should_stop and should_stop():
+            raise Cancelled("cancelled before start")
+        if self.batching:
+            item = _BatchItem(request)
+            self._batch_queue.put(item)
+            audio = item.future.result()
+        else:
+            expected = estimate_seconds(request.text, request.speed) * self.engine.sample_rate
+            pieces: list[np.ndarray] = []
+            produced = 0
+            with self.slot():
+                for chunk in self.engine.stream(request):
+                    if should_stop and should_stop():
+                        raise Cancelled("cancelled")
+                    chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                    pieces.append(chunk)
+                    produced += chunk.size
+                    if on_progress:
+                        on_progress(min(0.95, produced / expected))
+            audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        self._account(audio.size / self.engine.sample_rate, time.perf_counter() - t0)
+        return audio
+
+    def _account(self, audio_s: float, synth_s: float, ttfa_s: float | None = None) -> None:
+        observability.synthesis_done(self.engine.name, audio_s, synth_s, ttfa_s)
+        with self._stats_lock:
+            self.stats.requests += 1
+            self.stats.audio_s += audio_s
+            self.stats.synth_s += synth_s
+
+    def _batch_loop(self) -> None:
+        while True:
+            first = self._batch_queue.get()
+            if first is None:
+                return
+            items = [first]
+            deadline = time.monotonic() + BATCH_WINDOW_S
+            while len(items) < self.max_batch:
+                try:
+                    nxt = self._batch_queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue_mod.Empty:
+                    break
+                if nxt is None:
+                    self._batch_queue.put(None)  # let the sibling threads see the stop too
+                    break
+                items.append(nxt)
+            try:
+                with self.slot():
+                    outputs = list(self._batch_fn([it.request for it in items]))  # type: ignore[misc]
+                if len(outputs) != len(items):
+                    raise RuntimeError(f"engine returned {len(outputs)} results for a batch of {len(items)}")
+            except BaseException as exc:  # hand the error to every waiting worker
+                for it in items:
+                    it.future.set_exception(exc)
+                continue
+            with self._stats_lock:
+                self.stats.batches += 1
+                self.stats.batched_requests += len(items)
+                self.stats.max_batch = max(self.stats.max_batch, len(items))
+            for it, out in zip(items, outputs, strict=True):
+                it.future.set_result(np.asarray(out, dtype=np.float32).reshape(-1))
+
+    # ------------------------------------------------------------------ async streaming
+    async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+        """Yield chunks as the engine produces them; closing the iterator stops the engine."""
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
+        stop = threading.Event()
+
+        def put(kind: str, item: Any) -> None:
+            # Back-pressure: wait for room, but never forever (the consumer may be gone).
+            try:
+                fut = asyncio.run_coroutine_threadsafe(out.put((kind, item)), loop)
+            except RuntimeError:  # loop already closed
+                return
+            while True:
+                try:
+                    fut.result(timeout=0.5)
+                    return
+                except FutureTimeout:
+                    if stop.is_set():
+                        fut.cancel()
+                        return
+                    if loop.is_closed():
+                        return
+
+        def produce() -> None:
+            t0 = time.perf_counter()
+            samples = 0
+            first: float | None = None
+            try:
+                with self.slot():
+                    if stop.is_set():
+                        return
+                    for chunk in self.engine.stream(request):
+                        if stop.is_set():
+                            return
+                        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                        if first is None:
+                            first = time.perf_counter() - t0
+                        samples += chunk.size
+                        put("chunk", chunk)
+            except BaseException as exc:
+                put("error", exc)
+            finally:
+                self._account(samples / self.engine.sample_rate, time.perf_counter() - t0, first)
+                put("end", None)
+
+        with self._stats_lock:
+            self.stats.streams += 1
+        fut = loop.run_in_executor(self._executor, produce)
+        try:
+            while True:
+                kind, item = await out.get()
+                if kind == "chunk":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    break
+        finally:
+            stop.set()
+            # Unblock the producer if it waits on a full queue, then let it finish in the background.
+            while not out.empty():
+                out.get_nowait()
+            fut.add_done_callback(lambda f: f.exception())
+
+    # ------------------------------------------------------------------ lifecycle
+    def warm_up(self) -> float:
+        """One short synthesis so the first user request does not pay for lazy init."""
+        t0 = time.perf_counter()
+        try:
+            with self.slot():
+                self.engine.synthesize(SynthesisRequest(text="Ready.", max_audio_length_ms=3000, temperature=0.0))
+        except Exception as exc:  # warm-up problems are logged, requests will report them clearly
+            log.warning("engine warm-up failed: %s", exc)
+        return time.perf_counter() - t0
+
+    def self_test(self, text: str = "EchoForge self test.") -> dict[str, Any]:
+        """Time a short phrase (for /api/diagnostic)."""
+        t0 = time.perf_counter()
+        first: float | None = None
+        samples = 0
+        with self.slot():
+            for chunk in self.engine.stream(SynthesisRequest(text=text, temperature=0.0, seed=0, max_audio_length_ms=10_000)):
+                if first is None:
+                    first = time.perf_counter() - t0
+                samples += np.asarray(chunk).size
+        total = time.perf_counter() - t0
+        audio_s = samples / self.engine.sample_rate
+        return {
+            "text": text,
+            "ok": samples > 0,
+            "first_chunk_s": round(first or total, 4),
+            "synth_s": round(total, 4),
+            "audio_s": round(audio_s, 4),
+            "rtf": round(total / audio_s, 4) if audio_s else None,
+        }
+
+    def close(self) -> None:
+        for _ in self._batch_threads:
+            self._batch_queue.put(None)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def tone_from_instructions(instructions: str | None) -> dict[str, Any]:
+    """OpenAI ``instructions`` → sampling/style hints.
+
+    Uses ``echoforge.analysis.tone_from_instructions`` when the analysis part is installed;
+    otherwise a few plain keywords nudge speed and temperature, and the text stays a hint.
+    """
+    if not instructions or not instructions.strip():
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("echoforge.analysis") is not None:
+        import echoforge.analysis as analysis
+
+        mapper = getattr(analysis, "tone_from_instructions", None)
+        if mapper is not None:
+            result = mapper(instructions)
+            if isinstance(result, dict):
+                return result
+    text = instructions.lower()
+    hints: dict[str, Any] = {"hint": instructions.strip()[:200]}
+    if any(w in text for w in ("slow", "calm", "soothing", "gentle", "relaxed")):
+        hints.update(speed_factor=0.9, temperature=0.7)
+    elif any(w in text for w in ("fast", "excited", "energetic", "urgent", "cheerful")):
+        hints.update(speed_factor=1.1, temperature=1.0)
+    return hints

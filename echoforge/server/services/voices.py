@@ -1,0 +1,326 @@
+"""The voice store: built-in voices (package data) plus user voices persisted in the data dir.
+
+A voice is a reference clip, its transcript, a CSM speaker id and some tags. For CSM the
+reference becomes the prompt that leads the context; when the engine can pre-encode a prompt
+(``engine.encode_prompt(segment) -> Segment``, or for CSM ``engine.generator.encode_audio`` →
+Mimi codes), the result is computed once
+per (voice, engine) and cached on disk under ``voices/.prompts/``. Fallback engines get the
+voice's ``fallback_voice`` (an espeak-ng voice such as ``en-us+f3``) instead.
+
+Uploads are validated by decoding (format, duration, sample rate) and stored under generated
+names only: no path component of a user's filename ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from echoforge.audio import AudioDecodeError, load_audio, resample, save_audio
+from echoforge.engines.base import Segment, TTSEngine
+from echoforge.server import observability
+from echoforge.server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+
+log = logging.getLogger("echoforge.server.voices")
+security_log = logging.getLogger("echoforge.security")
+
+MIN_REFERENCE_SECONDS = 0.5
+MIN_SAMPLE_RATE = 8_000
+_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_SAMPLE_MIME = {".ogg": "audio/ogg", ".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg"}
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass
+class Voice:
+    """One voice. ``audio_path`` is internal (never shown to clients)."""
+
+    id: str
+    name: str
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    builtin: bool = False
+    transcript: str = ""
+    speaker: int = 0
+    created_at: float = 0.0
+    fallback_voice: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    audio_path: Path | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The API's Voice object."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "tags": {k: self.tags.get(k, "") for k in ("gender", "style", "language")},
+            "builtin": self.builtin,
+            "transcript": self.transcript,
+            "speaker": self.speaker,
+            "sample_url": f"/api/voices/{self.id}/sample",
+            "created_at": _iso(self.created_at),
+        }
+
+    @property
+    def sample_mime(self) -> str:
+        return _SAMPLE_MIME.get(self.audio_path.suffix.lower(), "application/octet-stream") if self.audio_path else ""
+
+
+def builtin_catalog_dir() -> Path:
+    return Path(str(resources.files("echoforge.voices")))
+
+
+def load_builtin_voices(directory: Path | None = None) -> list[Voice]:
+    """Read ``voices.yaml`` from the built-in voice package."""
+    directory = directory or builtin_catalog_dir()
+    catalog = directory / "voices.yaml"
+    if not catalog.is_file():
+        log.warning("built-in voice catalog missing: %s", catalog)
+        return []
+    data = yaml.safe_load(catalog.read_text(encoding="utf-8")) or {}
+    created = catalog.stat().st_mtime
+    voices = []
+    for entry in data.get("voices", []):
+        voices.append(
+            Voice(
+                id=entry["id"],
+                name=entry["name"],
+                description=entry.get("description", ""),
+                tags=dict(entry.get("tags", {})),
+                builtin=True,
+                transcript=entry.get("transcript", ""),
+                speaker=int(entry.get("speaker", 0)),
+                created_at=created,
+                fallback_voice=entry.get("fallback_voice"),
+                aliases=[a.lower() for a in entry.get("aliases", [])],
+                audio_path=directory / entry["sample"],
+            )
+        )
+    return voices
+
+
+class VoiceStore:
+    """Thread-safe store of built-in and user voices."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        max_upload_seconds: float = 120.0,
+        max_upload_bytes: int = 20 * 1024 * 1024,
+        builtin_dir: Path | None = None,
+    ) -> None:
+        self.root = Path(data_dir) / "voices"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.prompt_dir = self.root / ".prompts"
+        self.max_upload_seconds = max_upload_seconds
+        self.max_upload_bytes = max_upload_bytes
+        self._lock = threading.RLock()
+        self._builtin = {v.id: v for v in load_builtin_voices(builtin_dir)}
+        self._aliases = {a: v.id for v in self._builtin.values() for a in v.aliases}
+        self._reference_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    # ---------------------------------------------------------------- reading
+    def _user_voice(self, voice_id: str) -> Voice | None:
+        if not _ID_RE.match(voice_id):
+            return None
+        meta = self.root / voice_id / "meta.json"
+        if not meta.is_file():
+            return None
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        return Voice(**{**data, "builtin": False, "audio_path": self.root / voice_id / "reference.flac"})
+
+    def list(self) -> list[Voice]:
+        with self._lock:
+            users = [v for d in sorted(self.root.iterdir()) if d.is_dir() and (v := self._user_voice(d.name))]
+        users.sort(key=lambda v: v.created_at)
+        return list(self._builtin.values()) + users
+
+    def get(self, voice_id: str) -> Voice:
+        """Look a voice up by id, OpenAI alias (``alloy``…), or (case-insensitive) name."""
+        key = voice_id.strip()
+        if key in self._builtin:
+            return self._builtin[key]
+        if key.lower() in self._aliases:
+            return self._builtin[self._aliases[key.lower()]]
+        with self._lock:
+            voice = self._user_voice(key)
+            if voice:
+                return voice
+            for v in self.list():
+                if v.name.lower() == key.lower():
+                    return v
+        raise NotFound(f"voice {voice_id!r} not found; GET /api/voices lists the voices", param="voice", code="voice_not_found")
+
+    def openai_aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    # ---------------------------------------------------------------- writing
+    def create(
+        self,
+        *,
+        name: str,
+        audio: bytes,
+        transcript: str = "",
+        tags: dict[str, str] | None = None,
+        description: str = "",
+        speaker: int | None = None,
+    ) -> Voice:
+        """Validate ``audio`` by decoding it and store a new user voice."""
+        name = (name or "").strip()
+        if not name or len(name) > 80:
+            raise BadRequest("name must be 1–80 characters", param="name")
+        if len(audio) > self.max_upload_bytes:
+            security_log.warning("rejected upload: %d bytes exceeds the %d byte limit", len(audio), self.max_upload_bytes)
+            raise PayloadTooLarge(f"audio file is larger than the {self.max_upload_bytes // (1024 * 1024)} MB limit", param="audio")
+        try:
+            samples, sr = load_audio(audio, min_seconds=MIN_REFERENCE_SECONDS)
+        except AudioDecodeError as exc:
+            security_log.warning("rejected upload: %s", exc)
+            raise BadRequest(f"audio: {exc}", param="audio", code="invalid_audio") from None
+        duration = samples.size / sr
+        if duration > self.max_upload_seconds:
+            security_log.warning("rejected upload: %.1f s exceeds the %.0f s limit", duration, self.max_upload_seconds)
+            raise PayloadTooLarge(
+                f"audio is {duration:.1f} s long; the limit is {self.max_upload_seconds:g} s", param="audio", code="audio_too_long"
+            )
+        if sr < MIN_SAMPLE_RATE:
+            security_log.warning("rejected upload: sample rate %d Hz", sr)
+            raise BadRequest(f"audio sample rate {sr} Hz is too low (at least {MIN_SAMPLE_RATE} Hz)", param="audio")
+        if float(np.max(np.abs(samples))) < 1e-4:
+            security_log.warning("rejected upload: silent audio")
+            raise BadRequest("audio is silent", param="audio", code="invalid_audio")
+        voice_id = "v_" + secrets.token_hex(6)
+        with self._lock:
+            if speaker is None:
+                used = {v.speaker for v in self.list()}
+                speaker = next((s for s in range(32) if s not in used), 0)
+            folder = self.root / voice_id
+            folder.mkdir(parents=True)
+            save_audio(folder / "reference.flac", samples, sr)
+            voice = Voice(
+                id=voice_id,
+                name=name,
+                description=description.strip(),
+                tags={k: str(v).strip() for k, v in (tags or {}).items() if v},
+                transcript=transcript.strip(),
+                speaker=int(speaker),
+                created_at=time.time(),
+                fallback_voice=None,
+                audio_path=folder / "reference.flac",
+            )
+            self._write_meta(voice)
+        log.info("created voice %s (%s, %.1f s at %d Hz)", voice.id, voice.name, duration, sr)
+        return voice
+
+    def _write_meta(self, voice: Voice) -> None:
+        data = asdict(voice)
+        for k in ("audio_path", "builtin", "aliases"):
+            data.pop(k)
+        tmp = self.root / voice.id / "meta.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(self.root / voice.id / "meta.json")
+
+    def update(self, voice_id: str, changes: dict[str, Any]) -> Voice:
+        voice = self.get(voice_id)
+        if voice.builtin:
+            raise Forbidden(f"{voice.id!r} is a built-in voice and cannot be changed; create your own voice instead", code="builtin_voice")
+        with self._lock:
+            for key in ("name", "description", "transcript", "speaker"):
+                if changes.get(key) is not None:
+                    setattr(voice, key, changes[key].strip() if isinstance(changes[key], str) else changes[key])
+            for key in ("gender", "style", "language"):
+                if changes.get(key) is not None:
+                    voice.tags[key] = changes[key].strip()
+            if not voice.name:
+                raise BadRequest("name must not be empty", param="name")
+            self._write_meta(voice)
+            self._drop_prompts(voice.id)
+        return voice
+
+    def delete(self, voice_id: str) -> None:
+        voice = self.get(voice_id)
+        if voice.builtin:
+            raise Forbidden(f"{voice.id!r} is a built-in voice and cannot be deleted", code="builtin_voice")
+        with self._lock:
+            shutil.rmtree(self.root / voice.id, ignore_errors=True)
+            self._drop_prompts(voice.id)
+            for key in [k for k in self._reference_cache if k[0] == voice.id]:
+                del self._reference_cache[key]
+
+    # ---------------------------------------------------------------- engine side
+    def reference(self, voice: Voice, sample_rate: int) -> np.ndarray:
+        """The voice's reference clip at ``sample_rate`` (cached in memory)."""
+        key = (voice.id, sample_rate)
+        with self._lock:
+            if key not in self._reference_cache:
+                if voice.audio_path is None or not voice.audio_path.is_file():
+                    raise NotFound(f"voice {voice.id!r} has no reference audio", param="voice")
+                audio, sr = load_audio(voice.audio_path)
+                self._reference_cache[key] = resample(audio, sr, sample_rate)
+            return self._reference_cache[key]
+
+    def _drop_prompts(self, voice_id: str) -> None:
+        if self.prompt_dir.is_dir():
+            for path in self.prompt_dir.glob(f"{voice_id}.*"):
+                path.unlink(missing_ok=True)
+
+    def prompt(self, voice: Voice, engine: TTSEngine, speaker: int | None = None) -> Segment | None:
+        """The context segment that carries this voice for a context-aware engine (CSM).
+
+        Fallback engines get ``None`` (they use :attr:`Voice.fallback_voice`). When the engine
+        offers ``encode_prompt``, its result is cached on disk per voice, engine and transcript.
+        """
+        if engine.is_fallback or not voice.transcript:
+            return None
+        speaker = voice.speaker if speaker is None else speaker
+        segment = Segment(speaker=speaker, text=voice.transcript, audio=self.reference(voice, engine.sample_rate), sample_rate=engine.sample_rate)
+        encode = getattr(engine, "encode_prompt", None)
+        generator = getattr(engine, "generator", None)
+        if encode is None and hasattr(generator, "encode_audio"):  # CSM: Segment audio may be Mimi codes [F, 32]
+
+            def encode(seg: Segment) -> Segment:
+                return Segment(seg.speaker, seg.text, generator.encode_audio(seg.audio, seg.sample_rate), seg.sample_rate)
+
+        if encode is None:
+            return segment
+        digest = hashlib.sha256(f"{engine.name}|{engine.sample_rate}|{voice.transcript}|{speaker}".encode()).hexdigest()[:16]
+        path = self.prompt_dir / f"{voice.id}.{digest}.pkl"
+        with self._lock:
+            if path.is_file():
+                try:
+                    cached = pickle.loads(path.read_bytes())  # our own cache file, written below
+                    observability.prompt_cache(True)
+                    return cached
+                except Exception:  # stale/corrupt cache → recompute
+                    path.unlink(missing_ok=True)
+            observability.prompt_cache(False)
+            encoded = encode(segment)
+            self.prompt_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(encoded))
+            tmp.replace(path)
+            return encoded
+
+    def engine_voice(self, voice: Voice, engine: TTSEngine) -> str | None:
+        """The ``SynthesisRequest.voice`` to send: the espeak variant for fallbacks, else the id."""
+        if engine.is_fallback:
+            return voice.fallback_voice
+        return voice.id

@@ -1,0 +1,1 @@
+"""Built-in voices: ``voices.yaml`` plus short synthetic reference clips (package data)."""

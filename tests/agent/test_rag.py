@@ -1,0 +1,96 @@
+"""Knowledge base: chunking, PDF/MD/TXT reading, FAISS persistence, incremental rebuilds, relevance."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from echoforge.agent.rag import KnowledgeBase, chunk_text, read_document
+
+
+@pytest.fixture
+def fresh_kb(tmp_path, models, helpers):
+    """A new KB folder + index sharing the session's embedding model."""
+    folder = helpers.write_kb(tmp_path / "kb")
+    return KnowledgeBase(folder, tmp_path / "index", models.kb.embedder, chunk_chars=300, chunk_overlap=60)
+
+
+def test_chunking_keeps_headings_sizes_and_overlap():
+    text = "# Server\n\n" + " ".join(f"Sentence number {i} is about the server." for i in range(30)) + "\n\n# Voices\n\nVoices live in data."
+    chunks = chunk_text(text, chunk_chars=200, overlap=60)
+    assert len(chunks) > 4
+    assert all(len(c) <= 200 + len("Server: ") + 50 for c in chunks)
+    assert chunks[0].startswith("Server: ") and chunks[-1] == "Voices: Voices live in data."
+    # Consecutive chunks of one section share a sentence (overlap).
+    a, b = chunks[0], chunks[1]
+    assert a.split(". ")[-1].rstrip(".") in b
+
+
+def test_reads_pdf_md_txt(tmp_path, helpers):
+    helpers.make_pdf(tmp_path / "t.pdf", helpers.telescope_text)
+    assert "Zephyr telescope" in read_document(tmp_path / "t.pdf")
+    (tmp_path / "a.md").write_text("# T\n\nhello")
+    assert "hello" in read_document(tmp_path / "a.md")
+
+
+def test_query_finds_the_right_source_and_scores(fresh_kb):
+    report = fresh_kb.build()
+    assert sorted(report.added) == ["bread.txt", "server.md", "telescope.pdf"]
+    assert report.embedded_chunks == report.total_chunks > 0
+    for question, source in [
+        ("What port does the server use?", "server.md"),
+        ("How long do I bake the sourdough loaf?", "bread.txt"),
+        ("How big is the mirror of the Zephyr telescope?", "telescope.pdf"),
+    ]:
+        result = fresh_kb.query(question, 3)
+        assert result.relevant, question
+        assert result.passages[0].source == source, (question, result.passages)
+        scores = [p.score for p in result.passages]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_irrelevant_query_means_fallback(fresh_kb):
+    fresh_kb.build()
+    result = fresh_kb.query("Tell me a joke about penguins", 3)
+    assert result.fallback and not result.relevant
+    assert result.passages and result.passages[0].score < fresh_kb.relevance_threshold
+
+
+def test_incremental_rebuild_touches_only_changed_files(fresh_kb, tmp_path):
+    first = fresh_kb.build()
+    total = first.total_chunks
+    # Nothing changed: nothing embedded.
+    again = fresh_kb.build()
+    assert again.embedded_chunks == 0 and sorted(again.unchanged) == ["bread.txt", "server.md", "telescope.pdf"]
+    # Touched but identical content: the hash says unchanged.
+    server = fresh_kb.kb_dir / "server.md"
+    st = server.stat()
+    os.utime(server, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert fresh_kb.build().embedded_chunks == 0
+    # One file edited: only its chunks are re-embedded, and the new fact is found.
+    server.write_text("# The EchoForge server\n\nThe EchoForge server listens on port 9123 by default.\n")
+    report = fresh_kb.build()
+    assert report.updated == ["server.md"] and report.added == [] and report.removed == []
+    assert sorted(report.unchanged) == ["bread.txt", "telescope.pdf"]
+    assert report.embedded_chunks == 1
+    top = fresh_kb.query("Which port does the server listen on?", 1).passages[0]
+    assert top.source == "server.md" and "9123" in top.text
+    # A deleted file loses its vectors; a new file is added.
+    (fresh_kb.kb_dir / "bread.txt").unlink()
+    (fresh_kb.kb_dir / "notes.txt").write_text("The office plant is called Gerald.")
+    report = fresh_kb.build()
+    assert report.removed == ["bread.txt"] and report.added == ["notes.txt"] and report.embedded_chunks == 1
+    assert all(p.source != "bread.txt" for p in fresh_kb.query("sourdough bread baking", 5).passages)
+    assert report.total_chunks < total + 1
+
+
+def test_index_persists_across_instances(fresh_kb, tmp_path):
+    fresh_kb.build()
+    reloaded = KnowledgeBase(fresh_kb.kb_dir, fresh_kb.index_dir, fresh_kb.embedder, chunk_chars=300, chunk_overlap=60)
+    report = reloaded.build()
+    assert report.embedded_chunks == 0 and len(report.unchanged) == 3
+    assert reloaded.query("What port does the server use?", 1).passages[0].source == "server.md"
+    # Different chunking settings invalidate the persisted index (full rebuild).
+    other = KnowledgeBase(fresh_kb.kb_dir, fresh_kb.index_dir, fresh_kb.embedder, chunk_chars=500, chunk_overlap=60)
+    assert other.build().embedded_chunks > 0

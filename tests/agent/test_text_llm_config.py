@@ -1,0 +1,79 @@
+"""Sentence splitting, prompt building, the embedded LLM's streaming/cancellation, AgentSettings."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from echoforge.agent.config import AgentSettings, agent_settings
+from echoforge.agent.llm import build_messages, style_instructions
+from echoforge.agent.rag import Passage
+from echoforge.agent.sentences import SentenceSplitter
+from echoforge.config import ConfigError, load_settings
+
+
+def test_splitter_emits_sentences_as_tokens_arrive():
+    sp = SentenceSplitter(min_chars=5)
+    tokens = ["The ser", "ver uses port 8000", ". It start", "s with make serve! Dr. Smith", " says e.g. ", "3.5 is fine. Bye"]
+    out = []
+    for t in tokens:
+        out.append(sp.push(t))
+    assert out[0] == [] and out[1] == []
+    assert out[2] == ["The server uses port 8000."]  # emitted before the next sentence is complete
+    assert out[3] == ["It starts with make serve!"]
+    assert out[5] == ["Dr. Smith says e.g. 3.5 is fine."]  # abbreviations and decimals do not split
+    assert sp.flush() == ["Bye"] and sp.flush() == []
+
+
+def test_splitter_cuts_run_on_text_and_strips_markdown():
+    sp = SentenceSplitter(min_chars=5, max_chars=60)
+    out = sp.push("**Well**, " + "this goes on and on, " * 6)
+    assert out and all(len(s) <= 60 for s in out) and "*" not in "".join(out)
+
+
+def test_prompt_uses_passages_or_fallback_persona():
+    passages = [Passage("server.md", "The server listens on port 8000.", 0.6)]
+    msgs = build_messages("What port?", [("user", "hi"), ("assistant", "Hello!")], passages, True, "PERSONA", "FALLBACK",
+                          style={"warmth": 0.9, "energy": 0.1}, emotion={"label": "frustrated", "confidence": 0.8})
+    assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("PERSONA")
+    assert "frustrated" in msgs[0]["content"] and "warm and caring" in msgs[0]["content"] and "calm" in msgs[0]["content"]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert "[server.md] The server listens on port 8000." in msgs[-1]["content"] and msgs[-1]["content"].endswith("What port?")
+    fallback = build_messages("Tell me a joke", [], passages, False, "PERSONA", "FALLBACK")
+    assert fallback[0]["content"] == "FALLBACK" and fallback[-1]["content"] == "Tell me a joke"
+    assert style_instructions({"warmth": 0.5}) == ""  # neutral sliders add nothing
+
+
+def test_embedded_llm_streams_and_stops_on_event(models):
+    llm = models.llm
+    msgs = [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}]
+    stop = threading.Event()
+    pieces = []
+    t0 = time.perf_counter()
+    for piece in llm.stream(msgs, stop, max_tokens=200, temperature=0.0):
+        pieces.append(piece)
+        if len(pieces) == 5:
+            stop.set()
+    assert 5 <= len(pieces) <= 6  # at most the piece already in flight
+    assert time.perf_counter() - t0 < 20
+    assert not [t for t in threading.enumerate() if t.name == "llm-generate" and t.is_alive()]
+    # A full (short) answer streams in several pieces.
+    full = list(llm.stream([{"role": "user", "content": "Say hello."}], threading.Event(), 16, 0.0))
+    assert len(full) >= 2 and "".join(full).strip()
+
+
+def test_agent_settings_from_settings_section_and_errors():
+    settings = load_settings(agent={"llm_base_url": "http://localhost:11434/v1", "llm_api_key": "sk-secret", "silence_ms": 800})
+    cfg = agent_settings(settings)
+    assert cfg.silence_ms == 800 and cfg.llm_api_key.get_secret_value() == "sk-secret"
+    assert "sk-secret" not in repr(cfg)
+    assert settings.redacted()["agent"]["llm_api_key"] == "***"
+    with pytest.raises(ConfigError, match="agent.silence_ms"):
+        agent_settings(load_settings(agent={"silence_ms": 5}))
+    with pytest.raises(ConfigError, match="agent.nonsense"):
+        agent_settings(load_settings(agent={"nonsense": 1}))
+    with pytest.raises(ConfigError, match="vad_interrupt_threshold"):
+        agent_settings(None, vad_threshold=0.9, vad_interrupt_threshold=0.5)
+    assert AgentSettings().resolved_index_dir("data").as_posix() == "data/kb_index"

@@ -1,0 +1,171 @@
+"""The EchoForge REST API against a real uvicorn server with the espeak-ng fallback engine."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import assert_error, wait_task
+
+from echoforge.audio import encode, load_audio
+
+OPENAI_VOICES = ("alloy", "echo", "fable", "onyx", "nova", "shimmer", "ash", "ballad", "coral", "sage", "verse", "marin", "cedar")
+
+
+def _wav(seconds: float, sr: int = 16_000, freq: float = 200.0) -> bytes:
+    t = np.arange(int(seconds * sr)) / sr
+    return encode((0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, "wav")
+
+
+def test_health_reports_the_fallback_engine(api):
+    body = api.get("/api/health").json()
+    assert body["status"] == "ok"
+    assert body["engine"]["name"] == "espeak" and body["engine"]["is_fallback"] is True
+    assert body["engine"]["sample_rate"] > 0
+    assert body["queue"]["backend"] == "sqlite"
+    assert body["auth_required"] is False
+    assert body["uptime_s"] >= 0 and body["model_load_s"] >= 0
+
+
+def test_studio_and_docs_are_served(api):
+    index = api.get("/")
+    assert index.status_code == 200 and "<html" in index.text.lower()
+    assert api.get("/docs").status_code == 200
+    spec = api.get("/openapi.json").json()
+    assert "/v1/audio/speech" in spec["paths"] and "/api/generate" in spec["paths"]
+
+
+def test_unknown_route_is_an_openai_shaped_404(api):
+    assert_error(api.get("/api/nope"), 404)
+
+
+def test_builtin_voices_and_openai_aliases(api):
+    voices = api.get("/api/voices").json()["voices"]
+    builtin = [v for v in voices if v["builtin"]]
+    assert len(builtin) >= 4
+    for v in builtin:
+        assert v["transcript"] and v["tags"]["gender"] and v["tags"]["language"]
+        assert "synthetic" in v["description"].lower()
+    for name in OPENAI_VOICES:
+        voice = api.get(f"/api/voices/{name}").json()
+        assert voice["builtin"] is True, name
+    sample = api.get(builtin[0]["sample_url"])
+    assert sample.status_code == 200 and sample.headers["content-type"].startswith("audio/")
+    audio, sr = load_audio(sample.content)
+    assert audio.size / sr > 1.0
+
+
+def test_voice_upload_patch_delete(api):
+    files = {"audio": ("../../etc/passwd.wav", _wav(2.0), "audio/wav")}
+    data = {"name": "Tester", "transcript": "a test tone", "gender": "neutral", "style": "flat", "language": "en-US"}
+    created = api.post("/api/voices", data=data, files=files)
+    assert created.status_code == 201, created.text
+    voice = created.json()
+    assert voice["id"].startswith("v_") and not voice["builtin"] and voice["tags"]["style"] == "flat"
+    assert voice["id"] in {v["id"] for v in api.get("/api/voices").json()["voices"]}
+    # stored under a generated name only
+    assert "passwd" not in json.dumps(voice)
+    sample = api.get(voice["sample_url"])
+    audio, sr = load_audio(sample.content)
+    assert abs(audio.size / sr - 2.0) < 0.05
+    patched = api.patch(f"/api/voices/{voice['id']}", json={"name": "Renamed", "style": "bright"})
+    assert patched.status_code == 200 and patched.json()["name"] == "Renamed" and patched.json()["tags"]["style"] == "bright"
+    # the new voice can speak (context prompt path is skipped for the fallback engine)
+    task = api.post("/api/generate", json={"text": "Hello from my own voice.", "voice": voice["id"]}).json()
+    assert wait_task(api, task["task_id"])["status"] == "done"
+    assert api.delete(f"/api/voices/{voice['id']}").status_code == 204
+    assert_error(api.get(f"/api/voices/{voice['id']}"), 404)
+
+
+def test_upload_validation(api):
+    garbage = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", b"not audio at all" * 100, "audio/wav")})
+    assert_error(garbage, 400, "audio")
+    empty = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", b"", "audio/wav")})
+    assert_error(empty, 400, "audio")
+    too_short = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", _wav(0.1), "audio/wav")})
+    assert_error(too_short, 400, "audio")
+    too_long = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", _wav(125.0, 8000), "audio/wav")})
+    assert_error(too_long, 413, "audio")
+    silent = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", encode(np.zeros(16000, np.float32), 16000, "wav"), "audio/wav")})
+    assert_error(silent, 400, "audio")
+    no_name = api.post("/api/voices", files={"audio": ("x.wav", _wav(1.0), "audio/wav")})
+    assert_error(no_name, 422)
+
+
+def test_builtin_voices_are_protected(api):
+    err = assert_error(api.delete("/api/voices/atlas"), 403)
+    assert "built-in" in err["message"]
+    assert_error(api.patch("/api/voices/atlas", json={"name": "x"}), 403)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac", "aac", "pcm"])
+def test_generate_each_format(api, fmt):
+    created = api.post("/api/generate", json={"text": "The quick brown fox. It jumps.", "voice": "juniper", "format": fmt, "seed": 1})
+    assert created.status_code == 202, created.text
+    body = created.json()
+    assert body["status"] == "queued" and body["status_url"].endswith(body["task_id"])
+    task = wait_task(api, body["task_id"])
+    assert task["status"] == "done", task
+    assert task["progress"] == 1.0 and task["format"] == fmt
+    assert task["timings"]["audio_s"] > 0.5 and task["timings"]["rtf"] > 0
+    audio = api.get(body["audio_url"])
+    assert audio.status_code == 200
+    if fmt == "pcm":
+        samples = np.frombuffer(audio.content, dtype="<i2")
+    else:
+        samples, _ = load_audio(audio.content)
+    assert samples.size > 10_000
+
+
+def test_generate_with_context_and_defaults(api):
+    body = {"text": "Sure, I can help.", "voice": "maple", "context": [{"speaker": 1, "text": "Can you help me?", "voice": "atlas"}]}
+    task = wait_task(api, api.post("/api/generate", json=body).json()["task_id"])
+    assert task["status"] == "done" and task["request"]["context"][0]["voice"] == "atlas"
+
+
+def test_generate_errors(api):
+    assert_error(api.post("/api/generate", json={"text": "hi", "voice": "nobody"}), 404, "voice")
+    assert_error(api.post("/api/generate", json={"text": "x" * 5000, "voice": "atlas"}), 400, "text")
+    assert_error(api.post("/api/generate", json={"text": "   ", "voice": "atlas"}), 400, "text")
+    assert_error(api.post("/api/generate", json={"text": "hi", "temperature": 9}), 422, "temperature")
+    assert_error(api.post("/api/generate", json={"text": "hi", "format": "exe"}), 422, "format")
+    assert_error(api.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert_error(api.post("/api/generate", json=[1, 2]), 422)
+    assert_error(api.get("/api/tasks/t_missing"), 404)
+    assert_error(api.get("/api/tasks?limit=0"), 422, "limit")
+
+
+def test_conversation_task(api):
+    turns = [{"voice": "atlas", "text": "Did you hear the news?"}, {"voice": "juniper", "text": "No, tell me."}, {"voice": "atlas", "text": "We won."}]
+    created = api.post("/api/conversations", json={"turns": turns, "format": "flac", "seed": 3})
+    assert created.status_code == 202, created.text
+    task = wait_task(api, created.json()["task_id"])
+    assert task["status"] == "done" and task["kind"] == "conversation"
+    audio, sr = sf.read(io.BytesIO(api.get(task["result_url"]).content))
+    assert audio.size / sr > 2.0
+    assert_error(api.post("/api/conversations", json={"turns": []}), 422)
+    assert_error(api.post("/api/conversations", json={"turns": [{"voice": "ghost", "text": "hi"}]}), 404, "voice")
+
+
+def test_task_list_and_cancel_finished(api):
+    task_id = api.post("/api/generate", json={"text": "List me.", "voice": "atlas"}).json()["task_id"]
+    wait_task(api, task_id)
+    tasks = api.get("/api/tasks", params={"limit": 5}).json()["tasks"]
+    assert task_id in {t["id"] for t in tasks}
+    assert api.delete(f"/api/tasks/{task_id}").json()["status"] == "done"  # finished: unchanged
+
+
+def test_diagnostic(api):
+    body = api.get("/api/diagnostic").json()
+    assert body["self_test"]["ok"] is True and body["self_test"]["rtf"] > 0
+    assert body["engine"]["name"] == "espeak"
+    assert body["config"]["server"]["port"] == 8000
+    assert "memory" in body and "torch" in body
+
+
+def test_oversized_body_is_413(api):
+    big = b"x" * (21 * 1024 * 1024)
+    assert_error(api.post("/api/generate", content=big, headers={"content-type": "application/json"}), 413)

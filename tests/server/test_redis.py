@@ -1,0 +1,123 @@
+"""Redis queue backend: a real ``redis-server`` on a free loopback port, the server plus an
+``echoforge worker`` process sharing one queue, and recovery of tasks from a dead worker."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import HERE, ServerProcess, child_env, free_port, wait_task
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)")
+redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install 'echoforge[redis]')")
+
+LONG = " ".join(f"word{i}" for i in range(16)) + "."
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    client.close()
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture()
+def flushed(redis_url):
+    redis.Redis.from_url(redis_url).flushall()
+    return redis_url
+
+
+def test_server_and_worker_process_share_the_queue(tmp_path, flushed):
+    settings = {"server": {"queue_backend": "redis", "redis_url": flushed}}
+    env = {"SINE_DELAY": "0.05"}
+    server = ServerProcess(tmp_path, "sine", settings, env=env).start()
+    worker_log = tmp_path / "worker.log"
+    code = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+        "from echoforge.engines import register_engine; register_engine('sine', 'sine_engine:SineEngine.from_settings'); "
+        "from echoforge.cli import app; app(['worker', '--engine', 'sine'])"
+    )
+    with open(worker_log, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=child_env(ECHOFORGE_DATA_DIR=str(tmp_path), ECHOFORGE_SERVER__QUEUE_BACKEND="redis", ECHOFORGE_SERVER__REDIS_URL=flushed, **env),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while b"started" not in worker_log.read_bytes() and time.monotonic() < deadline:
+                assert worker.poll() is None, worker_log.read_text()
+                time.sleep(0.1)
+            with server.client() as client:
+                assert client.get("/api/health").json()["queue"]["backend"] == "redis"
+                ids = [client.post("/api/generate", json={"text": f"{LONG} {i}", "voice": "atlas"}).json()["task_id"] for i in range(4)]
+                tasks = [wait_task(client, i, timeout=60) for i in ids]
+                assert [t["status"] for t in tasks] == ["done"] * 4
+                assert len(client.get(tasks[0]["result_url"]).content) > 1000
+                listed = {t["id"] for t in client.get("/api/tasks").json()["tasks"]}
+                assert set(ids) <= listed
+        finally:
+            worker.terminate()
+            worker.wait(30)
+            server.stop()
+    assert "task done" in worker_log.read_text(), worker_log.read_text()  # the worker process did real work
+    assert "task done" in server.log()
+
+
+def test_tasks_of_a_dead_worker_are_recovered(flushed):
+    from echoforge.server.services.redis_queue import RedisTaskQueue
+
+    queue = RedisTaskQueue(flushed, max_pending=10)
+    dead = queue.enqueue("generate", {"text": "a"}, "wav")
+    alive = queue.enqueue("generate", {"text": "b"}, "wav")
+    queue.heartbeat("livepool")
+    assert queue.claim("deadpool/0", timeout=1).id == dead.id  # never sends a heartbeat
+    assert queue.claim("livepool/0", timeout=1).id == alive.id
+    assert queue.counts() == (0, 2)
+    assert queue.recover_stale() == 1
+    assert queue.get(dead.id).status == "queued" and queue.get(alive.id).status == "running"
+    again = queue.claim("livepool/1", timeout=1)
+    assert again.id == dead.id and again.attempts == 2
+    queue.complete(again.id, b"audio", {"audio_s": 1.0})
+    assert queue.result(again.id) == b"audio" and queue.get(again.id).status == "done"
+    queue.close()
+
+
+def test_cancel_retry_and_limits(flushed):
+    from echoforge.server.errors import QueueFull
+    from echoforge.server.services.redis_queue import RedisTaskQueue
+
+    queue = RedisTaskQueue(flushed, max_pending=2)
+    a = queue.enqueue("generate", {"text": "a"}, "wav")
+    b = queue.enqueue("generate", {"text": "b"}, "wav")
+    with pytest.raises(QueueFull):
+        queue.enqueue("generate", {"text": "c"}, "wav")
+    assert queue.cancel(a.id).status == "cancelled"
+    claimed = queue.claim("w/0", timeout=1)
+    assert claimed.id == b.id  # the cancelled task is skipped
+    assert queue.fail(b.id, "flaky", retry=True, max_retries=1) == "queued"
+    assert queue.claim("w/0", timeout=1).id == b.id
+    assert queue.fail(b.id, "flaky again", retry=True, max_retries=1) == "failed"
+    assert queue.get(b.id).error == "flaky again"
+    assert queue.counts() == (0, 0)
+    queue.close()

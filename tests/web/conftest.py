@@ -1,0 +1,183 @@
+"""Browser tests for the web studio: a real uvicorn server on loopback, Debian's Chromium via Playwright.
+
+The server is the real app (``echoforge.server.app:create_app``) with the espeak-ng fallback
+engine and a throw-away data directory. Chromium is the system binary (``/usr/bin/chromium``);
+``playwright install`` is never needed. Screenshots go to ``tests/artifacts/web/``.
+
+Set ``ECHOFORGE_WEB_BASE_URL`` to point the tests at an already-running server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (browser tests)")
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts" / "web"
+CHROMIUM = os.environ.get("ECHOFORGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen | None, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server at {url} not healthy after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+def start_server(tmp: Path, extra_env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
+    """Start ``uvicorn --factory echoforge.server.app:create_app`` on a free loopback port."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
+    env.update(
+        ECHOFORGE_ENGINE="espeak",
+        ECHOFORGE_DATA_DIR=str(tmp / "data"),
+        ECHOFORGE_SERVER__HOST="127.0.0.1",
+        ECHOFORGE_SERVER__PORT=str(port),
+        ECHOFORGE_SERVER__RATE_LIMIT_PER_MINUTE="0",
+        ECHOFORGE_LOG_LEVEL="WARNING",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.update(extra_env or {})
+    log = tmp / "server.log"
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "echoforge.server.app:create_app",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    # cwd=tmp: no developer echoforge.yaml / .env leaks into the test server.
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return url, proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory) -> str:
+    external = os.environ.get("ECHOFORGE_WEB_BASE_URL")
+    if external:
+        yield external.rstrip("/")
+        return
+    tmp = tmp_path_factory.mktemp("web-server")
+    url, proc = start_server(tmp)
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def playwright_instance():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance):
+    b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> Path:
+    """A short real speech clip made with espeak-ng (for uploads and the fake microphone)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng not installed")
+    path = tmp_path_factory.mktemp("clips") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "This is my reference voice, recorded for the studio test."],
+                   check=True, capture_output=True)
+    return path
+
+
+class ConsoleLog:
+    """Console errors and uncaught page errors; 4xx/5xx resource loads may be allowed per test."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.allowed: list[re.Pattern[str]] = []
+
+    def allow(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+
+@pytest.fixture
+def console() -> ConsoleLog:
+    return ConsoleLog()
+
+
+def new_page(browser, base_url: str, console: ConsoleLog, **context_args):
+    context = browser.new_context(base_url=base_url, **context_args)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.on("console", lambda m: console.errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: console.errors.append(f"pageerror: {e}"))
+    return context, page
+
+
+@pytest.fixture
+def page(browser, base_url, console):
+    """A fresh browser context (empty localStorage) on the studio; asserts no console errors."""
+    context, pg = new_page(browser, base_url, console, viewport={"width": 1280, "height": 860}, color_scheme="light")
+    yield pg
+    context.close()
+    assert console.unexpected() == [], "console errors in the page"
+
+
+def open_app(page, route: str = "") -> None:
+    page.goto(f"/{route}")
+    page.wait_for_selector("html[data-ready]")
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+    return path

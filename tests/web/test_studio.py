@@ -1,0 +1,308 @@
+"""The web studio in a real browser against the real server (espeak fallback engine)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from .conftest import CHROMIUM, CHROMIUM_ARGS, new_page, open_app, shot
+
+pytestmark = pytest.mark.integration
+
+
+def audio_duration(page, selector: str) -> float:
+    """Duration of an <audio> once its metadata loaded (0 if it never does)."""
+    return page.eval_on_selector(selector, """(a) => new Promise((resolve) => {
+        if (a.readyState >= 1 && Number.isFinite(a.duration)) return resolve(a.duration);
+        a.addEventListener('loadedmetadata', () => resolve(a.duration), {once: true});
+        a.addEventListener('error', () => resolve(0), {once: true});
+        setTimeout(() => resolve(0), 10000);
+    })""")
+
+
+def test_characters_grid_loads_and_filters(page):
+    open_app(page)
+    cards = page.locator("#voice-grid .voice-card")
+    cards.first.wait_for()
+    total = cards.count()
+    assert total >= 2
+    # Engine badge: the espeak engine is a fallback and must say so.
+    assert "fallback engine (not CSM)" in page.inner_text("#engine-badge")
+    shot(page, "characters-light")
+
+    # Each card plays its sample clip (fetched with auth, played through one shared player).
+    play = cards.first.locator(".play-btn")
+    play.click()
+    page.wait_for_selector('.voice-card .play-btn[data-state="playing"]')
+    assert play.get_attribute("aria-pressed") == "true"
+    play.click()  # stop
+    assert play.get_attribute("aria-pressed") == "false"
+
+    genders = page.eval_on_selector_all("#f-gender option", "os => os.map(o => o.value).filter(Boolean)")
+    assert genders, "gender filter offers the voices' genders"
+    page.select_option("#f-gender", genders[0])
+    filtered = cards.count()
+    assert 0 < filtered <= total
+    names = page.eval_on_selector_all("#voice-grid .voice-card", "cs => cs.map(c => c.dataset.voiceId)")
+    voices = page.evaluate("fetch('/api/voices').then(r => r.json()).then(d => d.voices)")
+    by_id = {v["id"]: v for v in voices}
+    assert all(by_id[n]["tags"].get("gender") == genders[0] for n in names)
+    page.select_option("#f-gender", "")
+    assert cards.count() == total
+
+    # Free-text search on one voice's name narrows the grid to it.
+    target = voices[-1]
+    page.fill("#f-search", target["name"])
+    shown = page.eval_on_selector_all("#voice-grid .voice-card", "cs => cs.map(c => c.dataset.voiceId)")
+    assert target["id"] in shown
+    assert len(shown) < total or total == 1
+    page.fill("#f-search", "zzz-no-such-voice-zzz")
+    assert cards.count() == 0
+    assert page.is_visible("#voice-empty")
+
+    # Opening a character lands in the studio with it selected.
+    page.fill("#f-search", "")
+    first_id = cards.first.get_attribute("data-voice-id")
+    cards.first.get_by_role("link", name="Open").click()
+    page.wait_for_selector("#view-studio:not([hidden])")
+    assert page.input_value("#gen-voice") == first_id
+
+
+def test_generation_completes_with_playable_audio(page):
+    open_app(page, "#/studio")
+    page.fill("#gen-text", "Hello from the EchoForge studio.")
+    page.locator("#gen-presets label", has_text="Calm").click()
+    assert page.input_value("#gen-temperature") == "0.7"
+    page.click("#gen-submit")
+    page.wait_for_selector("#gen-result:not([hidden])", timeout=30_000)
+    assert audio_duration(page, "#gen-audio") > 0.3
+    assert page.get_attribute("#gen-download", "href").startswith("blob:")
+    assert "Done" in page.inner_text("#gen-status")
+    # The generation is remembered in this browser's history.
+    assert page.locator("#history li").count() == 1
+    shot(page, "studio-result")
+
+    # History survives a reload and replays the result from the server.
+    page.reload()
+    page.wait_for_selector("html[data-ready]")
+    assert page.locator("#history li").count() == 1
+    page.locator("#history li").first.get_by_role("button", name="Load generation").click()
+    page.wait_for_selector("#gen-result:not([hidden])")
+    assert audio_duration(page, "#gen-audio") > 0.3
+
+
+def test_streaming_playback_over_websocket(page):
+    open_app(page, "#/studio")
+    page.fill("#gen-text", "Streaming speech, chunk by chunk.")
+    page.locator("label", has_text="Stream live").click()
+    page.focus("#gen-text")
+    page.keyboard.press("Control+Enter")  # keyboard shortcut submits
+    page.wait_for_selector("#gen-result:not([hidden])", timeout=30_000)
+    assert audio_duration(page, "#gen-audio") > 0.3
+    assert "streamed" in page.inner_text("#gen-meta")
+
+
+@pytest.mark.parametrize("case", ["empty", "too_long"])
+def test_bad_input_shows_the_api_error(page, console, case):
+    console.allow(r"status of 4\d\d")  # the browser logs the rejected request itself
+    open_app(page, "#/studio")
+    limit = page.evaluate("document.querySelector('#gen-count').textContent.split('/')[1].replace(/\\D/g, '')")
+    text = "" if case == "empty" else "a" * (int(limit) + 1)
+    page.fill("#gen-text", text)
+    if case == "too_long":
+        assert "over" in page.get_attribute("#gen-count", "class")
+    with page.expect_response(lambda r: r.url.endswith("/api/generate")) as resp:
+        page.click("#gen-submit")
+    response = resp.value
+    assert 400 <= response.status < 500
+    body = response.json()
+    message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else None
+    page.wait_for_selector("#gen-error:not([hidden])")
+    shown = page.inner_text("#gen-error")
+    if message:
+        assert message in shown
+    assert "Request rejected" in shown or "rejected" in shown.lower()
+    assert page.is_hidden("#gen-result")
+    if case == "too_long":
+        shot(page, "studio-error")
+
+
+def test_dark_mode_toggles_and_persists(page):
+    open_app(page)
+    bg = "getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(bg)
+    page.click("#theme-toggle")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    dark = page.evaluate(bg)
+    assert dark != light
+    page.reload()
+    page.wait_for_selector("html[data-ready]")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert page.evaluate(bg) == dark
+    page.locator("#voice-grid .voice-card").first.wait_for()
+    shot(page, "characters-dark")
+    page.click("#theme-toggle")
+    assert page.evaluate(bg) == light
+
+
+def test_phone_viewport_has_no_horizontal_scroll(browser, base_url, console):
+    context, page = new_page(browser, base_url, console, viewport={"width": 375, "height": 812},
+                             is_mobile=True, has_touch=True, device_scale_factor=2)
+    try:
+        for route in ["#/characters", "#/studio", "#/create", "#/conversation"]:
+            open_app(page, route)
+            page.wait_for_selector(f"#view-{route[2:]}:not([hidden])")
+            if route == "#/characters":
+                page.locator("#voice-grid .voice-card").first.wait_for()
+            width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert width[0] <= width[1], f"{route}: horizontal scroll {width}"
+            shot(page, f"phone-{route[2:]}")
+    finally:
+        context.close()
+    assert console.unexpected() == []
+
+
+def test_create_voice_from_uploaded_wav(page, console, speech_wav):
+    name = f"Test Narrator {uuid.uuid4().hex[:6]}"
+    open_app(page, "#/create")
+    # Without audio the API refuses and the page shows why.
+    console.allow(r"status of 4\d\d")
+    page.fill("#cv-name", name)
+    page.click("#cv-submit")
+    page.wait_for_selector("#cv-error:not([hidden])")
+    assert "audio" in page.inner_text("#cv-error").lower()
+    shot(page, "create-voice-error")
+
+    page.set_input_files("#cv-file", str(speech_wav))
+    page.wait_for_selector("#cv-preview:not([hidden])")
+    page.fill("#cv-transcript", "This is my reference voice, recorded for the studio test.")
+    page.select_option("#cv-gender", "female")
+    page.fill("#cv-style", "narration")
+    page.fill("#cv-language", "en")
+    page.fill("#cv-description", "Made by the browser test.")
+    with page.expect_response(lambda r: r.url.endswith("/api/voices") and r.request.method == "POST") as resp:
+        page.click("#cv-submit")
+    assert resp.value.status == 201, resp.value.text()
+    page.wait_for_selector("#cv-success:not([hidden])")
+    shot(page, "create-voice-done")
+    page.goto("/#/characters")
+    page.fill("#f-search", name)
+    card = page.locator("#voice-grid .voice-card", has_text=name)
+    card.wait_for()
+    assert "Your voice" in card.inner_text()
+
+    # A user voice can be deleted again (after a confirmation dialog).
+    page.once("dialog", lambda d: d.accept())
+    card.get_by_role("button", name=f"Delete {name}").click()
+    card.wait_for(state="detached")
+
+
+def test_record_voice_with_fake_microphone(base_url, speech_wav, console, playwright_instance):
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=[
+        *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech_wav}"])
+    try:
+        context, page = new_page(browser, base_url, console, viewport={"width": 1280, "height": 860})
+        context.grant_permissions(["microphone"], origin=base_url)
+        open_app(page, "#/create")
+        page.click("#cv-record")
+        page.wait_for_function("document.querySelector('#cv-record').getAttribute('aria-pressed') === 'true'")
+        page.wait_for_timeout(2500)
+        page.click("#cv-record")
+        page.wait_for_selector("#cv-preview:not([hidden])")
+        assert "recording.wav" in page.inner_text("#cv-clip-name")
+        page.fill("#cv-name", "Mic Voice")
+        page.fill("#cv-transcript", "This is my reference voice, recorded for the studio test.")
+        with page.expect_response(lambda r: r.url.endswith("/api/voices") and r.request.method == "POST") as resp:
+            page.click("#cv-submit")
+        assert resp.value.status == 201, resp.value.text()
+        page.wait_for_selector("#cv-success:not([hidden])")
+        context.close()
+    finally:
+        browser.close()
+    assert console.unexpected() == []
+
+
+def test_conversation_renders_to_one_file(page):
+    open_app(page, "#/conversation")
+    page.locator("#turns .turn").first.wait_for()
+    voices = page.eval_on_selector_all("#conv-voice-1 option", "os => os.map(o => o.value)")
+    page.select_option("#conv-voice-1", voices[1] if len(voices) > 1 else voices[0])
+    page.click("#turn-add")
+    assert page.locator("#turns .turn").count() == 3
+    page.locator("#turns textarea").nth(2).fill("Let's render all three turns together.")
+    page.get_by_role("button", name="Move up turn 3").click()
+    assert page.locator("#turns textarea").nth(1).input_value() == "Let's render all three turns together."
+    page.get_by_role("button", name="Remove turn 3").click()
+    assert page.locator("#turns .turn").count() == 2
+    page.click("#conv-submit")
+    page.wait_for_selector("#conv-result:not([hidden])", timeout=60_000)
+    assert audio_duration(page, "#conv-audio") > 0.5
+    shot(page, "conversation-result")
+
+
+def test_queue_full_shows_retry_after(page, console):
+    """A 429 from the queue is explained with its Retry-After (simulated: filling the real queue is slow)."""
+    console.allow(r"status of 429")
+    body = '{"error": {"message": "the queue is full (100 pending)", "type": "rate_limit_error", "code": "queue_full"}}'
+    page.route("**/api/generate", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "7", "Content-Type": "application/json"}, body=body))
+    open_app(page, "#/studio")
+    page.fill("#gen-text", "Hello there.")
+    page.click("#gen-submit")
+    page.wait_for_selector("#gen-error:not([hidden])")
+    shown = page.inner_text("#gen-error")
+    assert "Queue full" in shown and "the queue is full" in shown and "7 s" in shown
+
+
+def test_api_key_prompt_when_auth_required(browser, tmp_path, console):
+    from .conftest import start_server, stop_server
+
+    console.allow(r"status of 401")
+    url, proc = start_server(tmp_path, {"ECHOFORGE_SERVER__API_KEYS": '["web-test-key-123"]'})
+    try:
+        context, page = new_page(browser, url, console, viewport={"width": 1280, "height": 860})
+        open_app(page)
+        page.wait_for_selector("#key-bar:not([hidden])")
+        page.wait_for_selector("#voices-error:not([hidden])")
+        assert "API key" in page.inner_text("#voices-error")
+        shot(page, "auth-required")
+        page.fill("#api-key", "web-test-key-123")
+        page.click("#key-bar button[type=submit]")
+        page.locator("#voice-grid .voice-card").first.wait_for()
+        assert page.is_hidden("#voices-error")
+        assert page.evaluate("JSON.parse(localStorage.getItem('echoforge.apiKey'))") == "web-test-key-123"
+        # The key is sent with generation requests and audio downloads too.
+        page.goto("/#/studio")
+        page.wait_for_selector("html[data-ready]")
+        page.fill("#gen-text", "Authorised speech.")
+        page.click("#gen-submit")
+        page.wait_for_selector("#gen-result:not([hidden])", timeout=30_000)
+        assert audio_duration(page, "#gen-audio") > 0.3
+        context.close()
+    finally:
+        stop_server(proc)
+    assert console.unexpected() == []
+
+
+def test_every_control_has_a_label_and_status_is_announced(page):
+    open_app(page)
+    unlabeled = page.evaluate("""() => Array.from(document.querySelectorAll('input, select, textarea, button'))
+        .filter(el => el.type !== 'hidden')
+        .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                      && !el.getAttribute('aria-labelledby') && !(el.textContent || '').trim())
+        .map(el => el.id || el.outerHTML.slice(0, 80))""")
+    assert unlabeled == []
+    for region in ["#gen-status", "#conv-status", "#toast", "#voice-count"]:
+        live = page.eval_on_selector(region, "el => el.getAttribute('aria-live') || el.getAttribute('role')")
+        assert live in ("polite", "status", "assertive", "alert"), region
+    # Keyboard: the first Tab reaches the skip link, which moves focus to the main content.
+    page.goto("/#/studio")
+    page.reload()  # a fresh load: focus starts at the top of the document
+    page.wait_for_selector("#view-studio:not([hidden])")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    assert page.is_visible("#view-studio"), "the skip link keeps the current page"
