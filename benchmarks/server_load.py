@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,18 @@ def start_server(engine: str, workers: int, data_dir: Path) -> tuple[subprocess.
         ECHOFORGE_SERVER__WORKERS=str(workers),
         ECHOFORGE_LOG_LEVEL="WARNING",
     )
-    cmd = [sys.executable, "-m", "echoforge.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--engine", engine]
+    cmd = [
+        sys.executable,
+        "-m",
+        "echoforge.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--engine",
+        engine,
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -123,7 +133,9 @@ async def task_load(url: str, clients: int, per_client: int) -> dict:
 
         async def submit() -> None:
             for i in range(per_client):
-                r = await client.post("/api/generate", json={"text": f"{TEXT} Number {i}.", "voice": "atlas", "format": "mp3"})
+                r = await client.post(
+                    "/api/generate", json={"text": f"{TEXT} Number {i}.", "voice": "atlas", "format": "mp3"}
+                )
                 if r.status_code == 202:
                     ids.append(r.json()["task_id"])
 
@@ -139,7 +151,9 @@ async def task_load(url: str, clients: int, per_client: int) -> dict:
                     pending.discard(task_id)
             await asyncio.sleep(0.1)
         wall = time.perf_counter() - t0
-        fetched = sum([(await client.get(f"/api/tasks/{i}/audio")).status_code == 200 for i in ids if statuses.get(i) == "done"])
+        fetched = sum(
+            [(await client.get(f"/api/tasks/{i}/audio")).status_code == 200 for i in ids if statuses.get(i) == "done"]
+        )
     submitted = clients * per_client
     done = sum(s == "done" for s in statuses.values())
     return {
@@ -198,13 +212,15 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "engine": f"{engine['name']}{' (fallback)' if engine['is_fallback'] else ''} on {engine['device']}",
         "clients": args.clients,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at start), Python {platform.python_version()}",
         "command": "python benchmarks/server_load.py " + " ".join(sys.argv[1:]),
         "speech": speech,
         "tasks": tasks,
     }
-    print(f"speech: {speech['ok']}/{speech['requests']} ok, {speech['requests_per_s']} req/s, "
-          f"TTFB p50 {speech['ttfb_p50_ms']} ms, p95 {speech['ttfb_p95_ms']} ms")
+    print(
+        f"speech: {speech['ok']}/{speech['requests']} ok, {speech['requests_per_s']} req/s, "
+        f"TTFB p50 {speech['ttfb_p50_ms']} ms, p95 {speech['ttfb_p95_ms']} ms"
+    )
     print(f"tasks:  {tasks['done']}/{tasks['submitted']} done, lost {tasks['lost']}, {tasks['tasks_per_s']} tasks/s")
     print(json.dumps(results))
     if not args.no_write:

@@ -85,17 +85,18 @@ def normalize_text(text: str) -> str:
     return " ".join(out.split())
 
 
-def split_sentences(text: str, max_chars: int = 300) -> list[str]:
+def split_sentences(text: str, max_chars: int = 300, *, pack: bool = True) -> list[str]:
     """Split at sentence ends and pack sentences into pieces of at most ``max_chars``.
 
     A single sentence longer than ``max_chars`` is split further at commas/semicolons, then
-    at spaces, so every piece fits.
+    at spaces, so every piece fits. ``pack=False`` keeps one sentence per piece (streaming
+    engines use it so the first sentence's audio is out before the rest is made).
     """
     sentences = [s.strip() for s in _SENTENCE_RE.split(text.strip()) if s.strip()]
     pieces: list[str] = []
     for s in sentences:
         for part in _split_long(s, max_chars):
-            if pieces and len(pieces[-1]) + 1 + len(part) <= max_chars:
+            if pack and pieces and len(pieces[-1]) + 1 + len(part) <= max_chars:
                 pieces[-1] += " " + part
             else:
                 pieces.append(part)

@@ -67,7 +67,10 @@ class AgentSettings(BaseModel):
     min_speech_ms: int = Field(200, ge=32, le=5000, description="Speech needed before a turn (or barge-in) starts.")
     interrupt_min_speech_ms: int = Field(250, ge=32, le=5000, description="Speech needed to barge in.")
     echo_ratio: float = Field(
-        0.5, ge=0.0, le=10.0, description="While speaking, input must be louder than this × the recent playback RMS."
+        0.5, ge=0.0, le=10.0, description="Cap of the echo floor (× recent playback RMS), used until the echo gain is estimated."
+    )
+    echo_margin: float = Field(
+        2.0, ge=1.0, le=20.0, description="While speaking, input must beat this × the estimated echo (gain × playback)."
     )
     min_rms: float = Field(0.003, ge=0.0, le=1.0, description="Input below this RMS is never speech.")
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")

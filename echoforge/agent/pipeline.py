@@ -704,6 +704,7 @@ def vad_params(s: AgentSettings) -> VADParams:
         min_speech_ms=s.min_speech_ms,
         interrupt_min_speech_ms=s.interrupt_min_speech_ms,
         echo_ratio=s.echo_ratio,
+        echo_margin=s.echo_margin,
         min_rms=s.min_rms,
         preroll_ms=s.preroll_ms,
         max_turn_s=s.max_turn_s,

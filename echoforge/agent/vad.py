@@ -4,14 +4,16 @@
 512-sample windows (32 ms at 16 kHz) — no torch, no download. :class:`TurnDetector` turns the
 per-window speech probabilities into events:
 
-* ``started`` after ``min_speech_ms`` of (almost) continuous speech — short noises never start a turn;
+* ``started`` after ``min_speech_ms`` of speech with at most ~100 ms of gaps — short noises never start a turn;
 * ``stopped`` after ``silence_ms`` of silence, with the turn's audio (pre-roll included).
 
 While the agent speaks (:meth:`TurnDetector.set_bot_speaking`) a window only counts as speech when
-its probability reaches the raised ``interrupt_threshold`` *and* the input is louder than
-``echo_ratio`` × the recent playback level: the agent's own voice leaking back from the speakers
-is quieter than the playback itself, a person talking over it is not (self-interruption guard;
-browsers also cancel echo).
+its probability reaches the raised ``interrupt_threshold`` *and* the input is clearly louder than
+the echo expected from the playback: the echo path's gain is estimated on the fly (median of
+input/playback level ratios while nobody talks over the agent), and the input must beat
+``echo_margin`` × that gain × the playback level (never more than ``echo_ratio`` × it). The agent's
+own voice leaking back from the speakers therefore never interrupts it, a person talking over it
+does, and with good echo cancellation (browsers) the bar drops to the plain VAD threshold.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class VADParams:
     min_speech_ms: int = 200
     interrupt_min_speech_ms: int = 250
     echo_ratio: float = 0.5
+    echo_margin: float = 2.0
     min_rms: float = 0.003
     preroll_ms: int = 300
     max_turn_s: float = 30.0
@@ -110,18 +113,21 @@ class TurnDetector:
         self.vad = vad or SileroVAD()
         self.vad.reset()
         self.bot_speaking = False
-        # Levels are compared over a few hundred ms, because single 32 ms windows swing by 20 dB
-        # within one word: playback = RMS of the last ~12 chunks (~0.5 s at 40 ms, long enough to
-        # cover the echo path's delay), input = RMS of the last 4 windows (~130 ms: short, so a noise burst does not linger).
+        # The echo reference is the RMS of the last ~12 playback chunks (~0.5 s at 40 ms: long
+        # enough to cover the echo path's delay and the level swings inside words). The input side
+        # is judged per 32 ms window: any smoothing there would let a short loud noise linger long
+        # enough to pass for speech.
         self._playback_rms: deque[float] = deque(maxlen=12)
-        self._input_ms: deque[float] = deque(maxlen=4)
+        # Input/playback level ratios of the last ~2 s of bot speech: their median estimates the
+        # echo path's gain (≈0 with good echo cancellation, ≈0.25 for a laptop at -12 dB).
+        self._echo_ratios: deque[float] = deque(maxlen=64)
         self._pending = np.zeros(0, dtype=np.float32)
         self._samples = 0
         self._preroll: deque[np.ndarray] = deque(maxlen=max(1, self.params.preroll_ms * SAMPLE_RATE // 1000 // WINDOW))
         self.state = "quiet"
         self._turn = _Turn()
-        self._run = 0  # consecutive speech windows while starting
-        self._gap = 0  # non-speech windows tolerated while starting
+        self._run = 0  # speech windows since the start was suspected
+        self._gap = 0  # non-speech windows since the start was suspected
         self._silence = 0  # consecutive silent windows while speaking
         self.last_prob = 0.0
         self.last_rms = 0.0
@@ -132,6 +138,7 @@ class TurnDetector:
         self.bot_speaking = speaking
         if not speaking:
             self._playback_rms.clear()
+            self._echo_ratios.clear()
 
     def note_playback(self, chunk: np.ndarray) -> None:
         """Record the level of audio just sent to the speakers (the echo reference)."""
@@ -146,9 +153,18 @@ class TurnDetector:
         return float(np.sqrt(np.mean(np.square(np.asarray(self._playback_rms)))))
 
     @property
-    def input_level(self) -> float:
-        """RMS of the last ~130 ms of input."""
-        return float(np.sqrt(np.mean(self._input_ms))) if self._input_ms else 0.0
+    def echo_floor(self) -> float:
+        """Input RMS that a window needs to count as speech while the agent talks.
+
+        ``echo_margin`` × the estimated echo gain × the playback level, capped by the conservative
+        ``echo_ratio`` × playback level (also used until ~250 ms of evidence exist).
+        """
+        p = self.params
+        level = self.playback_level
+        if len(self._echo_ratios) < 8:
+            return p.echo_ratio * level
+        gain = float(np.median(np.asarray(self._echo_ratios)))
+        return min(p.echo_ratio, p.echo_margin * gain) * level
 
     def reset(self) -> None:
         self.vad.reset()
@@ -161,11 +177,10 @@ class TurnDetector:
     # -- core ------------------------------------------------------------------------------------
     def _is_speech(self, prob: float, rms: float) -> bool:
         p = self.params
-        if self.bot_speaking and self.state in ("quiet", "starting"):
-            level = self.input_level
-            return prob >= p.interrupt_threshold and level >= p.min_rms and level >= p.echo_ratio * self.playback_level
         if rms < p.min_rms:
             return False
+        if self.bot_speaking and self.state in ("quiet", "starting"):
+            return prob >= p.interrupt_threshold and rms >= self.echo_floor
         # Hysteresis: once speaking, a lower probability keeps the turn going (Silero's own advice).
         threshold = p.threshold - 0.15 if self.state == "speaking" else p.threshold
         return prob >= threshold
@@ -188,9 +203,9 @@ class TurnDetector:
     def _step(self, window: np.ndarray) -> VADEvent | None:
         p = self.params
         prob = self.vad(window)
-        mean_square = float(np.mean(np.square(window, dtype=np.float64)))
-        self._input_ms.append(mean_square)
-        rms = float(np.sqrt(mean_square))
+        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
+        if self.bot_speaking and self.state == "quiet" and self.playback_level > 0:
+            self._echo_ratios.append(rms / self.playback_level)
         self.last_prob, self.last_rms = prob, rms
         speech = self._is_speech(prob, rms)
         now = self._samples / SAMPLE_RATE
@@ -212,9 +227,10 @@ class TurnDetector:
                 self._turn.speech_windows += 1
             else:
                 self._gap += 1
-                # Two dropped windows (64 ms) are tolerated (plosives, stops inside a word); more is
-                # a pause: a short word alone, or noise, does not start a turn.
-                if self._gap > 2:
+                # Up to 3 quiet windows (~100 ms in all) are tolerated before the start is confirmed:
+                # stop consonants, a breath between words. More means it was a short sound (a word
+                # fragment, a knock) or echo peaks poking through the guard, not someone talking.
+                if self._gap > 3:
                     self.state = "quiet"
                     self._preroll.extend(self._turn.audio[-self._preroll.maxlen :])
                     self._turn = _Turn()

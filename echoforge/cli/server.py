@@ -33,7 +33,9 @@ def serve(
         if reload:
             if engine:
                 os.environ["ECHOFORGE_ENGINE"] = engine
-            uvicorn.run("echoforge.server.app:create_app", factory=True, host=host, port=port, reload=True, log_level="info")
+            uvicorn.run(
+                "echoforge.server.app:create_app", factory=True, host=host, port=port, reload=True, log_level="info"
+            )
             return
         from echoforge.server import observability
         from echoforge.server.app import create_app
@@ -57,12 +59,16 @@ def worker(
 
     settings = settings_from_cli()
     if settings.server.queue_backend != "redis":
-        fail("`echoforge worker` needs the Redis queue: set ECHOFORGE_SERVER__QUEUE_BACKEND=redis (and server.redis_url); "
-             "the SQLite queue is worked by the server process itself")
+        fail(
+            "`echoforge worker` needs the Redis queue: set ECHOFORGE_SERVER__QUEUE_BACKEND=redis (and server.redis_url); "
+            "the SQLite queue is worked by the server process itself"
+        )
     with user_errors():
         eng, _ = load_engine(settings, engine)
         s = settings.server
-        voices = VoiceStore(settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 2**20))
+        voices = VoiceStore(
+            settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 2**20)
+        )
         queue = make_queue(settings)
         synthesis = SynthesisService(eng, voices, settings)
         synthesis.warm_up()
@@ -87,7 +93,9 @@ def keys_create(name: Annotated[str, typer.Option(help="A label for the key (who
 
     settings = settings_from_cli()
     key, entry = ApiKeyStore(settings.data_dir).create(name)
-    console.print(f"created key [bold]{entry['id']}[/] {('(' + name + ')') if name else ''} — copy it now, it is not shown again:")
+    console.print(
+        f"created key [bold]{entry['id']}[/] {('(' + name + ')') if name else ''} — copy it now, it is not shown again:"
+    )
     typer.echo(key)
 
 
@@ -100,7 +108,9 @@ def keys_list() -> None:
     entries = ApiKeyStore(settings.data_dir).list()
     table = Table("id", "name", "prefix", "created", "status")
     for e in entries:
-        table.add_row(e["id"], e.get("name", ""), e["prefix"] + "…", e["created_at"], "revoked" if e["revoked"] else "active")
+        table.add_row(
+            e["id"], e.get("name", ""), e["prefix"] + "…", e["created_at"], "revoked" if e["revoked"] else "active"
+        )
     console.print(table if entries else "no API keys (the server is open unless server.api_keys is set)")
 
 

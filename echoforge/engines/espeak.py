@@ -81,7 +81,7 @@ class EspeakEngine(BaseEngine):
         wpm = int(min(max(BASE_WPM * request.speed, 80), 450))
         max_samples = int(request.max_audio_length_ms * self.sample_rate / 1000)
         produced = 0
-        for sentence in split_sentences(normalize_text(request.text)):
+        for sentence in split_sentences(normalize_text(request.text), pack=False):
             audio = self._speak(sentence, voice, wpm)[: max(0, max_samples - produced)]
             if audio.size == 0:
                 break

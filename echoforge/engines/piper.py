@@ -75,7 +75,7 @@ class PiperEngine(BaseEngine):
         produced = 0
         # One sentence at a time, so the first audio is out after the first sentence and the
         # lock is never held while the consumer holds the generator.
-        for sentence in split_sentences(normalize_text(request.text)):
+        for sentence in split_sentences(normalize_text(request.text), pack=False):
             with self._lock:
                 pieces = [c.audio_float_array for c in self._voice.synthesize(sentence, syn_config=config)]
             if not pieces:

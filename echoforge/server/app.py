@@ -65,9 +65,24 @@ class BodyLimitMiddleware:
         declared = headers.get(b"content-length")
         limit_mb = self.max_bytes / (1024 * 1024)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            security_log.warning("rejected request body: %s bytes on %s (limit %d)", declared.decode(), scope["path"], self.max_bytes)
-            body = json.dumps(error_body(f"request body is larger than the {limit_mb:.0f} MB limit", "invalid_request_error", None, "payload_too_large")).encode()
-            await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            security_log.warning(
+                "rejected request body: %s bytes on %s (limit %d)", declared.decode(), scope["path"], self.max_bytes
+            )
+            body = json.dumps(
+                error_body(
+                    f"request body is larger than the {limit_mb:.0f} MB limit",
+                    "invalid_request_error",
+                    None,
+                    "payload_too_large",
+                )
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         received = 0
@@ -80,7 +95,9 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     from starlette.exceptions import HTTPException
 
-                    security_log.warning("rejected streamed request body over %d bytes on %s", self.max_bytes, scope["path"])
+                    security_log.warning(
+                        "rejected streamed request body over %d bytes on %s", self.max_bytes, scope["path"]
+                    )
                     raise HTTPException(413, f"request body is larger than the {limit_mb:.0f} MB limit")
             return message
 
@@ -109,10 +126,14 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def build_services(settings: Settings, engine: TTSEngine, model_load_s: float, *, start_workers: bool = True) -> Services:
+def build_services(
+    settings: Settings, engine: TTSEngine, model_load_s: float, *, start_workers: bool = True
+) -> Services:
     """Everything but the engine; also used by ``echoforge worker``."""
     s = settings.server
-    voices = VoiceStore(settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 1024 * 1024))
+    voices = VoiceStore(
+        settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 1024 * 1024)
+    )
     queue = make_queue(settings)
     synthesis = SynthesisService(engine, voices, settings)
     keys = ApiKeyStore(settings.data_dir, [k.get_secret_value() for k in s.api_keys])
@@ -150,7 +171,9 @@ def load_engine(settings: Settings, engine_name: str | None = None) -> tuple[TTS
     return engine, load_s
 
 
-def create_app(settings: Settings | None = None, *, engine_name: str | None = None, engine: TTSEngine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, engine_name: str | None = None, engine: TTSEngine | None = None
+) -> FastAPI:
     """Build the app. ``engine_name`` overrides ``settings.engine``; ``engine`` injects a ready one."""
     settings = settings or get_settings()
 
@@ -162,7 +185,11 @@ def create_app(settings: Settings | None = None, *, engine_name: str | None = No
             eng, load_s = await asyncio.to_thread(load_engine, settings, engine_name)
         services = await asyncio.to_thread(build_services, settings, eng, load_s)
         warm_s = await asyncio.to_thread(services.synthesis.warm_up)
-        log.info("engine warmed up in %.2f s; auth %s", warm_s, "on" if services.keys.required else "off (no API keys configured)")
+        log.info(
+            "engine warmed up in %.2f s; auth %s",
+            warm_s,
+            "on" if services.keys.required else "off (no API keys configured)",
+        )
         app.state.services = services
         try:
             yield

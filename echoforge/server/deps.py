@@ -63,7 +63,9 @@ def check_key(services: Services, key: str | None, client: str, route: str) -> P
     if key_id is None:
         security_log.warning("auth failure: %s key from %s on %s", "invalid" if key else "missing", client, route)
         raise Unauthorized(
-            "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'" if not key else "invalid API key"
+            "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            if not key
+            else "invalid API key"
         )
     return Principal(id=key_id, authenticated=True)
 

@@ -29,7 +29,9 @@ class ApiError(Exception):
     type = "invalid_request_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, retry_after: float | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after: float | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -128,7 +130,9 @@ def install_error_handlers(app: FastAPI) -> None:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(
-            error_body(str(exc.detail), type_, None, code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(str(exc.detail), type_, None, code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(AudioDecodeError)
@@ -142,7 +146,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine(request: Request, exc: EngineError) -> JSONResponse:
         log.warning("engine error on %s: %s", request.url.path, exc)
-        return JSONResponse(error_body(str(exc), "server_error", None, "engine_error"), status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            error_body(str(exc), "server_error", None, "engine_error"), status_code=503, headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(ValueError)
     async def _value(request: Request, exc: ValueError) -> JSONResponse:
@@ -151,4 +157,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal server error", "server_error", None, "internal_error"), status_code=500)
+        return JSONResponse(
+            error_body("internal server error", "server_error", None, "internal_error"), status_code=500
+        )

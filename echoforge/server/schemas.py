@@ -175,7 +175,7 @@ class SpeechRequest(BaseModel):
 
     model: str = Field(..., min_length=1, max_length=100)
     input: str = Field(..., min_length=1, max_length=4096)
-    voice: str | dict[str, Any] = Field(..., description="A voice name/id, or {\"id\": ...}.")
+    voice: str | dict[str, Any] = Field(..., description='A voice name/id, or {"id": ...}.')
     instructions: str | None = Field(None, max_length=4096)
     response_format: AudioFormatName = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,8 @@ def test_doc_example_runs(block: Block, tmp_path: Path, request):
     base_url = request.getfixturevalue("docs_server") if block.kind == "server" else None
     if block.lang == "python" and "from openai import" in block.code:
         pytest.importorskip("openai")
+    if block.lang == "bash" and re.search(r"\bcurl\b", block.code) and shutil.which("curl") is None:
+        pytest.skip("curl is not installed (apt-get install curl)")
     code = _prepare(block, base_url)
     env = example_env(tmp_path)
     if block.lang == "bash":

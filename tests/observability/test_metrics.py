@@ -274,3 +274,23 @@ def test_scrape_shows_queue_depth_and_rtf_moving_while_requests_run(live_app):
     assert scrape_value(text, "echoforge_engine_active_syntheses", engine=name) == 0
     assert scrape_value(text, "echoforge_engine_time_to_first_audio_seconds_count", engine=name) >= 3
 
+
+
+def test_every_metric_named_in_the_docs_exists():
+    """docs/observability.md and the metrics module agree."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b(echoforge_[a-z_]+[a-z])\b", doc))
+    metrics.observe_agent_latency({"voice_to_voice_s": 0.5})  # make sure labelled families have samples
+    samples = {s.name for fam in metrics.REGISTRY.collect() for s in fam.samples}
+    families = {fam.name for fam in metrics.REGISTRY.collect()}
+    source = Path(metrics.__file__).read_text(encoding="utf-8")
+    def base(name: str) -> str:
+        return re.sub(r"_(total|bucket|count|sum)$", "", name)
+
+    missing = sorted(n for n in named if n not in samples and base(n) not in families and f'"{n}"' not in source)
+    assert not missing, f"documented but not exported: {missing}"
+    exported = {f for f in families if f.startswith("echoforge_")}
+    undocumented = sorted(f for f in exported if f not in doc and f + "_total" not in doc)
+    assert not undocumented, f"exported but not documented: {undocumented}"

@@ -35,7 +35,9 @@ def child_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     """``python serve_app.py`` on a free port; logs go to ``log_path``."""
 
-    def __init__(self, data_dir: Path, engine: str = "espeak", settings: dict | None = None, env: dict | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, engine: str = "espeak", settings: dict | None = None, env: dict | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.engine = engine
         self.settings = {"data_dir": str(self.data_dir), **(settings or {})}

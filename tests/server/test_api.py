@@ -12,7 +12,21 @@ from conftest import assert_error, wait_task
 
 from echoforge.audio import encode, load_audio
 
-OPENAI_VOICES = ("alloy", "echo", "fable", "onyx", "nova", "shimmer", "ash", "ballad", "coral", "sage", "verse", "marin", "cedar")
+OPENAI_VOICES = (
+    "alloy",
+    "echo",
+    "fable",
+    "onyx",
+    "nova",
+    "shimmer",
+    "ash",
+    "ballad",
+    "coral",
+    "sage",
+    "verse",
+    "marin",
+    "cedar",
+)
 
 
 def _wav(seconds: float, sr: int = 16_000, freq: float = 200.0) -> bytes:
@@ -72,7 +86,11 @@ def test_voice_upload_patch_delete(api):
     audio, sr = load_audio(sample.content)
     assert abs(audio.size / sr - 2.0) < 0.05
     patched = api.patch(f"/api/voices/{voice['id']}", json={"name": "Renamed", "style": "bright"})
-    assert patched.status_code == 200 and patched.json()["name"] == "Renamed" and patched.json()["tags"]["style"] == "bright"
+    assert (
+        patched.status_code == 200
+        and patched.json()["name"] == "Renamed"
+        and patched.json()["tags"]["style"] == "bright"
+    )
     # the new voice can speak (context prompt path is skipped for the fallback engine)
     task = api.post("/api/generate", json={"text": "Hello from my own voice.", "voice": voice["id"]}).json()
     assert wait_task(api, task["task_id"])["status"] == "done"
@@ -81,7 +99,9 @@ def test_voice_upload_patch_delete(api):
 
 
 def test_upload_validation(api):
-    garbage = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", b"not audio at all" * 100, "audio/wav")})
+    garbage = api.post(
+        "/api/voices", data={"name": "x"}, files={"audio": ("x.wav", b"not audio at all" * 100, "audio/wav")}
+    )
     assert_error(garbage, 400, "audio")
     empty = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", b"", "audio/wav")})
     assert_error(empty, 400, "audio")
@@ -89,7 +109,11 @@ def test_upload_validation(api):
     assert_error(too_short, 400, "audio")
     too_long = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", _wav(125.0, 8000), "audio/wav")})
     assert_error(too_long, 413, "audio")
-    silent = api.post("/api/voices", data={"name": "x"}, files={"audio": ("x.wav", encode(np.zeros(16000, np.float32), 16000, "wav"), "audio/wav")})
+    silent = api.post(
+        "/api/voices",
+        data={"name": "x"},
+        files={"audio": ("x.wav", encode(np.zeros(16000, np.float32), 16000, "wav"), "audio/wav")},
+    )
     assert_error(silent, 400, "audio")
     no_name = api.post("/api/voices", files={"audio": ("x.wav", _wav(1.0), "audio/wav")})
     assert_error(no_name, 422)
@@ -103,7 +127,9 @@ def test_builtin_voices_are_protected(api):
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac", "aac", "pcm"])
 def test_generate_each_format(api, fmt):
-    created = api.post("/api/generate", json={"text": "The quick brown fox. It jumps.", "voice": "juniper", "format": fmt, "seed": 1})
+    created = api.post(
+        "/api/generate", json={"text": "The quick brown fox. It jumps.", "voice": "juniper", "format": fmt, "seed": 1}
+    )
     assert created.status_code == 202, created.text
     body = created.json()
     assert body["status"] == "queued" and body["status_url"].endswith(body["task_id"])
@@ -121,7 +147,11 @@ def test_generate_each_format(api, fmt):
 
 
 def test_generate_with_context_and_defaults(api):
-    body = {"text": "Sure, I can help.", "voice": "maple", "context": [{"speaker": 1, "text": "Can you help me?", "voice": "atlas"}]}
+    body = {
+        "text": "Sure, I can help.",
+        "voice": "maple",
+        "context": [{"speaker": 1, "text": "Can you help me?", "voice": "atlas"}],
+    }
     task = wait_task(api, api.post("/api/generate", json=body).json()["task_id"])
     assert task["status"] == "done" and task["request"]["context"][0]["voice"] == "atlas"
 
@@ -139,7 +169,11 @@ def test_generate_errors(api):
 
 
 def test_conversation_task(api):
-    turns = [{"voice": "atlas", "text": "Did you hear the news?"}, {"voice": "juniper", "text": "No, tell me."}, {"voice": "atlas", "text": "We won."}]
+    turns = [
+        {"voice": "atlas", "text": "Did you hear the news?"},
+        {"voice": "juniper", "text": "No, tell me."},
+        {"voice": "atlas", "text": "We won."},
+    ]
     created = api.post("/api/conversations", json={"turns": turns, "format": "flac", "seed": 3})
     assert created.status_code == 202, created.text
     task = wait_task(api, created.json()["task_id"])

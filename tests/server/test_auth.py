@@ -28,7 +28,14 @@ def secured(tmp_path_factory):
 
 def _cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess:
     env = child_env(ECHOFORGE_DATA_DIR=str(server.data_dir))
-    return subprocess.run([sys.executable, "-m", "echoforge.cli", *args], env=env, cwd=server.data_dir, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "echoforge.cli", *args],
+        env=env,
+        cwd=server.data_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_health_and_studio_are_open(secured):
@@ -39,7 +46,13 @@ def test_health_and_studio_are_open(secured):
 
 
 def test_every_api_route_needs_a_key(secured):
-    for method, path in [("GET", "/api/voices"), ("GET", "/api/tasks"), ("POST", "/api/generate"), ("GET", "/v1/models"), ("GET", "/api/diagnostic")]:
+    for method, path in [
+        ("GET", "/api/voices"),
+        ("GET", "/api/tasks"),
+        ("POST", "/api/generate"),
+        ("GET", "/v1/models"),
+        ("GET", "/api/diagnostic"),
+    ]:
         response = httpx.request(method, secured.url + path, json={"text": "hi"})
         err = assert_error(response, 401)
         assert err["type"] == "authentication_error"
@@ -50,8 +63,16 @@ def test_every_api_route_needs_a_key(secured):
 
 def test_openai_client_with_key(secured):
     with openai.OpenAI(base_url=secured.url + "/v1", api_key=STATIC_KEY, max_retries=0) as client:
-        assert client.audio.speech.create(model="tts-1", voice="alloy", input="Authorized.", response_format="wav").content[:4] == b"RIFF"
-    with openai.OpenAI(base_url=secured.url + "/v1", api_key="nope", max_retries=0) as client, pytest.raises(openai.AuthenticationError):
+        assert (
+            client.audio.speech.create(
+                model="tts-1", voice="alloy", input="Authorized.", response_format="wav"
+            ).content[:4]
+            == b"RIFF"
+        )
+    with (
+        openai.OpenAI(base_url=secured.url + "/v1", api_key="nope", max_retries=0) as client,
+        pytest.raises(openai.AuthenticationError),
+    ):
         client.models.list()
 
 

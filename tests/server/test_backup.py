@@ -27,7 +27,11 @@ def home(tmp_path, monkeypatch):
 
 def _populate(data):
     t = np.arange(16000) / 16000
-    voice = VoiceStore(data).create(name="Backed Up", audio=encode((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000, "wav"), transcript="hello")
+    voice = VoiceStore(data).create(
+        name="Backed Up",
+        audio=encode((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000, "wav"),
+        transcript="hello",
+    )
     queue = SQLiteTaskQueue(data)
     task = queue.enqueue("generate", {"text": "keep me", "voice": voice.id}, "wav")
     pending = queue.enqueue("generate", {"text": "still queued"}, "wav")

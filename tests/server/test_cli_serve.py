@@ -15,7 +15,18 @@ from conftest import child_env, free_port
 def test_echoforge_serve_command(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "echoforge.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--engine", "espeak"],
+        [
+            sys.executable,
+            "-m",
+            "echoforge.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--engine",
+            "espeak",
+        ],
         env=child_env(ECHOFORGE_DATA_DIR=str(tmp_path / "data")),
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -12,7 +12,9 @@ from conftest import ServerProcess, wait_task
 from echoforge.audio import load_audio
 
 TINY = Path(__file__).parents[1] / "csm" / "tiny_models.py"
-pytestmark = pytest.mark.skipif(not TINY.is_file(), reason="tests/csm/tiny_models.py (the CSM part's tiny-model fixture) is not in this checkout")
+pytestmark = pytest.mark.skipif(
+    not TINY.is_file(), reason="tests/csm/tiny_models.py (the CSM part's tiny-model fixture) is not in this checkout"
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,12 @@ def csm_server(tmp_path_factory):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model_dir = module.build_tiny_csm(tmp_path_factory.mktemp("tiny-csm"))
-    settings = {"device": "cpu", "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 2}, "server": {"workers": 1}, "generation": {"max_audio_length_ms": 800}}
+    settings = {
+        "device": "cpu",
+        "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 2},
+        "server": {"workers": 1},
+        "generation": {"max_audio_length_ms": 800},
+    }
     server = ServerProcess(tmp_path_factory.mktemp("csm-server"), "csm", settings).start(timeout=180)
     yield server
     server.stop()
@@ -33,12 +40,21 @@ def test_tiny_csm_end_to_end(csm_server):
         health = client.get("/api/health").json()
         assert health["engine"]["name"] == "csm" and health["engine"]["is_fallback"] is False
         assert health["engine"]["sample_rate"] == 24_000
-        body = {"text": "hello world how are you today", "voice": "atlas", "max_audio_length_ms": 640, "seed": 1, "temperature": 0.9}
+        body = {
+            "text": "hello world how are you today",
+            "voice": "atlas",
+            "max_audio_length_ms": 640,
+            "seed": 1,
+            "temperature": 0.9,
+        }
         task = wait_task(client, client.post("/api/generate", json=body).json()["task_id"], timeout=120)
         assert task["status"] == "done", task
         audio, sr = load_audio(client.get(task["result_url"]).content)
         assert sr == 24_000 and 0 < audio.size <= 24_000 * 0.7
         # the voice prompt (Mimi codes of the reference) was computed once and cached on disk
         assert list((csm_server.data_dir / "voices" / ".prompts").glob("atlas.*.pkl"))
-        speech = client.post("/v1/audio/speech", json={"model": "csm-1b", "input": "good morning", "voice": "alloy", "response_format": "wav"})
+        speech = client.post(
+            "/v1/audio/speech",
+            json={"model": "csm-1b", "input": "good morning", "voice": "alloy", "response_format": "wav"},
+        )
         assert speech.status_code == 200 and speech.content[:4] == b"RIFF"

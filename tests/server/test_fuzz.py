@@ -19,7 +19,9 @@ EXAMPLES_PER_OPERATION = 8
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     server = ServerProcess(
-        tmp_path_factory.mktemp("fuzz"), "espeak", {"server": {"max_text_chars": 300, "queue_max_pending": 20, "workers": 2}}
+        tmp_path_factory.mktemp("fuzz"),
+        "espeak",
+        {"server": {"max_text_chars": 300, "queue_max_pending": 20, "workers": 2}},
     ).start()
     yield server
     server.stop()
@@ -38,7 +40,13 @@ def test_no_server_errors_anywhere_in_the_api(fuzz_target):
     for operation, mode in runs:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def check(case) -> None:
             response = case.call(base_url=fuzz_target.url, timeout=30)
             if response.status_code >= 500:
@@ -46,7 +54,9 @@ def test_no_server_errors_anywhere_in_the_api(fuzz_target):
             elif response.status_code >= 400:
                 error = response.json().get("error")
                 if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
-                    problems.append(f"{case.method} {case.formatted_path} → {response.status_code} not OpenAI-shaped: {response.text[:300]}")
+                    problems.append(
+                        f"{case.method} {case.formatted_path} → {response.status_code} not OpenAI-shaped: {response.text[:300]}"
+                    )
 
         try:
             check()

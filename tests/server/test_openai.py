@@ -33,13 +33,17 @@ def _decode(data: bytes, fmt: str, sample_rate: int) -> np.ndarray:
 
 @pytest.mark.parametrize("fmt", ["mp3", "wav", "opus", "flac", "aac", "pcm"])
 def test_speech_each_format_is_playable(client, espeak_server, fmt):
-    response = client.audio.speech.create(model="tts-1", voice="alloy", input="The weather is lovely today.", response_format=fmt)
+    response = client.audio.speech.create(
+        model="tts-1", voice="alloy", input="The weather is lovely today.", response_format=fmt
+    )
     audio = _decode(response.content, fmt, 22_050)
     assert audio.size > 10_000 and float(np.abs(audio).max()) > 0.05
 
 
 def test_streaming_response_arrives_in_chunks(client):
-    with client.audio.speech.with_streaming_response.create(model="csm-1b", voice="onyx", input=TEXT, response_format="wav") as response:
+    with client.audio.speech.with_streaming_response.create(
+        model="csm-1b", voice="onyx", input=TEXT, response_format="wav"
+    ) as response:
         assert response.headers["content-type"] == "audio/wav"
         assert response.headers.get("transfer-encoding") == "chunked"
         chunks = [c for c in response.iter_bytes() if c]
@@ -52,11 +56,18 @@ def test_streaming_response_arrives_in_chunks(client):
 
 def test_streaming_mp3_with_instructions_and_speed(client):
     with client.audio.speech.with_streaming_response.create(
-        model="gpt-4o-mini-tts", voice="coral", input=TEXT, response_format="mp3", speed=1.5, instructions="Speak in a calm, soothing tone."
+        model="gpt-4o-mini-tts",
+        voice="coral",
+        input=TEXT,
+        response_format="mp3",
+        speed=1.5,
+        instructions="Speak in a calm, soothing tone.",
     ) as response:
         data = response.read()
     fast, _ = load_audio(data)
-    normal, _ = load_audio(client.audio.speech.create(model="tts-1", voice="coral", input=TEXT, response_format="mp3").content)
+    normal, _ = load_audio(
+        client.audio.speech.create(model="tts-1", voice="coral", input=TEXT, response_format="mp3").content
+    )
     assert fast.size < normal.size * 0.9
 
 
@@ -92,6 +103,10 @@ def test_errors_in_openai_shape(client, espeak_server):
     with pytest.raises(openai.BadRequestError):
         client.audio.speech.create(model="tts-1", voice="alloy", input="   ")
     url = espeak_server.url + "/v1/audio/speech"
-    assert_error(httpx.post(url, json={"model": "tts-1", "voice": "alloy", "input": "hi", "response_format": "ogg"}), 400, "response_format")
+    assert_error(
+        httpx.post(url, json={"model": "tts-1", "voice": "alloy", "input": "hi", "response_format": "ogg"}),
+        400,
+        "response_format",
+    )
     assert_error(httpx.post(url, json={"voice": "alloy", "input": "hi"}), 400, "model")
     assert_error(httpx.post(url, json={"model": "tts-1", "voice": {"id": 3}, "input": "hi"}), 400, "voice")

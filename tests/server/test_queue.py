@@ -67,7 +67,10 @@ def test_graceful_shutdown_requeues_or_finishes(tmp_path):
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
     server = ServerProcess(
-        tmp_path_factory.mktemp("slow"), "sine", {"server": {"queue_max_pending": 3, "task_retries": 1}}, env={"SINE_DELAY": "0.05"}
+        tmp_path_factory.mktemp("slow"),
+        "sine",
+        {"server": {"queue_max_pending": 3, "task_retries": 1}},
+        env={"SINE_DELAY": "0.05"},
     ).start()
     yield server
     server.stop()
@@ -125,14 +128,23 @@ def test_progress_is_reported(slow_server):
 
 
 def test_requests_arriving_together_are_batched(tmp_path):
-    server = ServerProcess(tmp_path, "sine", {"server": {"workers": 1}, "csm": {"max_batch_size": 4}}, env={"SINE_BATCH": "1", "SINE_DELAY": "0.05"}).start()
+    server = ServerProcess(
+        tmp_path,
+        "sine",
+        {"server": {"workers": 1}, "csm": {"max_batch_size": 4}},
+        env={"SINE_BATCH": "1", "SINE_DELAY": "0.05"},
+    ).start()
     try:
         with server.client() as client:
             ids = _submit(client, 6, "Batch me please.")
             assert all(wait_task(client, i)["status"] == "done" for i in ids)
             stats = client.get("/api/diagnostic").json()["synthesis"]
         assert stats["batching"] is True
-        assert stats["batched_requests"] >= 6 and stats["largest_batch"] >= 2 and stats["batches"] < stats["batched_requests"]
+        assert (
+            stats["batched_requests"] >= 6
+            and stats["largest_batch"] >= 2
+            and stats["batches"] < stats["batched_requests"]
+        )
     finally:
         server.stop()
 
@@ -140,7 +152,12 @@ def test_requests_arriving_together_are_batched(tmp_path):
 def test_voice_prompt_is_encoded_once_and_cached_on_disk(slow_server):
     with slow_server.client() as client:
         for _ in range(2):
-            assert wait_task(client, client.post("/api/generate", json={"text": "Prompted.", "voice": "orion"}).json()["task_id"])["status"] == "done"
+            assert (
+                wait_task(
+                    client, client.post("/api/generate", json={"text": "Prompted.", "voice": "orion"}).json()["task_id"]
+                )["status"]
+                == "done"
+            )
     cached = list((slow_server.data_dir / "voices" / ".prompts").glob("orion.*.pkl"))
     assert len(cached) == 1
 
@@ -155,9 +172,12 @@ def test_result_cleanup_by_age_and_size(tmp_path):
         ids.append(task.id)
     assert queue.cleanup(max_age_s=3600, max_bytes=2500) == 1  # the oldest goes over the size budget
     assert queue.result(ids[0]) is None and queue.result(ids[2]) is not None
-    assert queue.cleanup(max_age_s=-1, max_bytes=10**9) == 2  # everything is older than -1 s
+    queue._execute("UPDATE tasks SET finished_at = finished_at - 100")  # pretend they finished 100 s ago
+    assert queue.cleanup(max_age_s=50, max_bytes=10**9) == 2  # results older than 50 s go…
     assert all(queue.result(i) is None for i in ids)
-    assert queue.get(ids[0]).error == "result expired"
+    assert queue.get(ids[1]).error == "result expired"  # …the records stay (until 7 × 50 s)
+    queue.cleanup(max_age_s=10, max_bytes=10**9)  # 100 s > 7 × 10 s: the records go too
+    assert all(queue.get(i) is None for i in ids)
     queue.close()
 
 
@@ -165,6 +185,11 @@ def test_same_request_same_audio(slow_server):
     with slow_server.client() as client:
         outs = []
         for _ in range(2):
-            t = wait_task(client, client.post("/api/generate", json={"text": "Same words.", "voice": "atlas", "format": "wav"}).json()["task_id"])
+            t = wait_task(
+                client,
+                client.post("/api/generate", json={"text": "Same words.", "voice": "atlas", "format": "wav"}).json()[
+                    "task_id"
+                ],
+            )
             outs.append(load_audio(client.get(t["result_url"]).content)[0])
     np.testing.assert_array_equal(outs[0], outs[1])

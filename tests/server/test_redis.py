@@ -11,7 +11,9 @@ import time
 import pytest
 from conftest import HERE, ServerProcess, child_env, free_port, wait_task
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install 'echoforge[redis]')")
 
 LONG = " ".join(f"word{i}" for i in range(16)) + "."
@@ -22,7 +24,21 @@ def redis_url(tmp_path_factory):
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -58,7 +74,12 @@ def test_server_and_worker_process_share_the_queue(tmp_path, flushed):
     with open(worker_log, "wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-c", code],
-            env=child_env(ECHOFORGE_DATA_DIR=str(tmp_path), ECHOFORGE_SERVER__QUEUE_BACKEND="redis", ECHOFORGE_SERVER__REDIS_URL=flushed, **env),
+            env=child_env(
+                ECHOFORGE_DATA_DIR=str(tmp_path),
+                ECHOFORGE_SERVER__QUEUE_BACKEND="redis",
+                ECHOFORGE_SERVER__REDIS_URL=flushed,
+                **env,
+            ),
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -70,7 +91,10 @@ def test_server_and_worker_process_share_the_queue(tmp_path, flushed):
                 time.sleep(0.1)
             with server.client() as client:
                 assert client.get("/api/health").json()["queue"]["backend"] == "redis"
-                ids = [client.post("/api/generate", json={"text": f"{LONG} {i}", "voice": "atlas"}).json()["task_id"] for i in range(4)]
+                ids = [
+                    client.post("/api/generate", json={"text": f"{LONG} {i}", "voice": "atlas"}).json()["task_id"]
+                    for i in range(4)
+                ]
                 tasks = [wait_task(client, i, timeout=60) for i in ids]
                 assert [t["status"] for t in tasks] == ["done"] * 4
                 assert len(client.get(tasks[0]["result_url"]).content) > 1000
@@ -120,4 +144,19 @@ def test_cancel_retry_and_limits(flushed):
     assert queue.fail(b.id, "flaky again", retry=True, max_retries=1) == "failed"
     assert queue.get(b.id).error == "flaky again"
     assert queue.counts() == (0, 0)
+    queue.close()
+
+
+def test_cancelling_a_running_task_releases_the_worker_claim(flushed):
+    from echoforge.server.services.redis_queue import RedisTaskQueue
+
+    queue = RedisTaskQueue(flushed, max_pending=5)
+    task = queue.enqueue("generate", {"text": "a"}, "wav")
+    queue.heartbeat("pool")
+    assert queue.claim("pool/0", timeout=1).id == task.id
+    assert queue.cancel(task.id).status == "cancelled" and queue.is_cancelled(task.id)
+    queue.acknowledge_cancel(task.id)  # what the worker does when it notices
+    assert queue.counts() == (0, 0)
+    queue.complete(task.id, b"late", {})  # a late completion never overrides the cancel
+    assert queue.get(task.id).status == "cancelled" and queue.result(task.id) is None
     queue.close()

@@ -69,10 +69,27 @@ def test_flush_cancel_and_bad_messages(espeak_server):
 
 @pytest.mark.parametrize(
     "start",
-    [{"type": "text", "text": "hi"}, {"type": "start", "voice": "nobody"}, {"type": "start", "format": "mp3"}, {"type": "start", "temperature": "hot"}],
+    [
+        {"type": "text", "text": "hi"},
+        {"type": "start", "voice": "nobody"},
+        {"type": "start", "format": "mp3"},
+        {"type": "start", "temperature": "hot"},
+    ],
 )
 def test_bad_start_is_an_error_event(espeak_server, start):
     with connect(_ws_url(espeak_server)) as ws:
         ws.send(json.dumps(start))
         event = json.loads(ws.recv(timeout=10))
         assert event["type"] == "error" and event["message"]
+
+
+def test_each_sentence_is_its_own_segment(espeak_server):
+    with connect(_ws_url(espeak_server)) as ws:
+        ws.send(json.dumps({"type": "start", "voice": "atlas"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+        ws.send(json.dumps({"type": "text", "text": "First one. Second one! Third"}))
+        ws.send(json.dumps({"type": "text", "text": " one?"}))
+        ws.send(json.dumps({"type": "end"}))
+        events, audio = _collect(ws)
+    assert [e["text"] for e in events if e["type"] == "segment_start"] == ["First one.", "Second one!", "Third one?"]
+    assert len(audio) > 0

@@ -21,7 +21,11 @@ def _memory() -> dict:
     facts: dict = {}
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[1:2] and line.split()[1].isdigit()}
+            info = {
+                line.split(":")[0]: int(line.split()[1])
+                for line in f
+                if line.split()[1:2] and line.split()[1].isdigit()
+            }
         facts["total_mb"] = round(info.get("MemTotal", 0) / 1024)
         facts["available_mb"] = round(info.get("MemAvailable", 0) / 1024)
     except OSError:
@@ -40,7 +44,13 @@ def _torch() -> dict:
         return {"installed": importlib.util.find_spec("torch") is not None, "loaded": False}
     import torch
 
-    facts = {"installed": True, "loaded": True, "version": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    facts = {
+        "installed": True,
+        "loaded": True,
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         facts["devices"] = [
             {

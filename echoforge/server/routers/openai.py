@@ -75,12 +75,19 @@ async def _sse(audio: AsyncIterator[bytes], text: str) -> AsyncIterator[bytes]:
 async def speech(body: SpeechRequest, services: ServicesDep, _: RateLimitedDep) -> StreamingResponse:
     """Text → speech, streamed while it is generated (drop-in for OpenAI's endpoint)."""
     if body.model not in MODEL_ALIASES:
-        raise NotFound(f"model {body.model!r} does not exist; use one of {', '.join(MODEL_ALIASES)}", param="model", code="model_not_found")
+        raise NotFound(
+            f"model {body.model!r} does not exist; use one of {', '.join(MODEL_ALIASES)}",
+            param="model",
+            code="model_not_found",
+        )
     voice = body.voice if isinstance(body.voice, str) else body.voice.get("id")
     if not isinstance(voice, str) or not voice.strip():
-        raise BadRequest("voice must be a voice name or {\"id\": name}", param="voice")
+        raise BadRequest('voice must be a voice name or {"id": name}', param="voice")
     if len(body.input) > services.settings.server.max_text_chars:
-        raise BadRequest(f"input is {len(body.input)} characters; the limit is {services.settings.server.max_text_chars}", param="input")
+        raise BadRequest(
+            f"input is {len(body.input)} characters; the limit is {services.settings.server.max_text_chars}",
+            param="input",
+        )
     if not body.input.strip():
         raise BadRequest("input must not be blank", param="input")
     request = await run_in_threadpool(
@@ -109,7 +116,10 @@ def voices(services: ServicesDep) -> dict:
 @router.get("/models", response_model=ModelList)
 def models(services: ServicesDep) -> dict:
     engine = services.engine.info().name
-    return {"object": "list", "data": [ModelCard(id=m, created=_CREATED, owned_by=f"echoforge:{engine}") for m in MODEL_ALIASES]}
+    return {
+        "object": "list",
+        "data": [ModelCard(id=m, created=_CREATED, owned_by=f"echoforge:{engine}") for m in MODEL_ALIASES],
+    }
 
 
 @router.get("/models/{model_id}", response_model=ModelCard)

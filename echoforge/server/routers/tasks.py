@@ -76,14 +76,20 @@ def get_task(task_id: str, services: ServicesDep) -> dict:
 def task_audio(task_id: str, services: ServicesDep) -> Response:
     task = _task(services, task_id)
     if task.status != "done":
-        raise Conflict(f"task {task_id} is {task.status}; audio is available when it is done", code=f"task_{task.status}")
+        raise Conflict(
+            f"task {task_id} is {task.status}; audio is available when it is done", code=f"task_{task.status}"
+        )
     data = services.queue.result(task_id)
     if data is None:
-        raise NotFound(f"the audio of task {task_id} has expired (results are kept {services.settings.server.result_ttl_hours:g} h)")
+        raise NotFound(
+            f"the audio of task {task_id} has expired (results are kept {services.settings.server.result_ttl_hours:g} h)"
+        )
     return Response(
         data,
         media_type=MIME_TYPES[task.format],
-        headers={"Content-Disposition": f'attachment; filename="{task_id}.{"ogg" if task.format == "opus" else task.format}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{task_id}.{"ogg" if task.format == "opus" else task.format}"'
+        },
     )
 
 

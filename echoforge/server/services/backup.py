@@ -50,7 +50,11 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def create_backup(settings: Settings, target: Path, *, include_results: bool = False) -> dict[str, Any]:
     """Write the archive; returns the manifest."""
     data_dir = settings.data_dir
-    manifest: dict[str, Any] = {"echoforge_version": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "contents": []}
+    manifest: dict[str, Any] = {
+        "echoforge_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "contents": [],
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(target, "w:gz") as tar:
         voices = data_dir / "voices"
@@ -114,9 +118,15 @@ def restore_backup(settings: Settings, source: Path, *, force: bool = False) -> 
             raise ValueError(f"{source} has no manifest.json; it is not an EchoForge backup")
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
         if not force:
-            clashes = [n for n in names if n.startswith(("voices/", "tasks.sqlite3", "api_keys.json")) and (data_dir / n).is_file()]
+            clashes = [
+                n
+                for n in names
+                if n.startswith(("voices/", "tasks.sqlite3", "api_keys.json")) and (data_dir / n).is_file()
+            ]
             if clashes:
-                raise ValueError(f"{len(clashes)} file(s) would be overwritten in {data_dir} (e.g. {clashes[0]}); use --force")
+                raise ValueError(
+                    f"{len(clashes)} file(s) would be overwritten in {data_dir} (e.g. {clashes[0]}); use --force"
+                )
         for m in members:
             if m.name.startswith("config/") or m.name == "manifest.json":
                 continue

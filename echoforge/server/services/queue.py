@@ -143,6 +143,9 @@ class TaskQueue(ABC):
     def cleanup(self, max_age_s: float, max_bytes: int) -> int:
         """Drop results older than ``max_age_s`` or beyond ``max_bytes`` in total; returns how many."""
 
+    def acknowledge_cancel(self, task_id: str) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """The worker stopped working on a cancelled task (Redis releases its claim)."""
+
     def heartbeat(self, worker: str) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Tell the queue ``worker`` is alive (Redis uses it to recover crashed workers)."""
 
@@ -202,7 +205,9 @@ class SQLiteTaskQueue(TaskQueue):
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        recovered = self._execute("UPDATE tasks SET status='queued', worker=NULL, progress=0 WHERE status='running'").rowcount
+        recovered = self._execute(
+            "UPDATE tasks SET status='queued', worker=NULL, progress=0 WHERE status='running'"
+        ).rowcount
         if recovered:
             log.warning("re-queued %d task(s) that were running when the server last stopped", recovered)
 
@@ -242,12 +247,17 @@ class SQLiteTaskQueue(TaskQueue):
 
     def cancel(self, task_id: str) -> TaskRecord | None:
         self._execute(
-            "UPDATE tasks SET status='cancelled', finished_at=? WHERE id=? AND status IN ('queued','running')", (time.time(), task_id)
+            "UPDATE tasks SET status='cancelled', finished_at=? WHERE id=? AND status IN ('queued','running')",
+            (time.time(), task_id),
         )
         return self.get(task_id)
 
     def counts(self) -> tuple[int, int]:
-        rows = dict(self._execute("SELECT status, COUNT(*) FROM tasks WHERE status IN ('queued','running') GROUP BY status").fetchall())
+        rows = dict(
+            self._execute(
+                "SELECT status, COUNT(*) FROM tasks WHERE status IN ('queued','running') GROUP BY status"
+            ).fetchall()
+        )
         return int(rows.get("queued", 0)), int(rows.get("running", 0))
 
     def result(self, task_id: str) -> bytes | None:
@@ -260,7 +270,9 @@ class SQLiteTaskQueue(TaskQueue):
             while True:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    row = self._db.execute("SELECT id FROM tasks WHERE status='queued' ORDER BY created_at LIMIT 1").fetchone()
+                    row = self._db.execute(
+                        "SELECT id FROM tasks WHERE status='queued' ORDER BY created_at LIMIT 1"
+                    ).fetchone()
                     if row is not None:
                         self._db.execute(
                             "UPDATE tasks SET status='running', started_at=?, worker=?, attempts=attempts+1, progress=0 WHERE id=?",
@@ -278,7 +290,9 @@ class SQLiteTaskQueue(TaskQueue):
                 self._wakeup.wait(remaining)
 
     def progress(self, task_id: str, value: float) -> None:
-        self._execute("UPDATE tasks SET progress=? WHERE id=? AND status='running'", (min(max(value, 0.0), 1.0), task_id))
+        self._execute(
+            "UPDATE tasks SET progress=? WHERE id=? AND status='running'", (min(max(value, 0.0), 1.0), task_id)
+        )
 
     def is_cancelled(self, task_id: str) -> bool:
         row = self._execute("SELECT status FROM tasks WHERE id=?", (task_id,)).fetchone()
@@ -302,12 +316,16 @@ class SQLiteTaskQueue(TaskQueue):
         if task is None or task.status != "running":
             return task.status if task else "failed"
         if retry and task.attempts <= max_retries:
-            self._execute("UPDATE tasks SET status='queued', worker=NULL, error=?, progress=0 WHERE id=? AND status='running'", (error, task_id))
+            self._execute(
+                "UPDATE tasks SET status='queued', worker=NULL, error=?, progress=0 WHERE id=? AND status='running'",
+                (error, task_id),
+            )
             with self._wakeup:
                 self._wakeup.notify()
             return "queued"
         self._execute(
-            "UPDATE tasks SET status='failed', error=?, finished_at=? WHERE id=? AND status='running'", (error, time.time(), task_id)
+            "UPDATE tasks SET status='failed', error=?, finished_at=? WHERE id=? AND status='running'",
+            (error, time.time(), task_id),
         )
         return "failed"
 
@@ -318,6 +336,7 @@ class SQLiteTaskQueue(TaskQueue):
         )
 
     def cleanup(self, max_age_s: float, max_bytes: int) -> int:
+        """Expire result files by age and total size; forget finished tasks after 7× the age."""
         now = time.time()
         rows = self._execute(
             "SELECT id, finished_at, result_bytes FROM tasks WHERE status='done' AND result_bytes > 0 ORDER BY finished_at DESC"
@@ -329,6 +348,11 @@ class SQLiteTaskQueue(TaskQueue):
                 self._result_path(row["id"]).unlink(missing_ok=True)
                 self._execute("UPDATE tasks SET result_bytes=0, error='result expired' WHERE id=?", (row["id"],))
                 removed += 1
+        # Task records themselves (a few hundred bytes each) go after 7× the result age.
+        self._execute(
+            "DELETE FROM tasks WHERE status IN ('done','failed','cancelled') AND COALESCE(finished_at, created_at) < ?",
+            (now - max(max_age_s, 0) * 7,),
+        )
         return removed
 
     def close(self) -> None:

@@ -41,7 +41,22 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
-_FIELDS = ("id", "kind", "request", "format", "status", "progress", "error", "created_at", "started_at", "finished_at", "timings", "attempts", "worker", "result_bytes")
+_FIELDS = (
+    "id",
+    "kind",
+    "request",
+    "format",
+    "status",
+    "progress",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "timings",
+    "attempts",
+    "worker",
+    "result_bytes",
+)
 
 
 def _enc(record: TaskRecord) -> dict[str, str]:
@@ -141,7 +156,15 @@ class RedisTaskQueue(TaskQueue):
                 if time.monotonic() >= deadline:
                     return None
                 continue
-            self._set_if(task_id, ("queued",), status="running", started_at=time.time(), worker=worker, attempts=task.attempts + 1, progress=0.0)
+            self._set_if(
+                task_id,
+                ("queued",),
+                status="running",
+                started_at=time.time(),
+                worker=worker,
+                attempts=task.attempts + 1,
+                progress=0.0,
+            )
             self.r.sadd(f"{P}running", task_id)
             return self.get(task_id)
 
@@ -157,7 +180,16 @@ class RedisTaskQueue(TaskQueue):
         if task is None:
             return
         self.r.set(f"{P}result:{task_id}", data, ex=self.result_ttl_s)
-        ok = self._set_if(task_id, ("running",), status="done", progress=1.0, finished_at=time.time(), timings=timings, result_bytes=len(data), error=None)
+        ok = self._set_if(
+            task_id,
+            ("running",),
+            status="done",
+            progress=1.0,
+            finished_at=time.time(),
+            timings=timings,
+            result_bytes=len(data),
+            error=None,
+        )
         if not ok:
             self.r.delete(f"{P}result:{task_id}")
         self._release(task)
@@ -179,9 +211,16 @@ class RedisTaskQueue(TaskQueue):
         task = self.get(task_id)
         if task is None:
             return
-        if self._set_if(task_id, ("running",), status="queued", worker=None, progress=0.0, attempts=max(task.attempts - 1, 0)):
+        if self._set_if(
+            task_id, ("running",), status="queued", worker=None, progress=0.0, attempts=max(task.attempts - 1, 0)
+        ):
             self._release(task)
             self.r.rpush(f"{P}pending", task_id)  # the right end is taken next
+
+    def acknowledge_cancel(self, task_id: str) -> None:
+        task = self.get(task_id)
+        if task is not None:
+            self._release(task)
 
     def heartbeat(self, worker: str) -> None:
         self.r.set(f"{P}alive:{worker}", "1", ex=HEARTBEAT_TTL_S)

@@ -79,7 +79,9 @@ class SynthesisService:
         self.max_batch = settings.csm.max_batch_size if self._batch_fn else 1
         self.stats = SynthesisStats()
         self._stats_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=max(4, self.concurrency * 2), thread_name_prefix="echoforge-stream")
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(4, self.concurrency * 2), thread_name_prefix="echoforge-stream"
+        )
         self._batch_queue: queue_mod.Queue[_BatchItem | None] = queue_mod.Queue()
         self._batch_threads: list[threading.Thread] = []
         if self._batch_fn and self.max_batch > 1:
@@ -109,7 +111,9 @@ class SynthesisService:
         """API parameters (None = settings default) → engine request with the voice applied."""
         gen = self.settings.generation
         if len(text) > self.settings.server.max_text_chars:
-            raise BadRequest(f"text is {len(text)} characters; the limit is {self.settings.server.max_text_chars}", param="text")
+            raise BadRequest(
+                f"text is {len(text)} characters; the limit is {self.settings.server.max_text_chars}", param="text"
+            )
         if not text.strip():
             raise BadRequest("text must not be empty", param="text")
         v = self.voices.get(voice)
@@ -288,7 +292,7 @@ class SynthesisService:
         t0 = time.perf_counter()
         try:
             with self.slot():
-                self.engine.synthesize(SynthesisRequest(text="Ready.", max_audio_length_ms=3000, temperature=0.0))
+                self.engine.synthesize(SynthesisRequest(text="Ready.", max_audio_length_ms=1000, temperature=0.0))
         except Exception as exc:  # warm-up problems are logged, requests will report them clearly
             log.warning("engine warm-up failed: %s", exc)
         return time.perf_counter() - t0
@@ -299,7 +303,9 @@ class SynthesisService:
         first: float | None = None
         samples = 0
         with self.slot():
-            for chunk in self.engine.stream(SynthesisRequest(text=text, temperature=0.0, seed=0, max_audio_length_ms=10_000)):
+            for chunk in self.engine.stream(
+                SynthesisRequest(text=text, temperature=0.0, seed=0, max_audio_length_ms=10_000)
+            ):
                 if first is None:
                     first = time.perf_counter() - t0
                 samples += np.asarray(chunk).size

@@ -167,7 +167,9 @@ class VoiceStore:
             for v in self.list():
                 if v.name.lower() == key.lower():
                     return v
-        raise NotFound(f"voice {voice_id!r} not found; GET /api/voices lists the voices", param="voice", code="voice_not_found")
+        raise NotFound(
+            f"voice {voice_id!r} not found; GET /api/voices lists the voices", param="voice", code="voice_not_found"
+        )
 
     def openai_aliases(self) -> dict[str, str]:
         return dict(self._aliases)
@@ -188,8 +190,12 @@ class VoiceStore:
         if not name or len(name) > 80:
             raise BadRequest("name must be 1–80 characters", param="name")
         if len(audio) > self.max_upload_bytes:
-            security_log.warning("rejected upload: %d bytes exceeds the %d byte limit", len(audio), self.max_upload_bytes)
-            raise PayloadTooLarge(f"audio file is larger than the {self.max_upload_bytes // (1024 * 1024)} MB limit", param="audio")
+            security_log.warning(
+                "rejected upload: %d bytes exceeds the %d byte limit", len(audio), self.max_upload_bytes
+            )
+            raise PayloadTooLarge(
+                f"audio file is larger than the {self.max_upload_bytes // (1024 * 1024)} MB limit", param="audio"
+            )
         try:
             samples, sr = load_audio(audio, min_seconds=MIN_REFERENCE_SECONDS)
         except AudioDecodeError as exc:
@@ -199,7 +205,9 @@ class VoiceStore:
         if duration > self.max_upload_seconds:
             security_log.warning("rejected upload: %.1f s exceeds the %.0f s limit", duration, self.max_upload_seconds)
             raise PayloadTooLarge(
-                f"audio is {duration:.1f} s long; the limit is {self.max_upload_seconds:g} s", param="audio", code="audio_too_long"
+                f"audio is {duration:.1f} s long; the limit is {self.max_upload_seconds:g} s",
+                param="audio",
+                code="audio_too_long",
             )
         if sr < MIN_SAMPLE_RATE:
             security_log.warning("rejected upload: sample rate %d Hz", sr)
@@ -241,7 +249,10 @@ class VoiceStore:
     def update(self, voice_id: str, changes: dict[str, Any]) -> Voice:
         voice = self.get(voice_id)
         if voice.builtin:
-            raise Forbidden(f"{voice.id!r} is a built-in voice and cannot be changed; create your own voice instead", code="builtin_voice")
+            raise Forbidden(
+                f"{voice.id!r} is a built-in voice and cannot be changed; create your own voice instead",
+                code="builtin_voice",
+            )
         with self._lock:
             for key in ("name", "description", "transcript", "speaker"):
                 if changes.get(key) is not None:
@@ -291,17 +302,26 @@ class VoiceStore:
         if engine.is_fallback or not voice.transcript:
             return None
         speaker = voice.speaker if speaker is None else speaker
-        segment = Segment(speaker=speaker, text=voice.transcript, audio=self.reference(voice, engine.sample_rate), sample_rate=engine.sample_rate)
+        segment = Segment(
+            speaker=speaker,
+            text=voice.transcript,
+            audio=self.reference(voice, engine.sample_rate),
+            sample_rate=engine.sample_rate,
+        )
         encode = getattr(engine, "encode_prompt", None)
         generator = getattr(engine, "generator", None)
         if encode is None and hasattr(generator, "encode_audio"):  # CSM: Segment audio may be Mimi codes [F, 32]
 
             def encode(seg: Segment) -> Segment:
-                return Segment(seg.speaker, seg.text, generator.encode_audio(seg.audio, seg.sample_rate), seg.sample_rate)
+                return Segment(
+                    seg.speaker, seg.text, generator.encode_audio(seg.audio, seg.sample_rate), seg.sample_rate
+                )
 
         if encode is None:
             return segment
-        digest = hashlib.sha256(f"{engine.name}|{engine.sample_rate}|{voice.transcript}|{speaker}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(
+            f"{engine.name}|{engine.sample_rate}|{voice.transcript}|{speaker}".encode()
+        ).hexdigest()[:16]
         path = self.prompt_dir / f"{voice.id}.{digest}.pkl"
         with self._lock:
             if path.is_file():

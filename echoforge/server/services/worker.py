@@ -104,6 +104,7 @@ class TaskRunner:
             return "done"
         except Cancelled:
             if self.queue.is_cancelled(task.id):
+                self.queue.acknowledge_cancel(task.id)
                 log.info("task cancelled")
                 return "cancelled"
             self.queue.requeue(task.id)
@@ -115,7 +116,9 @@ class TaskRunner:
             log.warning("task failed (bad input): %s", message)
             return "failed"
         except Exception as exc:
-            status = self.queue.fail(task.id, f"{type(exc).__name__}: {exc}", retry=True, max_retries=self.settings.server.task_retries)
+            status = self.queue.fail(
+                task.id, f"{type(exc).__name__}: {exc}", retry=True, max_retries=self.settings.server.task_retries
+            )
             log.warning("task attempt %d failed (%s); now %s", task.attempts, exc, status, exc_info=status == "failed")
             return status
 
@@ -186,7 +189,9 @@ class WorkerPool:
 
     def start(self) -> None:
         for i in range(self.n):
-            t = threading.Thread(target=self._loop, args=(f"{self.worker_id}/{i}",), name=f"echoforge-worker-{i}", daemon=True)
+            t = threading.Thread(
+                target=self._loop, args=(f"{self.worker_id}/{i}",), name=f"echoforge-worker-{i}", daemon=True
+            )
             t.start()
             self._threads.append(t)
         t = threading.Thread(target=self._maintenance, name="echoforge-maintenance", daemon=True)
