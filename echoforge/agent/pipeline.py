@@ -62,6 +62,11 @@ from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
 
 log = logging.getLogger("echoforge.agent")
 
+try:  # the server's Prometheus metrics; the agent works without them
+    from echoforge import metrics as _metrics
+except ImportError:  # pragma: no cover - prometheus-client is a core dependency
+    _metrics = None
+
 LISTENING, THINKING, SPEAKING, PAUSED, STOPPED = "listening", "thinking", "speaking", "paused", "stopped"
 
 
@@ -683,6 +688,8 @@ class VoiceAgent:
         elif isinstance(frame, BotStoppedSpeakingFrame | InterruptionFrame):
             if not paused and self.state in (THINKING, SPEAKING) and not self.llm.generating:
                 await self._set_state(LISTENING)
+        elif isinstance(frame, UserStartedSpeakingFrame) and frame.during_bot_speech and _metrics is not None:
+            _metrics.record_barge_in()
         elif isinstance(frame, ErrorFrame):
             log.error("agent error in %s: %s", frame.processor, frame.error)
         self._events.put_nowait(frame)
@@ -693,6 +700,8 @@ class VoiceAgent:
         self._turn = None
         self.latencies.append(latency)
         self._events.put_nowait(MetricsFrame(latency=latency))
+        if _metrics is not None:  # Prometheus histograms (+ spans when tracing is on)
+            _metrics.observe_agent_latency(latency)
 
 
 def vad_params(s: AgentSettings) -> VADParams:

@@ -3,7 +3,8 @@
 The TTS should start on the first sentence while the LLM is still writing the second, so text is
 cut as soon as a sentence is certainly complete: end punctuation followed by whitespace. Common
 abbreviations ("e.g.", "Dr.") and decimals ("3.5") do not end a sentence. A very long clause is
-cut at a comma or space so that the first audio is never held back by a run-on sentence.
+cut at a comma or space so that the first audio is never held back by a run-on sentence, and the
+reply's first piece may end at a comma once it is long enough (the first audio starts sooner).
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ class SentenceSplitter:
     Args:
         min_chars: a sentence shorter than this is joined with the next one (avoids tiny TTS calls).
         max_chars: a sentence longer than this is cut at the last comma (or space) before it.
+        first_clause_chars: the reply's *first* piece may end at a comma once it is this long, so
+            the first audio starts a clause earlier (0 disables).
     """
 
-    def __init__(self, min_chars: int = 12, max_chars: int = 220) -> None:
+    def __init__(self, min_chars: int = 12, max_chars: int = 220, first_clause_chars: int = 30) -> None:
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self.first_clause_chars = first_clause_chars
         self._buf = ""
+        self._emitted = 0
 
     def reset(self) -> None:
         self._buf = ""
+        self._emitted = 0
 
     def push(self, text: str) -> list[str]:
         """Add streamed text; return the sentences it completed."""
@@ -55,12 +61,21 @@ class SentenceSplitter:
                 cut = self.max_chars - 1
             out.append(self._buf[: cut + 1].strip())
             self._buf = self._buf[cut + 1 :]
-        return [clean_for_speech(s) for s in out if clean_for_speech(s)]
+        if not out and not self._emitted and self.first_clause_chars:
+            m = re.search(r"[,;:]\s", self._buf[self.first_clause_chars :])
+            if m:
+                cut = self.first_clause_chars + m.start() + 1
+                out.append(self._buf[:cut].strip())
+                self._buf = self._buf[cut:].lstrip()
+        out = [clean_for_speech(s) for s in out if clean_for_speech(s)]
+        self._emitted += len(out)
+        return out
 
     def flush(self) -> list[str]:
         """Whatever is left (the reply's last sentence, possibly without punctuation)."""
         rest = clean_for_speech(self._buf)
         self._buf = ""
+        self._emitted += bool(rest)
         return [rest] if rest else []
 
 

@@ -9,7 +9,7 @@ per-window speech probabilities into events:
 
 While the agent speaks (:meth:`TurnDetector.set_bot_speaking`) a window only counts as speech when
 its probability reaches the raised ``interrupt_threshold`` *and* the input is clearly louder than
-the echo expected from the playback: the echo path's gain is estimated on the fly (median of
+the echo expected from the playback: the echo path's gain is estimated on the fly (upper range of
 input/playback level ratios while nobody talks over the agent), and the input must beat
 ``echo_margin`` × that gain × the playback level (never more than ``echo_ratio`` × it). The agent's
 own voice leaking back from the speakers therefore never interrupts it, a person talking over it
@@ -113,12 +113,11 @@ class TurnDetector:
         self.vad = vad or SileroVAD()
         self.vad.reset()
         self.bot_speaking = False
-        # The echo reference is the RMS of the last ~12 playback chunks (~0.5 s at 40 ms: long
-        # enough to cover the echo path's delay and the level swings inside words). The input side
-        # is judged per 32 ms window: any smoothing there would let a short loud noise linger long
-        # enough to pass for speech.
-        self._playback_rms: deque[float] = deque(maxlen=12)
-        # Input/playback level ratios of the last ~2 s of bot speech: their median estimates the
+        # The echo reference follows the playback chunk by chunk (RMS per 40 ms chunk, see
+        # playback_level). The input side is judged per 32 ms window: any smoothing there would let
+        # a short loud noise linger long enough to pass for speech.
+        self._playback_rms: deque[float] = deque(maxlen=4)
+        # Input/playback level ratios of the last ~2 s of bot speech: their upper range estimates the
         # echo path's gain (≈0 with good echo cancellation, ≈0.25 for a laptop at -12 dB).
         self._echo_ratios: deque[float] = deque(maxlen=64)
         self._pending = np.zeros(0, dtype=np.float32)
@@ -147,23 +146,27 @@ class TurnDetector:
 
     @property
     def playback_level(self) -> float:
-        """RMS of the last ~0.5 s of playback (0 when nothing played lately)."""
-        if not self._playback_rms:
-            return 0.0
-        return float(np.sqrt(np.mean(np.square(np.asarray(self._playback_rms)))))
+        """Loudest playback chunk of the last ~160 ms (0 when nothing played lately).
+
+        A short max follows the playback closely (the echo is the playback, scaled and slightly
+        delayed), so the floor is high exactly when the echo is loud and low in the agent's pauses.
+        """
+        return max(self._playback_rms, default=0.0)
 
     @property
     def echo_floor(self) -> float:
         """Input RMS that a window needs to count as speech while the agent talks.
 
         ``echo_margin`` × the estimated echo gain × the playback level, capped by the conservative
-        ``echo_ratio`` × playback level (also used until ~250 ms of evidence exist).
+        ``echo_ratio`` × playback level (also used until ~0.5 s of evidence exist). The gain is the
+        90th percentile of recent input/playback ratios: the echo's loud moments set the bar,
+        a quiet room (or good echo cancellation) brings it down to the plain VAD.
         """
         p = self.params
         level = self.playback_level
-        if len(self._echo_ratios) < 8:
+        if len(self._echo_ratios) < 16:
             return p.echo_ratio * level
-        gain = float(np.median(np.asarray(self._echo_ratios)))
+        gain = float(np.percentile(np.asarray(self._echo_ratios), 90))
         return min(p.echo_ratio, p.echo_margin * gain) * level
 
     def reset(self) -> None:
@@ -204,8 +207,11 @@ class TurnDetector:
         p = self.params
         prob = self.vad(window)
         rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
-        if self.bot_speaking and self.state == "quiet" and self.playback_level > 0:
-            self._echo_ratios.append(rms / self.playback_level)
+        level = self.playback_level
+        if self.bot_speaking and self.state == "quiet" and level > 0 and rms < self.echo_floor:
+            # Only windows under the current floor teach the echo estimate: a person talking over
+            # the agent must not raise the bar against themselves.
+            self._echo_ratios.append(rms / level)
         self.last_prob, self.last_rms = prob, rms
         speech = self._is_speech(prob, rms)
         now = self._samples / SAMPLE_RATE

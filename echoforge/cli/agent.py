@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -40,7 +40,7 @@ def _agent_settings(settings: Any, **overrides: Any):
 
 @kb_app.command("build")
 def kb_build(
-    kb_dir: Path = typer.Option(None, "--kb", help="Knowledge base folder (default: agent.knowledge_base)."),
+    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
     full: bool = typer.Option(False, "--full", help="Re-embed every file instead of only the changed ones."),
 ) -> None:
     """Index (incrementally) the .md/.txt/.pdf files of the knowledge base."""
@@ -66,7 +66,7 @@ def kb_build(
 @kb_app.command("query")
 def kb_query(
     question: str = typer.Argument(..., help="What to look up."),
-    kb_dir: Path = typer.Option(None, "--kb", help="Knowledge base folder (default: agent.knowledge_base)."),
+    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
     top_k: int = typer.Option(None, "--top-k", min=1, max=20),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -340,11 +340,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("agent")
     def agent_cmd(
-        input_file: Path = typer.Option(None, "--input-file", "-i", exists=True, dir_okay=False, help="WAV file used as the microphone."),
-        output_file: Path = typer.Option(None, "--output-file", "-o", dir_okay=False, help="Write the agent's voice to this WAV."),
+        input_file: Annotated[
+            Path | None, typer.Option("--input-file", "-i", exists=True, dir_okay=False, help="WAV file used as the microphone.")
+        ] = None,
+        output_file: Annotated[
+            Path | None, typer.Option("--output-file", "-o", dir_okay=False, help="Write the agent's voice to this WAV.")
+        ] = None,
         engine: str = typer.Option(None, "--engine", help="TTS engine: auto, csm, piper, espeak."),
         voice: str = typer.Option(None, "--voice", help="Engine voice id."),
-        kb_dir: Path = typer.Option(None, "--kb", help="Knowledge base folder."),
+        kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder.")] = None,
         llm_base_url: str = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint (default: embedded SmolLM2)."),
         llm_model: str = typer.Option(None, "--llm-model"),
         max_tokens: int = typer.Option(None, "--max-tokens", min=1, max=4096),

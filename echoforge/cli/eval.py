@@ -12,12 +12,26 @@ from echoforge.cli.common import console, fail, settings_from_cli
 
 
 def eval_command(
-    engine: Annotated[list[str] | None, typer.Option("--engine", "-e", help="Engine to evaluate (repeat to compare): csm, piper, espeak.")] = None,
-    test_set: Annotated[str, typer.Option("--set", help="Bundled set (en_basic, en_quick) or a YAML path.")] = "en_basic",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.json and report.md.")] = Path("reports/eval"),
-    reference: Annotated[Path | None, typer.Option(help="Recording of the target voice (CSM clones it; similarity is measured to it).")] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option("--engine", "-e", help="Engine to evaluate (repeat to compare): csm, piper, espeak."),
+    ] = None,
+    test_set: Annotated[
+        str, typer.Option("--set", help="Bundled set (en_basic, en_quick) or a YAML path.")
+    ] = "en_basic",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.json and report.md.")] = Path(
+        "reports/eval"
+    ),
+    reference: Annotated[
+        Path | None, typer.Option(help="Recording of the target voice (CSM clones it; similarity is measured to it).")
+    ] = None,
     reference_text: Annotated[str | None, typer.Option(help="Transcript of --reference.")] = None,
-    codec: Annotated[str | None, typer.Option(help="Mimi codec (CSM or Mimi dir) for the token probe; default: the configured CSM model's; 'none' skips.")] = None,
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            help="Mimi codec (CSM or Mimi dir) for the token probe; default: the configured CSM model's; 'none' skips."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N sentences.")] = None,
     temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="CSM sampling temperature.")] = None,
 ) -> None:

@@ -10,17 +10,30 @@ import typer
 
 from echoforge.cli.common import console, fail
 
-data_app = typer.Typer(help="Training data: prepare conversation recordings for `echoforge train`.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Training data: prepare conversation recordings for `echoforge train`.", no_args_is_help=True
+)
 
 
 @data_app.command("prepare")
 def prepare(
-    input_path: Annotated[Path, typer.Argument(help="Manifest (.jsonl/.csv), a folder with manifest.jsonl/.csv, or a folder of long recordings.")],
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            help="Manifest (.jsonl/.csv), a folder with manifest.jsonl/.csv, or a folder of long recordings."
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="Output directory for the shards.")],
-    model: Annotated[str, typer.Option(help="CSM checkpoint (dir or hub id) whose tokenizer and Mimi codec to use.")] = "sesame/csm-1b",
+    model: Annotated[
+        str, typer.Option(help="CSM checkpoint (dir or hub id) whose tokenizer and Mimi codec to use.")
+    ] = "sesame/csm-1b",
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share of conversations held out.")] = 0.1,
-    speakers: Annotated[int, typer.Option(min=1, help="Long recordings: cluster turns into this many speakers (simple diarization).")] = 1,
-    max_turn_s: Annotated[float, typer.Option(help="Longer recordings without start/end are segmented with VAD.")] = 20.0,
+    speakers: Annotated[
+        int, typer.Option(min=1, help="Long recordings: cluster turns into this many speakers (simple diarization).")
+    ] = 1,
+    max_turn_s: Annotated[
+        float, typer.Option(help="Longer recordings without start/end are segmented with VAD.")
+    ] = 20.0,
     min_turn_s: Annotated[float, typer.Option(help="Shorter turns are skipped.")] = 0.3,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -31,7 +44,9 @@ def prepare(
 
     logging.getLogger("echoforge.train.data").setLevel(logging.ERROR)  # bad files are summarised below
     try:
-        with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as bar:
             task = bar.add_task("prepare", total=None)
             report = run_prepare(input_path, out, model, val_fraction=val_fraction, seed=seed, max_turn_s=max_turn_s,
                                  min_turn_s=min_turn_s, n_speakers=speakers,
@@ -42,7 +57,9 @@ def prepare(
         fail(f"{exc.__class__.__name__}: {exc}")
     for split in ("train", "val"):
         s = report.stats[split]
-        console.print(f"{split:5s}: {s['conversations']} conversations, {s['turns']} turns, {s['hours'] * 60:.1f} min, {s['frames']} frames")
+        console.print(
+            f"{split:5s}: {s['conversations']} conversations, {s['turns']} turns, {s['hours'] * 60:.1f} min, {s['frames']} frames"
+        )
     if report.bad:
         console.print(f"[yellow]skipped {len(report.bad)} bad item(s):[/]")
         for b in report.bad:
@@ -52,8 +69,12 @@ def prepare(
 
 def train(
     config: Annotated[str, typer.Argument(help="YAML config path, or a bundled name (csm-350m, finetune-lora, …).")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.lr=3e-4 lora.enabled=true")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the config, print shapes and memory estimate, exit.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.lr=3e-4 lora.enabled=true")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate the config, print shapes and memory estimate, exit.")
+    ] = False,
 ) -> None:
     """Train / fine-tune CSM. Multi-GPU: torchrun --nproc_per_node N -m echoforge.cli train CONFIG distributed=fsdp"""
     import os

@@ -74,11 +74,6 @@ class CSMEngine(BaseEngine):
 
         csm = settings.csm
         t0 = time.perf_counter()
-        if csm.watermark:
-            try:  # fail at start-up, not on the first request
-                import echoforge.csm.watermark  # noqa: F401
-            except ImportError as exc:
-                raise EngineUnavailable(f"csm.watermark is on but the watermark module cannot load: {exc}") from exc
         try:
             try:
                 path = resolve(csm.model, local_files_only=True)
@@ -92,6 +87,11 @@ class CSMEngine(BaseEngine):
                         f"download them (`huggingface-cli download {csm.model}`) or set csm.model to a local directory"
                     ) from None
                 path = resolve(csm.model, local_files_only=False)
+            if csm.watermark:
+                try:  # fail at start-up, not on the first request
+                    import echoforge.csm.watermark  # noqa: F401
+                except ImportError as exc:
+                    raise EngineUnavailable(f"csm.watermark is on but the watermark module cannot load: {exc}") from exc
             generator = CSMGenerator.from_pretrained(
                 path,
                 device=settings.device,

@@ -237,7 +237,8 @@ def _fuse_layer(
 ) -> None:
     out[f"{ours}.attention.wqkv.weight"] = torch.cat([get(q), get(k), get(v)], dim=0)
     out[f"{ours}.attention.wo.weight"] = get(o)
-    out[f"{ours}.feed_forward.w13.weight"] = torch.cat([get(gate), get(up)], dim=0)
+    out[f"{ours}.feed_forward.w1.weight"] = get(gate)
+    out[f"{ours}.feed_forward.w3.weight"] = get(up)
     out[f"{ours}.feed_forward.w2.weight"] = get(down)
     out[f"{ours}.attention_norm.weight"] = get(n1)
     out[f"{ours}.ffn_norm.weight"] = get(n2)
@@ -346,7 +347,7 @@ def export_sesame_state_dict(model: CSM) -> dict[str, Tensor]:
         for i in range(a.n_layer):
             p = f"{part}.layers.{i}"
             q, k, v = sd[f"{p}.attention.wqkv.weight"].split([q_dim, kv_dim, kv_dim])
-            w1, w3 = sd[f"{p}.feed_forward.w13.weight"].chunk(2)
+            w1, w3 = sd[f"{p}.feed_forward.w1.weight"], sd[f"{p}.feed_forward.w3.weight"]
             out.update({
                 f"{p}.attn.q_proj.weight": _half_to_interleaved(q, a.n_head),
                 f"{p}.attn.k_proj.weight": _half_to_interleaved(k, a.n_local_heads),

@@ -45,7 +45,16 @@ from echoforge.eval.wer import normalize_for_wer, wer
 log = logging.getLogger("echoforge.eval")
 
 SETS_DIR = Path(__file__).parent / "sets"
-AROUSAL = {"calm": 0.2, "sad": 0.25, "neutral": 0.5, "happy": 0.7, "surprised": 0.8, "excited": 0.9, "angry": 0.95, "fearful": 0.8}
+AROUSAL = {
+    "calm": 0.2,
+    "sad": 0.25,
+    "neutral": 0.5,
+    "happy": 0.7,
+    "surprised": 0.8,
+    "excited": 0.9,
+    "angry": 0.95,
+    "fearful": 0.8,
+}
 # (metric, higher is better) used for the overall ranking.
 RANKED = (("wer", False), ("speaker_sim", True), ("consistency", True), ("rtf", False))
 
@@ -59,7 +68,9 @@ def load_set(name_or_path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         p = SETS_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
-        raise ValueError(f"test set {name_or_path!r} not found (bundled: {sorted(f.stem for f in SETS_DIR.glob('*.yaml'))})")
+        raise ValueError(
+            f"test set {name_or_path!r} not found (bundled: {sorted(f.stem for f in SETS_DIR.glob('*.yaml'))})"
+        )
     data = yaml.safe_load(p.read_text())
     if not data.get("sentences"):
         raise ValueError(f"{p}: a test set needs a non-empty 'sentences' list")
@@ -77,7 +88,9 @@ class ASR:
             model = load_whisper()
         self.model = model
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int, words: bool = False) -> tuple[str, list[tuple[str, float, float]]]:
+    def transcribe(
+        self, audio: np.ndarray, sample_rate: int, words: bool = False
+    ) -> tuple[str, list[tuple[str, float, float]]]:
         """Text, and word timings when ``words`` (about a third slower)."""
         from echoforge.audio import resample
 
@@ -167,7 +180,9 @@ def render(engine: Any, name: str, test_set: dict, reference: tuple[np.ndarray, 
     for i, turn in enumerate(conv.get("turns") or []):
         spk = int(turn.get("speaker", 0))
         voice = voices[spk] if spk < len(voices) else None
-        audio, t, ttfa = synthesize(engine, turn["text"], spk, voice, history[-4:], seed=100 + i, temperature=temperature)
+        audio, t, ttfa = synthesize(
+            engine, turn["text"], spk, voice, history[-4:], seed=100 + i, temperature=temperature
+        )
         out.append(Utterance("turn", turn["text"], spk, audio, sr, t, ttfa, turn.get("emotion")))
         history.append(Segment(spk, turn["text"], audio, sr))
     return out
@@ -229,8 +244,10 @@ def emotion_metrics(utts: list[Utterance]) -> dict[str, Any]:
             labels = []
             for u in turns:
                 r = fn(u.audio, u.sample_rate)
-                labels.append(str(r.get("label", r.get("emotion", ""))) if isinstance(r, dict) else str(getattr(r, "label", r)))
-            acc = float(np.mean([a.lower() == (u.emotion or "").lower() for a, u in zip(labels, turns)]))
+                labels.append(
+                    str(r.get("label", r.get("emotion", ""))) if isinstance(r, dict) else str(getattr(r, "label", r))
+                )
+            acc = float(np.mean([a.lower() == (u.emotion or "").lower() for a, u in zip(labels, turns, strict=True)]))
             return {"emotion_method": "echoforge.analysis", "emotion_score": acc, "emotion_labels": labels}
         except Exception as exc:  # fall back to the proxy below, but say why
             log.warning("echoforge.analysis emotion recogniser failed (%s); using the prosodic proxy", exc)
@@ -238,7 +255,10 @@ def emotion_metrics(utts: list[Utterance]) -> dict[str, Any]:
     z = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
     measured = (z[:, 2] + z[:, 5] + z[:, 1]) / 3  # loudness + pitch variability + speaking rate
     requested = [AROUSAL.get((u.emotion or "neutral").lower(), 0.5) for u in turns]
-    return {"emotion_method": "prosodic arousal proxy (Spearman)", "emotion_score": _spearman(requested, measured.tolist())}
+    return {
+        "emotion_method": "prosodic arousal proxy (Spearman)",
+        "emotion_score": _spearman(requested, measured.tolist()),
+    }
 
 
 def token_probe(utts: list[Utterance], codec: Any, epochs: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -253,7 +273,7 @@ def token_probe(utts: list[Utterance], codec: Any, epochs: int = 200, seed: int 
         codes = codec.encode(torch.from_numpy(resample(u.audio, u.sample_rate, 24_000))).cpu().numpy()[:, 0]  # [F]
         words = [(normalize_for_wer(w), s, e) for w, s, e in u.words]
         words = [w for w in words if w[0]]
-        for (w, s, e), (nxt, _, _) in zip(words, words[1:]):
+        for (_, s, e), (nxt, _, _) in zip(words, words[1:], strict=False):
             frames = codes[int(s * 12.5) : max(int(s * 12.5) + 1, int(math.ceil(e * 12.5)))]
             hist = np.bincount(np.clip(frames, 0, vocab - 1), minlength=vocab).astype(np.float32)
             examples.append((ui, hist / max(hist.sum(), 1), nxt))
@@ -274,7 +294,7 @@ def token_probe(utts: list[Utterance], codec: Any, epochs: int = 200, seed: int 
         opt.step()
     with torch.no_grad():
         pred = probe(torch.tensor(np.stack([e[1] for e in test])) * vocab**0.5).argmax(-1).tolist()
-    acc = float(np.mean([classes[p] == e[2] for p, e in zip(pred, test)]))
+    acc = float(np.mean([classes[p] == e[2] for p, e in zip(pred, test, strict=True)]))
     majority = max(classes, key=lambda c: sum(e[2] == c for e in train))
     base = float(np.mean([e[2] == majority for e in test]))
     return {"probe_acc": acc, "probe_baseline": base, "probe_n": len(examples)}
@@ -292,7 +312,9 @@ def evaluate_engine(engine: Any, name: str, test_set: dict, asr: ASR, codec: Any
     for u in utts:
         if u.kind == "reference":  # only a voice sample, not scored for WER
             continue
-        u.hypothesis, u.words = asr.transcribe(u.audio, u.sample_rate, words=codec is not None) if u.audio.size else ("", [])
+        u.hypothesis, u.words = (
+            asr.transcribe(u.audio, u.sample_rate, words=codec is not None) if u.audio.size else ("", [])
+        )
         u.wer = wer(u.text, u.hypothesis)
     spoken = [u for u in utts if u.kind in ("sentence", "turn")]
     metrics: dict[str, Any] = {
@@ -374,13 +396,14 @@ def run_suite(engines: list[str], test_set: str | Path = "en_basic", out_dir: st
             if it loads offline) or None (skip the token probe).
         reference / reference_text: a recording of the target voice and its transcript.
         limit: only the first ``limit`` sentences (quick runs).
-        temperature: sampling temperature for CSM (default: the settings' generation default).
+        temperature: sampling temperature for CSM (default: ``settings.generation.temperature``).
     """
     from echoforge.audio import load_audio
     from echoforge.config import load_settings
     from echoforge.engines import create_engine
 
     settings = settings or load_settings()
+    temperature = settings.generation.temperature if temperature is None else temperature
     data = load_set(test_set)
     asr = asr or ASR()
     codec_obj, codec_note = _codec(codec, settings)

@@ -65,7 +65,9 @@ class ModelConfig(_Strict):
     audio_vocab_size: int = 2051
     num_codebooks: int = 32
     tokenizer_from: str | None = Field(None, description="Tokenizer dir (default: init_from / codec_from).")
-    codec_from: str | None = Field(None, description="Transformers CSM dir whose Mimi codec + tokenizer are bundled into checkpoints.")
+    codec_from: str | None = Field(
+        None, description="Transformers CSM dir whose Mimi codec + tokenizer are bundled into checkpoints."
+    )
     expected_backbone_params: float | None = Field(None, description="Nominal backbone size (e.g. 3.5e8); checked.")
     params_tolerance: float = Field(0.15, gt=0, lt=1)
 
@@ -74,7 +76,9 @@ class ModelConfig(_Strict):
         if self.init_from is None and self.preset is None and self.backbone is None:
             raise ValueError("model: set init_from (fine-tune) or preset / backbone (from scratch)")
         if self.init_from is None and self.codec_from is None and self.tokenizer_from is None:
-            raise ValueError("model: from-scratch training needs codec_from (or tokenizer_from) for the tokenizer/codec")
+            raise ValueError(
+                "model: from-scratch training needs codec_from (or tokenizer_from) for the tokenizer/codec"
+            )
         return self
 
     def scratch_args(self) -> CSMArgs:
@@ -100,12 +104,16 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     path: str = Field("data/prepared", description="Output directory of `echoforge data prepare`.")
-    max_seq_len: int = Field(2048, ge=16, description="Rows per sequence (text tokens + frames); oldest context dropped to fit.")
+    max_seq_len: int = Field(
+        2048, ge=16, description="Rows per sequence (text tokens + frames); oldest context dropped to fit."
+    )
     loss_on_context: bool = Field(True, description="Score context turns' frames too (all audio is real speech).")
 
 
 class LossConfig(_Strict):
-    decoder_fraction: float = Field(1 / 16, gt=0, le=1, description="Share of frames the depth decoder trains on (Sesame: 1/16).")
+    decoder_fraction: float = Field(
+        1 / 16, gt=0, le=1, description="Share of frames the depth decoder trains on (Sesame: 1/16)."
+    )
     decoder_weight: float = Field(0.5, ge=0)
 
 
@@ -115,7 +123,10 @@ class LoraConfig(_Strict):
     enabled: bool = False
     r: int = Field(16, ge=1)
     alpha: float = Field(32, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["wqkv", "wo", "w13", "w2"])
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["wqkv", "wo", "w1", "w3", "w13", "w2"],
+        description="Linear layer names (attention qkv/out, MLP gate/up/down; w13 = a fused gate+up if present).",
+    )
 
 
 class OptimConfig(_Strict):
@@ -137,9 +148,13 @@ class TrainConfig(_Strict):
     out_dir: str = "runs/csm"
     seed: int = 1337
     device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere."
+    )
     grad_ckpt: bool = False
-    distributed: Literal["none", "ddp", "fsdp"] = Field("none", description="Under torchrun: DDP or FSDP2 (fully_shard).")
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="Under torchrun: DDP or FSDP2 (fully_shard)."
+    )
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -170,7 +185,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not p.is_file() and (CONFIG_DIR / f"{path}.yaml").is_file():
         p = CONFIG_DIR / f"{path}.yaml"
     if not p.is_file():
-        raise ValueError(f"config {path}: file not found (bundled: {sorted(f.stem for f in CONFIG_DIR.glob('*.yaml'))})")
+        raise ValueError(
+            f"config {path}: file not found (bundled: {sorted(f.stem for f in CONFIG_DIR.glob('*.yaml'))})"
+        )
     raw = yaml.safe_load(p.read_text()) or {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -200,11 +217,15 @@ def validate_shapes(args: CSMArgs, expected_backbone: float | None = None, toler
     if expected_backbone:
         got = counts["backbone"]
         if abs(got - expected_backbone) > tolerance * expected_backbone:
-            raise ValueError(f"backbone has {got / 1e6:.1f}M parameters, expected {expected_backbone / 1e6:.0f}M ±{tolerance:.0%}")
+            raise ValueError(
+                f"backbone has {got / 1e6:.1f}M parameters, expected {expected_backbone / 1e6:.0f}M ±{tolerance:.0%}"
+            )
     return counts
 
 
-def memory_estimate(args: CSMArgs, cfg: TrainConfig, world_size: int = 1, trainable: int | None = None) -> dict[str, float]:
+def memory_estimate(
+    args: CSMArgs, cfg: TrainConfig, world_size: int = 1, trainable: int | None = None
+) -> dict[str, float]:
     """Rough per-GPU memory in GiB for training ``args`` under ``cfg``.
 
     Weights fp32 (4 B/param, bf16 autocast casts on the fly), grads 4 B and AdamW 8 B per

@@ -246,7 +246,12 @@ def basic_prosody(audio: np.ndarray, sr: int, text: str) -> np.ndarray:
     dur = audio.size / sr
     hop, win = int(0.02 * sr), int(0.04 * sr)
     n = max(1, 1 + (audio.size - win) // hop)
-    frames = np.stack([np.pad(audio[i * hop : i * hop + win], (0, max(0, win - audio[i * hop : i * hop + win].size))) for i in range(n)])
+    frames = np.stack(
+        [
+            np.pad(audio[i * hop : i * hop + win], (0, max(0, win - audio[i * hop : i * hop + win].size)))
+            for i in range(n)
+        ]
+    )
     rms_db = 20 * np.log10(np.sqrt((frames**2).mean(1)) + 1e-6)  # [n]
     f0 = []
     lo, hi = int(sr / 400), int(sr / 60)
@@ -314,10 +319,15 @@ def expand_long_recordings(specs: list[TurnSpec], load: Callable[[Path], np.ndar
         if n_speakers > 1 and len(spans) >= n_speakers:
             from echoforge.eval.speaker import embed_speaker, kmeans
 
-            emb = np.stack([embed_speaker(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)], SAMPLE_RATE) for a, b in spans])
+            emb = np.stack(
+                [embed_speaker(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)], SAMPLE_RATE) for a, b in spans]
+            )
             speakers = [f"{spec.audio.stem}-spk{c}" for c in kmeans(emb, n_speakers)]
         conv = spec.conversation
-        out.extend(TurnSpec(spec.audio, s, None, a, b, conv, spec.order * 10_000 + i) for i, ((a, b), s) in enumerate(zip(spans, speakers)))
+        out.extend(
+            TurnSpec(spec.audio, s, None, a, b, conv, spec.order * 10_000 + i)
+            for i, ((a, b), s) in enumerate(zip(spans, speakers, strict=True))
+        )
     return out
 
 
@@ -454,10 +464,15 @@ def prepare(
     if convs and "train" not in split_of.values():
         split_of[convs[0]] = "train"
     shards: dict[str, list[str]] = {"train": [], "val": []}
-    stats: dict[str, Any] = {"bad_files": len(bad), "speakers": len({t.speaker_id for ts in turns.values() for t in ts})}
+    stats: dict[str, Any] = {
+        "bad_files": len(bad),
+        "speakers": len({t.speaker_id for ts in turns.values() for t in ts}),
+    }
     for split in ("train", "val"):
         chosen = [c for c in convs if split_of[c] == split]
-        shards[split] = _write_shards(out, split, [(i, turns[c]) for i, c in enumerate(convs) if c in chosen], shard_frames)
+        shards[split] = _write_shards(
+            out, split, [(i, turns[c]) for i, c in enumerate(convs) if c in chosen], shard_frames
+        )
         ts = [t for c in chosen for t in turns[c]]
         frames = sum(t.codes.shape[0] for t in ts)
         stats[split] = {
@@ -539,7 +554,9 @@ def stats_markdown(index: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for split in ("train", "val"):
         s = index["stats"][split]
-        lines.append(f"| {split} | {s['conversations']} | {s['turns']} | {s['hours']} | {s['frames']} | {s['text_tokens']} | {s['mean_turn_s']} | {s['mean_context_turns']} |")
+        lines.append(
+            f"| {split} | {s['conversations']} | {s['turns']} | {s['hours']} | {s['frames']} | {s['text_tokens']} | {s['mean_turn_s']} | {s['mean_context_turns']} |"
+        )
     lines += ["", f"## Skipped ({len(index['bad'])})", ""]
     lines += [f"- `{b['item']}`: {b['error']}" for b in index["bad"]] or ["none"]
     return "\n".join(lines) + "\n"
@@ -559,18 +576,21 @@ class ShardedDataset:
         self.index = json.loads(index_path.read_text())
         self.shards = []
         for name in self.index["shards"].get(split, []):
-            arrays = {k: np.load(self.root / f"{name}.{k}.npy", mmap_mode="r") for k in ("codes", "text", "turns", "samples")}
+            arrays = {
+                k: np.load(self.root / f"{name}.{k}.npy", mmap_mode="r") for k in ("codes", "text", "turns", "samples")
+            }
             self.shards.append(arrays)
         # (shard, sample row) for every sample
         self.items = [(s, r) for s, arr in enumerate(self.shards) for r in range(arr["samples"].shape[0])]
         self.num_codebooks = int(self.index.get("num_codebooks", 32))
 
-    def target_length(self, i: int) -> int:
-        """Rows the target turn alone needs (text + frames + EOS frame)."""
-        s, r = self.items[i]
-        arr = self.shards[s]
-        t = int(arr["samples"][r, 0])
-        return int(arr["turns"][t, 1] + arr["turns"][t, 3] + 1)
+    def target_lengths(self) -> np.ndarray:
+        """Rows each sample's target turn alone needs (text + frames + EOS frame), ``[len(self)]``."""
+        parts = []
+        for arr in self.shards:
+            t = np.asarray(arr["samples"][:, 0])
+            parts.append(np.asarray(arr["turns"][t, 1] + arr["turns"][t, 3] + 1))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -665,7 +685,9 @@ def choose_decoder_rows(c0_mask: Any, fraction: float, seeds: list[int]) -> Any:
     return torch.cat(picks) if picks else torch.zeros(0, 2, dtype=torch.long)
 
 
-def write_synthetic(out_dir: str | Path, conversations: list[list[tuple[int, list[int], np.ndarray]]], val: int = 0) -> Path:
+def write_synthetic(
+    out_dir: str | Path, conversations: list[list[tuple[int, list[int], np.ndarray]]], val: int = 0
+) -> Path:
     """Write a dataset from ready-made turns ``(speaker, text_ids, codes [F, K])`` (tests, benchmarks).
 
     The last ``val`` conversations go to the validation split.

@@ -56,7 +56,9 @@ def setup(mode: str, device_pref: str = "auto") -> DistInfo:
     if world <= 1:
         return DistInfo(device=device, mode="none")
     if mode == "none":
-        raise ValueError("launched with torchrun (WORLD_SIZE > 1) but the config says distributed: none; set ddp or fsdp")
+        raise ValueError(
+            "launched with torchrun (WORLD_SIZE > 1) but the config says distributed: none; set ddp or fsdp"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

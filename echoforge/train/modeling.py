@@ -206,7 +206,7 @@ class LoRADelta(nn.Module):
 
 def apply_lora(model: CSM, r: int, alpha: float, target_modules: list[str]) -> int:
     """Add :class:`LoRADelta` to every ``nn.Linear`` whose name ends with one of ``target_modules``
-    (e.g. ``wqkv``, ``wo``, ``w13``, ``w2``); freeze all other weights. Returns trainable params."""
+    (e.g. ``wqkv``, ``wo``, ``w1``, ``w3``, ``w2``); freeze all other weights. Returns trainable params."""
     from torch.nn.utils import parametrize
 
     for p in model.parameters():
@@ -270,12 +270,18 @@ def to_hf_state_dict(sd: dict[str, Tensor], args: CSMArgs, audio_keys: tuple[str
     }
     for key in audio_keys:
         out[key] = sd["audio_embeddings.weight"]
-    for ours, theirs, a in (("backbone", "backbone_model", args.backbone), ("decoder", "depth_decoder.model", args.decoder)):
+    for ours, theirs, a in (
+        ("backbone", "backbone_model", args.backbone),
+        ("decoder", "depth_decoder.model", args.decoder),
+    ):
         q_dim, kv_dim = a.n_head * a.head_dim, a.n_local_heads * a.head_dim
         for i in range(a.n_layer):
             p, t = f"{ours}.layers.{i}", f"{theirs}.layers.{i}"
             q, k, v = sd[f"{p}.attention.wqkv.weight"].split([q_dim, kv_dim, kv_dim])
-            gate, up = sd[f"{p}.feed_forward.w13.weight"].split(a.intermediate_size)
+            if f"{p}.feed_forward.w13.weight" in sd:  # fused gate+up (earlier model.py layout)
+                gate, up = sd[f"{p}.feed_forward.w13.weight"].split(a.intermediate_size)
+            else:
+                gate, up = sd[f"{p}.feed_forward.w1.weight"], sd[f"{p}.feed_forward.w3.weight"]
             out.update({
                 f"{t}.self_attn.q_proj.weight": q,
                 f"{t}.self_attn.k_proj.weight": k,
@@ -373,7 +379,12 @@ def export_checkpoint(state: dict[str, Tensor], args: CSMArgs, out_dir: Path | s
                                       "depth_decoder.model.embed_tokens.weight") if k in keys)  # fmt: skip
             audio_keys = found or audio_keys
         for f in src.iterdir():  # tokenizer, generation config, chat template …
-            if f.is_file() and f.name not in _WEIGHT_FILES and f.name != "config.json" and not f.name.endswith(".safetensors"):
+            if (
+                f.is_file()
+                and f.name not in _WEIGHT_FILES
+                and f.name != "config.json"
+                and not f.name.endswith(".safetensors")
+            ):
                 shutil.copy2(f, out / f.name)
     if not extra:
         base_cfg.pop("codec_config", None)  # no bundled codec weights -> do not claim one

@@ -11,8 +11,8 @@ Loss = mean codebook-0 CE over every scored audio frame
 
 Checkpoints (``out_dir/step-NNNNNN/``) are transformers-format CSM directories that
 ``CSMGenerator.from_pretrained`` loads directly (LoRA merged), plus ``trainer_state.pt``
-(step, optimizer, LoRA adapter, RNG) for ``resume``; ``out_dir/latest.json`` points at the
-newest and ``out_dir/final/`` holds the last export.
+(step, optimizer, LoRA adapter, RNG) for ``resume``; ``out_dir/latest.json`` and the
+``out_dir/last`` symlink point at the newest, and ``out_dir/final/`` holds the end-of-run export.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def build_model(cfg: TrainConfig, resume_dir: Path | None = None) -> tuple[Any, 
         model = CSM(args)
         init_weights(model)
     if cfg.data.max_seq_len > model.args.backbone.max_seq_len:
-        raise ValueError(f"data.max_seq_len {cfg.data.max_seq_len} exceeds the model's window {model.args.backbone.max_seq_len}")
+        raise ValueError(
+            f"data.max_seq_len {cfg.data.max_seq_len} exceeds the model's window {model.args.backbone.max_seq_len}"
+        )
     return model.train(), source_dir
 
 
@@ -112,7 +114,7 @@ class Batcher:
 
     def __init__(self, ds: ShardedDataset, cfg: TrainConfig, info: D.DistInfo, shuffle: bool = True):
         self.ds, self.cfg, self.info, self.shuffle = ds, cfg, info, shuffle
-        self.valid = np.array([i for i in range(len(ds)) if ds.target_length(i) <= cfg.data.max_seq_len], dtype=np.int64)
+        self.valid = np.flatnonzero(ds.target_lengths() <= cfg.data.max_seq_len)  # samples whose target fits
         if self.valid.size == 0:
             raise ValueError(f"{ds.root}: no sample fits data.max_seq_len={cfg.data.max_seq_len}")
         self._perm: dict[int, np.ndarray] = {}
@@ -170,7 +172,11 @@ def train(cfg: TrainConfig, console: Any = None, progress: bool = True) -> dict[
     model, source_dir = build_model(cfg, resume_dir)
     args = model.args
     lc = cfg.lora
-    n_trainable = apply_lora(model, lc.r, lc.alpha, lc.target_modules) if lc.enabled else sum(p.numel() for p in model.parameters())
+    n_trainable = (
+        apply_lora(model, lc.r, lc.alpha, lc.target_modules)
+        if lc.enabled
+        else sum(p.numel() for p in model.parameters())
+    )
     tm = CSMForTraining(model, cfg.grad_ckpt)
     if state is not None and state.get("lora") is not None:
         missing = tm.load_state_dict(state["lora"], strict=False).unexpected_keys
@@ -231,7 +237,14 @@ def train(cfg: TrainConfig, console: Any = None, progress: bool = True) -> dict[
             b = _to(val_batches.micro_batch(i, 0, 1, 1.0), info.device)
             with autocast():
                 o = wrapped(b["tokens"], b["tokens_mask"], b["c0_mask"], b["dec_rows"])
-            sums += [o.c0_loss_sum.item(), o.c0_correct.item(), o.c0_count, o.dec_loss_sum.item(), o.dec_correct.item(), o.dec_count * (k - 1)]
+            sums += [
+                o.c0_loss_sum.item(),
+                o.c0_correct.item(),
+                o.c0_count,
+                o.dec_loss_sum.item(),
+                o.dec_correct.item(),
+                o.dec_count * (k - 1),
+            ]
         c0l, c0c, c0n, dl, dc, dn = D.all_reduce_sum(sums.tolist(), info)
         wrapped.train()
         return {"val_c0_loss": c0l / max(c0n, 1), "val_c0_acc": c0c / max(c0n, 1), "val_dec_loss": dl / max(dn, 1),
@@ -242,11 +255,19 @@ def train(cfg: TrainConfig, console: Any = None, progress: bool = True) -> dict[
         path = out_dir / f"step-{step_done:06d}"
         if info.is_main:
             csm_state = merged_state_dict(msd, model)
-            export_checkpoint(csm_state, args, path, source_dir, {"train_config.yaml": yaml.safe_dump(cfg.model_dump())})
+            export_checkpoint(
+                csm_state, args, path, source_dir, {"train_config.yaml": yaml.safe_dump(cfg.model_dump())}
+            )
             lora = {k: v for k, v in msd.items() if "lora_" in k} if cfg.lora.enabled else None
             torch.save({"step": step_done, "optimizer": osd, "lora": lora, "rng": torch.get_rng_state(),
                         "config": cfg.model_dump()}, path / "trainer_state.pt")  # fmt: skip
             latest.write_text(json.dumps({"step": step_done, "path": str(path.resolve())}))
+            last = out_dir / "last"  # always the newest checkpoint: csm.model=<out_dir>/last
+            if last.is_symlink() or last.is_file():
+                last.unlink()
+            elif last.is_dir():
+                shutil.rmtree(last)
+            last.symlink_to(path.name, target_is_directory=True)
             old = sorted(out_dir.glob("step-*"))[: -cfg.keep_checkpoints]
             for p in old:
                 shutil.rmtree(p, ignore_errors=True)
@@ -314,7 +335,9 @@ def train(cfg: TrainConfig, console: Any = None, progress: bool = True) -> dict[
             if info.is_main:
                 emit(rec)
                 if bar is not None:
-                    bar.update(task, completed=step, status=f"loss {rec['loss']:.3f} c0 {rec['c0_acc']:.2f} lr {lr:.1e}")
+                    bar.update(
+                        task, completed=step, status=f"loss {rec['loss']:.3f} c0 {rec['c0_acc']:.2f} lr {lr:.1e}"
+                    )
                 if step % cfg.log_every == 0 or step == cfg.optim.max_steps:
                     log.info("step %d loss %.4f (c0 %.4f dec %.4f) acc c0 %.3f dec %.3f lr %.2e %.0f tok/s", step, rec["loss"],
                              rec["c0_loss"], rec["dec_loss"], rec["c0_acc"], rec["dec_acc"], lr, rec["tokens_per_s"])  # fmt: skip

@@ -15,7 +15,7 @@ from echoforge.config import ConfigError, load_settings
 
 
 def test_splitter_emits_sentences_as_tokens_arrive():
-    sp = SentenceSplitter(min_chars=5)
+    sp = SentenceSplitter(min_chars=5, first_clause_chars=0)
     tokens = ["The ser", "ver uses port 8000", ". It start", "s with make serve! Dr. Smith", " says e.g. ", "3.5 is fine. Bye"]
     out = []
     for t in tokens:
@@ -25,6 +25,15 @@ def test_splitter_emits_sentences_as_tokens_arrive():
     assert out[3] == ["It starts with make serve!"]
     assert out[5] == ["Dr. Smith says e.g. 3.5 is fine."]  # abbreviations and decimals do not split
     assert sp.flush() == ["Bye"] and sp.flush() == []
+
+
+def test_splitter_first_piece_may_end_at_a_comma():
+    sp = SentenceSplitter(min_chars=5, first_clause_chars=20)
+    assert sp.push("Sure, the server") == []  # too short to cut at this comma
+    assert sp.push(" listens on port 8000, and you can") == ["Sure, the server listens on port 8000,"]
+    assert sp.push(" change it, if you like. Next") == ["and you can change it, if you like."]  # later: sentences only
+    sp.reset()
+    assert sp.push("Well, I think that this one is long, yes") == ["Well, I think that this one is long,"]
 
 
 def test_splitter_cuts_run_on_text_and_strips_markdown():

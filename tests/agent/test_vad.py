@@ -74,7 +74,7 @@ def test_noise_bursts_and_clicks_are_not_speech(silero):
 def test_speech_shorter_than_min_speech_is_ignored(silero, say):
     speech = say("What port does the server use?")
     first = int(np.flatnonzero(np.abs(speech) > 0.02)[0])
-    blip = speech[first : first + int(0.35 * 16000)]  # the first ~350 ms: "What po-" 
+    blip = speech[first : first + int(0.35 * 16000)]  # the first ~350 ms: "What po-"
     audio = np.concatenate([np.zeros(8000, np.float32), blip, np.zeros(16000, np.float32)])
     assert push_chunks(TurnDetector(VADParams(min_speech_ms=500), silero), audio) == []
     silero.reset()

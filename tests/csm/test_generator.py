@@ -190,5 +190,7 @@ def test_static_shape_frame_step_equals_eager(tiny_csm_dir, tiny_generator):
     kw = dict(text=TEXT, max_audio_length_ms=4 * 80, temperature=0)
     assert torch.equal(static.generate_codes(**kw), tiny_generator.generate_codes(**kw))
     reqs = [dict(kw), dict(text="good morning", max_audio_length_ms=3 * 80, temperature=0)]
-    for a, b in zip(static.generate_batch(reqs, decode=False), tiny_generator.generate_batch(reqs, decode=False), strict=True):
+    for a, b in zip(
+        static.generate_batch(reqs, decode=False), tiny_generator.generate_batch(reqs, decode=False), strict=True
+    ):
         assert torch.equal(a, b)

@@ -45,16 +45,39 @@ def _documented() -> dict[str, set[str]]:
     return found
 
 
+# The CLI module of the part that provides each command. The CLI registers a part only when its
+# module is in the checkout, so a command of a part that is not there yet is reported, not failed.
+PART_OF = {
+    "analyze": "echoforge.cli.analysis",
+    "watermark": "echoforge.cli.watermark",
+    "converse": "echoforge.cli.csm",
+    "agent": "echoforge.cli.agent",
+    "kb": "echoforge.cli.agent",
+    "train": "echoforge.cli.train",
+    "data": "echoforge.cli.train",
+    "eval": "echoforge.cli.eval",
+}
+
+
 def test_documented_commands_exist():
+    import importlib.util
+    import warnings
+
     tree = _cli_tree()
-    missing = []
+    missing, absent_parts = [], []
     for command, subs in _documented().items():
         if command not in tree:
-            missing.append(command)
+            part = PART_OF.get(command)
+            if part and importlib.util.find_spec(part) is None:
+                absent_parts.append(f"{command} ({part})")
+            else:
+                missing.append(command)
             continue
         if tree[command]:  # a group: its documented sub-commands must exist too
             missing += [f"{command} {s}" for s in subs if s and s not in tree[command]]
     assert not missing, f"the docs show commands the CLI does not have: {sorted(missing)}"
+    if absent_parts:
+        warnings.warn(f"documented commands of parts not in this checkout: {', '.join(sorted(absent_parts))}", stacklevel=1)
 
 
 def test_every_command_is_documented():

@@ -49,11 +49,17 @@ def test_csm_against_fallbacks_is_ranked(tmp_path, asr):
                                            {"speaker": 1, "emotion": "calm", "text": "You are welcome."},
                                            {"speaker": 0, "emotion": "sad", "text": "See you."}]}}  # fmt: skip
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_set))
-    settings = load_settings(csm={"model": str(model), "watermark": False}, piper={"voice": str(tmp_path / "nope.onnx")})
+    settings = load_settings(
+        csm={"model": str(model), "watermark": False}, piper={"voice": str(tmp_path / "nope.onnx")}
+    )
     report = run_suite(["csm", "espeak", "piper"], tmp_path / "tiny.yaml", tmp_path / "out", settings, asr=asr,
                        codec=str(model), temperature=0.0)  # fmt: skip
     names = [r["engine"] for r in report["results"]]
-    assert names[-1] == "piper" and not report["results"][-1]["available"] and "not found" in report["results"][-1]["error"]
+    assert (
+        names[-1] == "piper"
+        and not report["results"][-1]["available"]
+        and "not found" in report["results"][-1]["error"]
+    )
     by = {r["engine"]: r for r in report["results"]}
     assert by["csm"]["is_fallback"] is False and by["espeak"]["is_fallback"] is True
     assert by["csm"]["metrics"]["wer"] > by["espeak"]["metrics"]["wer"]
@@ -66,7 +72,11 @@ def test_csm_against_fallbacks_is_ranked(tmp_path, asr):
 
 def test_rank_orders_by_mean_rank():
     def res(name, wer, sim, cons, rtf):
-        return {"engine": name, "available": True, "metrics": {"wer": wer, "speaker_sim": sim, "consistency": cons, "rtf": rtf}}
+        return {
+            "engine": name,
+            "available": True,
+            "metrics": {"wer": wer, "speaker_sim": sim, "consistency": cons, "rtf": rtf},
+        }
 
     ranked = rank([res("a", 0.30, 0.9, 0.9, 0.1), res("b", 0.05, 0.8, 0.8, 0.5), res("c", 0.05, 0.95, 0.95, 0.05),
                    {"engine": "d", "available": False, "error": "x"}])  # fmt: skip
@@ -110,7 +120,11 @@ def test_token_probe_learns_when_tokens_carry_the_next_word():
             self.informative = informative
 
         def encode(self, audio):
-            x = audio.numpy().reshape(-1, 1920)[:, 0] if audio.numel() % 1920 == 0 else audio.numpy()[: audio.numel() // 1920 * 1920].reshape(-1, 1920)[:, 0]
+            x = (
+                audio.numpy().reshape(-1, 1920)[:, 0]
+                if audio.numel() % 1920 == 0
+                else audio.numpy()[: audio.numel() // 1920 * 1920].reshape(-1, 1920)[:, 0]
+            )
             tok = np.round(x * 100).astype(int) if self.informative else rng.integers(1, 60, size=x.size)
             import torch
 
@@ -132,6 +146,8 @@ def test_bundled_sets_and_cli(tmp_path, monkeypatch):
 
     from echoforge.cli import app
 
-    res = CliRunner().invoke(app, ["eval", "--engine", "nope-engine", "--set", "en_quick", "--out", str(tmp_path), "--codec", "none"])
+    res = CliRunner().invoke(
+        app, ["eval", "--engine", "nope-engine", "--set", "en_quick", "--out", str(tmp_path), "--codec", "none"]
+    )
     assert res.exit_code == 1 and "no engine could be evaluated" in res.output
     assert "unavailable" in (tmp_path / "report.md").read_text()

@@ -294,3 +294,19 @@ def test_every_metric_named_in_the_docs_exists():
     exported = {f for f in families if f.startswith("echoforge_")}
     undocumented = sorted(f for f in exported if f not in doc and f + "_total" not in doc)
     assert not undocumented, f"exported but not documented: {undocumented}"
+
+
+def test_grafana_dashboard_queries_exported_metrics():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "echoforge-dashboard.json"
+    dash = json.loads(path.read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert exprs
+    families = {fam.name for fam in metrics.REGISTRY.collect()}
+    source = Path(metrics.__file__).read_text(encoding="utf-8")
+    for expr in exprs:
+        for name in re.findall(r"\b(echoforge_[a-z_]+[a-z])\b", expr):
+            base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+            assert base in families or f'"{name}"' in source, f"{name} in the dashboard is not exported"

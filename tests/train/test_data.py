@@ -11,7 +11,7 @@ import yaml
 from train_helpers import build_tiny_csm
 
 from echoforge.audio import save_audio
-from echoforge.train.data import MAX_CONTEXT_TURNS, ShardedDataset, build_rows, prepare
+from echoforge.train.data import MAX_CONTEXT_TURNS, ShardedDataset, build_rows, prepare, read_manifest
 
 SR = 24_000
 
@@ -40,7 +40,16 @@ def speech(tmp_path_factory):
     # conv-b: two turns in one file, cut by start/end.
     x, y = say(piper, "Yes, this is a test."), say(espeak, "No, it is speech synthesis.")
     save_audio(d / "b.wav", np.concatenate([x, np.zeros(SR // 2, np.float32), y]), SR)
-    rows.append({"audio": "b.wav", "speaker": "alice", "text": "Yes, this is a test.", "start": 0, "end": x.size / SR, "conversation": "conv-b"})
+    rows.append(
+        {
+            "audio": "b.wav",
+            "speaker": "alice",
+            "text": "Yes, this is a test.",
+            "start": 0,
+            "end": x.size / SR,
+            "conversation": "conv-b",
+        }
+    )
     rows.append({"audio": "b.wav", "speaker": "bob", "text": "No, it is speech synthesis.", "start": x.size / SR + 0.5,
                  "end": x.size / SR + 0.5 + y.size / SR, "conversation": "conv-b"})  # fmt: skip
     # conv-c: one good turn, a corrupt file and a missing one.
@@ -92,9 +101,12 @@ def test_prepare_writes_shards_and_reports_bad_files(prepared, speech):
             turns = np.load(out / f"{name}.turns.npy", mmap_mode="r")
             prosody = np.load(out / f"{name}.prosody.npy", mmap_mode="r")
             assert isinstance(codes, np.memmap) and codes.dtype == np.int16 and codes.shape[1] == 32
-            assert turns[:, 1].sum() == codes.shape[0] and prosody.shape == (turns.shape[0], len(index["prosody_features"]))
+            assert turns[:, 1].sum() == codes.shape[0] and prosody.shape == (
+                turns.shape[0],
+                len(index["prosody_features"]),
+            )
             meta = [json.loads(line) for line in (out / f"{name}.meta.jsonl").open()]
-            for row, m in zip(turns, meta):
+            for row, m in zip(turns, meta, strict=True):
                 if m["start"] is not None:
                     assert abs(row[1] - (m["end"] - m["start"]) * 12.5) <= 1.5
 
@@ -102,7 +114,12 @@ def test_prepare_writes_shards_and_reports_bad_files(prepared, speech):
 def test_vad_and_whisper_segment_long_recordings(prepared):
     out, _ = prepared
     index = json.loads((out / "index.json").read_text())
-    metas = [json.loads(line) for s in ("train", "val") for n in index["shards"][s] for line in (out / f"{n}.meta.jsonl").open()]
+    metas = [
+        json.loads(line)
+        for s in ("train", "val")
+        for n in index["shards"][s]
+        for line in (out / f"{n}.meta.jsonl").open()
+    ]
     long = [m for m in metas if m["conversation"] == "conv-d"]
     assert len(long) == 2, long  # two utterances separated by a second of silence
     assert "morning" in long[0]["text"].lower() and "thank" in long[1]["text"].lower()
@@ -171,3 +188,23 @@ def test_cli_prepare_and_train_end_to_end(prepared, speech, model_dir, tmp_path)
     assert (tmp_path / "run" / "final" / "tokenizer.json").is_file()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2] and any("val_loss" in r for r in log)
+
+
+def test_csv_manifest_and_bad_rows(tmp_path):
+    (tmp_path / "m.csv").write_text(
+        "audio,speaker,text,start,end,conversation\n"
+        "x.wav,anna,Hi there,0.0,1.5,c1\n"
+        "x.wav,ben,Hello,1.7,2.9,c1\n"
+        ",ben,no audio,,,c2\n"
+        "y.wav,ben,bad times,abc,1,c2\n"
+        "z.wav,carl,,,,\n"
+    )
+    specs, bad = read_manifest(tmp_path / "m.csv")
+    assert [(s.speaker, s.text, s.start, s.end, s.conversation) for s in specs[:2]] == [
+        ("anna", "Hi there", 0.0, 1.5, "c1"),
+        ("ben", "Hello", 1.7, 2.9, "c1"),
+    ]
+    assert specs[2].text is None and specs[2].conversation == str(
+        tmp_path / "z.wav"
+    )  # default: one file, one conversation
+    assert len(bad) == 2 and "no audio path" in bad[0]["error"] and "not numbers" in bad[1]["error"]

@@ -30,7 +30,9 @@ def _free_port() -> int:
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to python")
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one(mode, tmp_path, tiny_model_dir, synthetic_data):
-    base = tiny_config(tmp_path, tiny_model_dir, synthetic_data, optim__max_steps=2, optim__batch_size=4, eval_batches=1)
+    base = tiny_config(
+        tmp_path, tiny_model_dir, synthetic_data, optim__max_steps=2, optim__batch_size=4, eval_batches=1
+    )
     single = train(TrainConfig.model_validate(dict(base, out_dir=str(tmp_path / "single"))), progress=False)
     # Same global batch (4): two ranks x 2 sequences.
     cfg = dict(base, out_dir=str(tmp_path / mode), distributed=mode)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +41,9 @@ def teacher_forced_accuracy(model_dir, data, split="train") -> tuple[float, floa
 @pytest.fixture(scope="module")
 def overfit(tmp_path_factory, tiny_model_dir, synthetic_data):
     tmp = tmp_path_factory.mktemp("overfit")
-    cfg = _cfg(tmp, tiny_model_dir, synthetic_data, optim__max_steps=80, optim__lr=5e-3, eval_every=40)
+    cfg = _cfg(
+        tmp, tiny_model_dir, synthetic_data, optim__max_steps=80, optim__lr=5e-3, eval_every=40, tensorboard=True
+    )
     return train(cfg, progress=False), cfg
 
 
@@ -58,6 +62,8 @@ def test_loss_decreases_and_model_overfits(overfit, synthetic_data, tiny_model_d
     vals = [r for r in log if "val_loss" in r]
     assert [r["step"] for r in vals] == [40, 80]
     assert vals[-1]["val_dec_acc"] > 0.5
+    if importlib.util.find_spec("tensorboard") is not None:  # optional (train extra)
+        assert list(Path(cfg.out_dir, "tb").glob("events.out.tfevents.*"))
 
 
 def test_checkpoint_loads_in_generator_and_generates(overfit):
@@ -72,10 +78,15 @@ def test_checkpoint_loads_in_generator_and_generates(overfit):
     assert out.ndim == 2 and out.shape[1] == K and 1 <= out.shape[0] <= 8
     # The trained model continues codebook 0 along the learned cycle and derives the rest from it.
     c0 = out[:, 0].tolist()
-    assert all(CYCLE[(CYCLE.index(a) + 1) % 8] == b for a, b in zip(c0, c0[1:]) if a in CYCLE), c0
+    assert all(CYCLE[(CYCLE.index(a) + 1) % 8] == b for a, b in zip(c0, c0[1:], strict=False) if a in CYCLE), c0
     assert all(c in CYCLE for c in c0), c0
     audio = gen.decode(out)
     assert audio.ndim == 1 and audio.numel() == out.shape[0] * 1920 and torch.isfinite(audio).all()
+    # transformers reads the same directory with nothing missing or left over.
+    from transformers import CsmForConditionalGeneration
+
+    _, info = CsmForConditionalGeneration.from_pretrained(result["checkpoint"], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
 
 
 def test_decoder_runs_only_on_the_amortized_frames(tiny_model_dir, synthetic_data):
@@ -144,7 +155,12 @@ def test_lora_trains_adapters_and_exports_merged(tmp_path, tiny_model_dir, synth
         assert torch.equal(base[name], tuned[name]), name  # frozen
     state = torch.load(f"{cfg.out_dir}/step-000015/trainer_state.pt", weights_only=False)
     assert state["lora"] and all("lora_" in k for k in state["lora"])
-    assert CSMGenerator.from_pretrained(result["checkpoint"], device="cpu").generate_codes("hello", max_audio_length_ms=160).shape[1] == K
+    assert (
+        CSMGenerator.from_pretrained(result["checkpoint"], device="cpu")
+        .generate_codes("hello", max_audio_length_ms=160)
+        .shape[1]
+        == K
+    )
 
 
 def test_resume_continues_exactly(tmp_path, tiny_model_dir, synthetic_data):
@@ -160,6 +176,7 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, synthetic_data):
     resumed = train(cfg, progress=False)
     assert resumed["history"][0]["step"] == 4
     np.testing.assert_allclose([h["loss"] for h in resumed["history"]], full[3:], rtol=1e-5)
+    assert (out / "last").resolve() == (out / "step-000006").resolve()  # csm.model=<out_dir>/last
 
 
 def test_grad_accumulation_and_checkpointing_keep_the_loss(tmp_path, tiny_model_dir, synthetic_data):

@@ -28,7 +28,7 @@ def synthetic_conversations(n_conv: int = 4, turns: int = 3, frames: int = 10, s
     bos, eos = SPECIALS.index("<|begin_of_text|>"), SPECIALS.index("<|end_of_text|>")
     cycle = np.array([5, 9, 3, 12, 7, 1, 14, 10])
     convs = []
-    for c in range(n_conv):
+    for _ in range(n_conv):
         conv = []
         for t in range(turns):
             spk = t % 2
@@ -51,7 +51,9 @@ def tiny_args():
     return CSMArgs(
         backbone=ModelArgs(n_layer=2, n_head=4, n_local_heads=2, dim=64, intermediate_size=128, max_seq_len=512),
         decoder=ModelArgs(n_layer=2, n_head=4, n_local_heads=2, dim=32, intermediate_size=64),
-        text_vocab_size=128, audio_vocab_size=AUDIO_VOCAB, audio_num_codebooks=K,
+        text_vocab_size=128,
+        audio_vocab_size=AUDIO_VOCAB,
+        audio_num_codebooks=K,
     )
 
 
@@ -81,7 +83,14 @@ def tiny_config(tmp_path: Path, model_dir: Path, data_dir: Path, **over) -> dict
         "model": {"init_from": str(model_dir)},
         "data": {"path": str(data_dir), "max_seq_len": 256},
         "loss": {"decoder_fraction": 1 / 16, "decoder_weight": 0.5},
-        "optim": {"lr": 3e-3, "warmup_steps": 5, "max_steps": 60, "batch_size": 4, "grad_accum": 1, "weight_decay": 0.0},
+        "optim": {
+            "lr": 3e-3,
+            "warmup_steps": 5,
+            "max_steps": 60,
+            "batch_size": 4,
+            "grad_accum": 1,
+            "weight_decay": 0.0,
+        },
         "eval_every": 0,
         "eval_batches": 2,
         "save_every": 0,

@@ -34,4 +34,9 @@ async def health(services: ServicesDep) -> dict:
         "auth_required": services.keys.required,
         "uptime_s": round(time.time() - services.started_at, 3),
         "model_load_s": round(services.model_load_s, 3),
+        "limits": {
+            "max_text_chars": services.settings.server.max_text_chars,
+            "max_upload_mb": services.settings.server.max_upload_mb,
+            "max_upload_seconds": services.settings.server.max_upload_seconds,
+        },
     }

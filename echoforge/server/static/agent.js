@@ -1,0 +1,222 @@
+// EchoForge voice agent page: mic → WS /api/agent (PCM s16le) → events + PCM audio back.
+// Echo cancellation is on in getUserMedia; playback is scheduled with Web Audio and stopped at once
+// when the server reports an interruption (barge-in, the Interrupt button, pause).
+
+const $ = (sel) => document.querySelector(sel);
+const SLIDERS = [["warmth", "Warmth"], ["energy", "Energy"], ["humor", "Humor"], ["formality", "Formality"]];
+
+const ui = { start: $("#start"), stop: $("#stop"), interrupt: $("#interrupt"), pause: $("#pause"), state: $("#state"),
+  meter: $("#meter > div"), log: $("#log"), draft: $("#draft"), latency: $("#latency"), voice: $("#voice"), sliders: $("#sliders") };
+
+let ws = null, ctx = null, micStream = null, worklet = null, analyser = null;
+let outRate = 24000, nextTime = 0, sources = [], paused = false, turn = 0;
+
+function apiKey() {
+  for (const k of ["echoforge.apiKey", "apiKey"]) {
+    const v = localStorage.getItem(k);
+    if (v) { try { return JSON.parse(v); } catch { return v; } }
+  }
+  return "";
+}
+
+function stamp() { return new Date().toLocaleTimeString(); }
+
+function addLog(text, cls = "meta") {
+  const li = document.createElement("li");
+  li.className = cls;
+  const t = document.createElement("time");
+  t.textContent = stamp();
+  li.append(t, document.createTextNode(text));
+  ui.log.append(li);
+  ui.log.scrollTop = ui.log.scrollHeight;
+}
+
+function setState(s) { ui.state.dataset.state = s; ui.state.textContent = s; }
+
+function setRunning(on) {
+  ui.start.disabled = on;
+  for (const b of [ui.stop, ui.interrupt, ui.pause]) b.disabled = !on;
+  if (!on) { ui.pause.textContent = "Pause"; paused = false; setState("stopped"); }
+}
+
+// --- playback -----------------------------------------------------------------------------------
+function playPcm(buf) {
+  const pcm = new Int16Array(buf);
+  if (!pcm.length || !ctx) return;
+  const audio = ctx.createBuffer(1, pcm.length, outRate);
+  const ch = audio.getChannelData(0);
+  for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
+  const src = ctx.createBufferSource();
+  src.buffer = audio;
+  src.connect(ctx.destination);
+  nextTime = Math.max(nextTime, ctx.currentTime + 0.03);
+  src.start(nextTime);
+  nextTime += audio.duration;
+  sources.push(src);
+  src.onended = () => { sources = sources.filter((s) => s !== src); };
+}
+
+function stopPlayback() {
+  for (const s of sources) { try { s.stop(); } catch { /* already stopped */ } }
+  sources = [];
+  nextTime = 0;
+}
+
+// --- mic ----------------------------------------------------------------------------------------
+const WORKLET = `
+class Capture extends AudioWorkletProcessor {
+  constructor() { super(); this.buf = []; this.n = 0; this.block = Math.round(sampleRate * 0.04); }
+  process(inputs) {
+    const x = inputs[0] && inputs[0][0];
+    if (x) {
+      const pcm = new Int16Array(x.length);
+      for (let i = 0; i < x.length; i++) pcm[i] = Math.max(-1, Math.min(1, x[i])) * 32767;
+      this.buf.push(pcm); this.n += pcm.length;
+      if (this.n >= this.block) {
+        const out = new Int16Array(this.n); let o = 0;
+        for (const b of this.buf) { out.set(b, o); o += b.length; }
+        this.port.postMessage(out.buffer, [out.buffer]); this.buf = []; this.n = 0;
+      }
+    }
+    return true;
+  }
+}
+registerProcessor("capture", Capture);`;
+
+async function startMic() {
+  micStream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+  });
+  ctx = new AudioContext();
+  const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
+  await ctx.audioWorklet.addModule(url);
+  const src = ctx.createMediaStreamSource(micStream);
+  worklet = new AudioWorkletNode(ctx, "capture");
+  analyser = ctx.createAnalyser();
+  analyser.fftSize = 1024;
+  src.connect(worklet);
+  src.connect(analyser);
+  worklet.port.onmessage = (e) => { if (ws && ws.readyState === WebSocket.OPEN && !paused) ws.send(e.data); };
+  const data = new Float32Array(analyser.fftSize);
+  const tick = () => {
+    if (!analyser) return;
+    analyser.getFloatTimeDomainData(data);
+    let s = 0; for (const v of data) s += v * v;
+    const level = Math.min(100, Math.sqrt(s / data.length) * 400);
+    ui.meter.style.width = `${level}%`;
+    ui.meter.parentElement.setAttribute("aria-valuenow", Math.round(level));
+    requestAnimationFrame(tick);
+  };
+  tick();
+}
+
+function stopMic() {
+  if (micStream) micStream.getTracks().forEach((t) => t.stop());
+  if (ctx) ctx.close();
+  micStream = ctx = worklet = analyser = null;
+  ui.meter.style.width = "0";
+}
+
+// --- events -------------------------------------------------------------------------------------
+function onEvent(ev) {
+  switch (ev.type) {
+    case "ready": outRate = ev.sample_rate; addLog(`connected — voice engine ${ev.engine} (${ev.sample_rate} Hz)`); break;
+    case "state": setState(ev.state); break;
+    case "transcript": if (ev.text) addLog(ev.text, "user"); ui.draft.textContent = ""; break;
+    case "retrieval":
+      addLog(ev.fallback ? "knowledge base: nothing relevant — chatting freely"
+        : "knowledge base: " + ev.passages.map((p) => `${p.source} (${p.score.toFixed(2)})`).join(", "));
+      break;
+    case "llm_text": ui.draft.textContent += ev.text; break;
+    case "interrupt": stopPlayback(); break;
+    case "assistant": {
+      ui.draft.textContent = "";
+      if (ev.text || ev.interrupted) addLog(ev.text || "…", ev.interrupted ? "agent cut" : "agent");
+      break;
+    }
+    case "latency": {
+      turn += 1;
+      const ms = (v) => (v == null ? "–" : Math.round(v * 1000));
+      const tr = document.createElement("tr");
+      for (const v of [turn, ms(ev.stt_s), ms(ev.rag_s), ms(ev.llm_first_token_s), ms(ev.tts_first_audio_s), ms(ev.voice_to_voice_s)]) {
+        const td = document.createElement("td"); td.textContent = v; tr.append(td);
+      }
+      ui.latency.prepend(tr);
+      break;
+    }
+    case "log": addLog(ev.message); break;
+    case "error": addLog(`error: ${ev.message}`, "error"); break;
+    default: break;
+  }
+}
+
+function send(msg) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); }
+
+function styleValues() {
+  const out = {};
+  for (const [k] of SLIDERS) out[k] = Number($(`#s-${k}`).value) / 100;
+  return out;
+}
+
+async function start() {
+  ui.start.disabled = true;
+  try {
+    await startMic();
+  } catch (err) {
+    addLog(`microphone unavailable: ${err.message}`, "error");
+    ui.start.disabled = false;
+    return;
+  }
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  ws = new WebSocket(`${proto}://${location.host}/api/agent`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => {
+    send({ type: "start", sample_rate: ctx.sampleRate, voice: ui.voice.value || null, style: styleValues(), api_key: apiKey() || undefined });
+    setRunning(true);
+  };
+  ws.onmessage = (e) => { if (typeof e.data === "string") onEvent(JSON.parse(e.data)); else playPcm(e.data); };
+  ws.onclose = (e) => { if (e.reason) addLog(`closed: ${e.reason}`); stop(); };
+  ws.onerror = () => addLog("connection error", "error");
+}
+
+function stop() {
+  if (ws) { send({ type: "stop" }); ws.close(); ws = null; }
+  stopPlayback();
+  stopMic();
+  setRunning(false);
+}
+
+ui.start.onclick = start;
+ui.stop.onclick = stop;
+ui.interrupt.onclick = () => { stopPlayback(); send({ type: "interrupt" }); };
+ui.pause.onclick = () => {
+  paused = !paused;
+  if (paused) stopPlayback();
+  send({ type: paused ? "pause" : "resume" });
+  ui.pause.textContent = paused ? "Resume" : "Pause";
+};
+ui.voice.onchange = () => send({ type: "voice", voice: ui.voice.value || null });
+
+for (const [key, label] of SLIDERS) {
+  const row = document.createElement("div");
+  row.className = "slider";
+  row.innerHTML = `<label for="s-${key}">${label}</label><input id="s-${key}" type="range" min="0" max="100" value="50"><output for="s-${key}">50</output>`;
+  ui.sliders.append(row);
+  const input = row.querySelector("input");
+  input.oninput = () => { row.querySelector("output").textContent = input.value; };
+  input.onchange = () => send({ type: "style", values: styleValues() });
+}
+
+(async () => {
+  try {
+    const key = apiKey();
+    const res = await fetch("/api/voices", { headers: key ? { Authorization: `Bearer ${key}` } : {} });
+    if (!res.ok) return;
+    const data = await res.json();
+    for (const v of data.voices || []) {
+      const opt = document.createElement("option");
+      opt.value = v.id; opt.textContent = v.name || v.id;
+      ui.voice.append(opt);
+    }
+  } catch { /* voices are optional */ }
+})();
