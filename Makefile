@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 # System packages: installed with apt-get when missing and we are root; otherwise a clear message.
 SYS_RUNTIME := espeak-ng ffmpeg libsndfile1
-SYS_TEST    := redis-server chromium chromium-driver sox
+SYS_TEST    := redis-server chromium chromium-driver sox curl
 
 .PHONY: help serve test install install-dev sysdeps sysdeps-test docs bench lint clean
 
@@ -58,6 +58,10 @@ serve: install
 
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+docs: $(VENV)/.dev-installed
+	$(PY) scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: install-dev
 	$(PY) benchmarks/csm_speed.py

@@ -48,29 +48,29 @@ class PiperSettings(BaseModel):
 
 
 class GenerationDefaults(BaseModel):
-    temperature: float = Field(0.9, ge=0.0, le=2.0)
-    topk: int = Field(50, ge=1, le=2051)
-    max_audio_length_ms: int = Field(90_000, ge=100, le=600_000)
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy (deterministic).")
+    topk: int = Field(50, ge=1, le=2051, description="Sample from the k most likely audio tokens.")
+    max_audio_length_ms: int = Field(90_000, ge=100, le=600_000, description="Longest audio one request may produce.")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking-rate multiplier (fallback engines; CSM ignores it).")
 
 
 class ServerSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Interface to bind; keep loopback unless API keys are set.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the server and web studio.")
     api_keys: list[SecretStr] = Field(default_factory=list, description="Static API keys (besides those made with `echoforge keys create`).")
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
     rate_limit_per_minute: int = Field(120, ge=0, description="Per API key (or client IP); 0 disables.")
-    max_text_chars: int = Field(4096, ge=1)
-    max_upload_mb: float = Field(20.0, gt=0)
-    max_upload_seconds: float = Field(120.0, gt=0)
-    queue_backend: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    queue_max_pending: int = Field(100, ge=1)
+    max_text_chars: int = Field(4096, ge=1, description="Longest text one request may contain.")
+    max_upload_mb: float = Field(20.0, gt=0, description="Largest reference-audio upload.")
+    max_upload_seconds: float = Field(120.0, gt=0, description="Longest reference-audio upload.")
+    queue_backend: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite: embedded, one process; redis: shared by `echoforge worker` processes.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for queue_backend=redis.")
+    queue_max_pending: int = Field(100, ge=1, description="Queued tasks beyond this get 429 + Retry-After.")
     workers: int = Field(1, ge=1, le=64, description="Concurrent engine jobs per process.")
-    task_retries: int = Field(2, ge=0)
-    result_ttl_hours: float = Field(24.0, gt=0)
-    result_max_mb: float = Field(2048.0, gt=0)
-    metrics_require_key: bool = True
+    task_retries: int = Field(2, ge=0, description="Retries of a task after a transient failure.")
+    result_ttl_hours: float = Field(24.0, gt=0, description="Finished results older than this are deleted.")
+    result_max_mb: float = Field(2048.0, gt=0, description="Oldest results are deleted beyond this total size.")
+    metrics_require_key: bool = Field(True, description="/metrics needs an API key when keys are configured.")
 
 
 class Settings(BaseSettings):
@@ -88,11 +88,11 @@ class Settings(BaseSettings):
     engine: Literal["auto", "csm", "piper", "espeak"] = Field(
         "auto", description="auto: CSM when its weights load, otherwise Piper, otherwise espeak-ng."
     )
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA > MPS > CPU.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bfloat16 on CUDA, float32 elsewhere (Mimi always float32).")
     data_dir: Path = Field(Path("data"), description="Voices, tasks, results, profiles, indexes.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the echoforge loggers.")
+    log_format: Literal["console", "json"] = Field("console", description="console: human-readable; json: one JSON object per line.")
     csm: CSMSettings = Field(default_factory=CSMSettings)
     piper: PiperSettings = Field(default_factory=PiperSettings)
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-able data with secrets replaced by '***'."""
         data = self.model_dump(mode="json")
+        if data.get("csm", {}).get("watermark_key"):
+            data["csm"]["watermark_key"] = "***"
         keys = data.get("server", {}).get("api_keys")
         if keys:
             data["server"]["api_keys"] = ["***"] * len(keys)

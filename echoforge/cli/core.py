@@ -53,6 +53,8 @@ def say(
             seed=seed,
         )
         tts = create_engine(settings)
+        if voice:
+            request = _apply_voice(request, voice, tts, settings)
         info = tts.info()
         label = f"{info.name}" + (" (fallback, not CSM)" if info.is_fallback else "")
         console.print(f"[dim]engine:[/] {label}  [dim]model:[/] {info.model or '-'}  [dim]device:[/] {info.device}")
@@ -107,6 +109,28 @@ def say(
     if stream and first_audio_s is not None:
         msg += f", first audio after {first_audio_s * 1000:.0f} ms"
     console.print(msg)
+
+
+def _apply_voice(request, voice: str, tts, settings):
+    """A built-in or saved voice (by id, name or OpenAI alias) → its prompt/speaker, as the server
+    does; any other name goes to the engine as is (e.g. an espeak voice such as ``en-gb``)."""
+    import dataclasses
+
+    from echoforge.server.errors import NotFound
+    from echoforge.server.services.voices import VoiceStore
+
+    store = VoiceStore(settings.data_dir)
+    try:
+        v = store.get(voice)
+    except NotFound:
+        return request
+    prompt = store.prompt(v, tts)
+    return dataclasses.replace(
+        request,
+        voice=store.engine_voice(v, tts),
+        speaker=v.speaker,
+        context=[prompt] if prompt is not None else [],
+    )
 
 
 def engines() -> None:

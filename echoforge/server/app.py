@@ -185,6 +185,8 @@ def create_app(
             eng, load_s = await asyncio.to_thread(load_engine, settings, engine_name)
         services = await asyncio.to_thread(build_services, settings, eng, load_s)
         warm_s = await asyncio.to_thread(services.synthesis.warm_up)
+        if observability.metrics is not None:
+            observability.metrics.set_model_load_time(eng.name, warm_s, phase="warmup")
         log.info(
             "engine warmed up in %.2f s; auth %s",
             warm_s,

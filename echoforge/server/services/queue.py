@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from echoforge.server import observability
 from echoforge.server.errors import QueueFull
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class TaskQueue(ABC):
     def _check_capacity(self) -> None:
         queued, _ = self.counts()
         if queued >= self.max_pending:
+            observability.task_finished("rejected")
             raise QueueFull(
                 f"the task queue is full ({queued} pending, limit {self.max_pending}); retry later",
                 retry_after=self.retry_after(),
