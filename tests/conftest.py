@@ -12,6 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test models gain nothing from intra-op threads, and on a busy 2-core CI box OpenMP
+    spin-waits make each small op 50-100x slower: one thread keeps the suite fast everywhere."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_config(monkeypatch):
     """Tests never see the developer's ECHOFORGE_* variables."""

@@ -10,9 +10,6 @@ import torch
 
 from .tiny_models import build_tiny_csm
 
-# Tiny models gain nothing from intra-op threads, and on a busy shared CPU OpenMP spin-waits
-# make each small op ~100x slower; one thread keeps this folder fast everywhere.
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,22 +1,11 @@
-"""Fixtures for the training tests: one thread per process, a tiny model, synthetic data."""
+"""Fixtures for the training tests: a tiny model, synthetic data."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 from train_helpers import synthetic_conversations, tiny_train_model
 
 from echoforge.train.data import write_synthetic
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    # The CI box has 2 cores shared with other jobs: oversubscribed intra-op threads make tiny
-    # models ~50x slower, one thread is fastest.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
