@@ -117,12 +117,13 @@ class CSMEngine(BaseEngine):
             VoiceInfo(id=f"speaker-{i}", name=f"Speaker {i}", description="CSM speaker id", speaker=i) for i in (0, 1)
         ]
 
-    def _mark(self, audio: np.ndarray) -> np.ndarray:
+    def _mark(self, audio: np.ndarray, offset: int = 0) -> np.ndarray:
+        """Watermark ``audio``; ``offset`` is its position in a stream so chunk marks line up."""
         if not self.watermark or audio.size == 0:
             return audio
         from echoforge.csm import watermark
 
-        return np.asarray(watermark.apply(audio, self.sample_rate, self.watermark_key), dtype=np.float32)
+        return np.asarray(watermark.apply(audio, self.sample_rate, self.watermark_key, offset=offset), dtype=np.float32)
 
     def _kwargs(self, r: SynthesisRequest) -> dict:
         return dict(text=r.text, speaker=r.speaker, context=list(r.context), max_audio_length_ms=r.max_audio_length_ms,
@@ -135,10 +136,13 @@ class CSMEngine(BaseEngine):
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """Chunks as frames arrive (``csm.first_chunk_frames``, then ``csm.chunk_frames``), each watermarked."""
+        offset = 0
         for chunk in self.generator.stream(
             **self._kwargs(request), first_chunk_frames=self.first_chunk_frames, chunk_frames=self.chunk_frames
         ):
-            yield self._mark(chunk.numpy().astype(np.float32, copy=False))
+            audio = chunk.numpy().astype(np.float32, copy=False)
+            yield self._mark(audio, offset)
+            offset += audio.size
 
     def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[np.ndarray]:
         """Several requests in one forward pass per step (the server's batching entry point)."""

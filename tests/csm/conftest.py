@@ -11,7 +11,6 @@ import torch
 from .tiny_models import build_tiny_csm
 
 
-
 @pytest.fixture(scope="session")
 def tiny_csm_dir(tmp_path_factory) -> Path:
     """A saved transformers-format tiny CSM directory (config, safetensors incl. Mimi, tokenizer)."""
