@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import platform
 import shutil
@@ -36,6 +37,7 @@ def say(
     stream: Annotated[bool, typer.Option("--stream", help="Write audio as it is generated and report time to first audio.")] = False,
 ) -> None:
     """Speak TEXT into an audio file."""
+    from echoforge.analysis.params import apply_tone
     from echoforge.audio import StreamEncoder, save_audio
     from echoforge.engines import SynthesisRequest, create_engine
 
@@ -52,6 +54,15 @@ def say(
             max_audio_length_ms=gen.max_audio_length_ms if max_ms is None else max_ms,
             seed=seed,
         )
+        # "(calm) …" / "[excited] …" modifiers: removed from the spoken text, mapped to the
+        # emotion's temperature/top-k unless given on the command line.
+        request = apply_tone(request, settings.analysis)
+        if temperature is not None or topk is not None:
+            request = dataclasses.replace(
+                request,
+                temperature=request.temperature if temperature is None else temperature,
+                topk=request.topk if topk is None else topk,
+            )
         tts = create_engine(settings)
         if voice:
             request = _apply_voice(request, voice, tts, settings)
@@ -114,8 +125,6 @@ def say(
 def _apply_voice(request, voice: str, tts, settings):
     """A built-in or saved voice (by id, name or OpenAI alias) → its prompt/speaker, as the server
     does; any other name goes to the engine as is (e.g. an espeak voice such as ``en-gb``)."""
-    import dataclasses
-
     from echoforge.server.errors import NotFound
     from echoforge.server.services.voices import VoiceStore
 

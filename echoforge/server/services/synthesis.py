@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import queue as queue_mod
 import threading
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from echoforge.analysis.params import apply_tone, tone_from_instructions
 from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
 from echoforge.server import observability
 from echoforge.server.errors import BadRequest
@@ -117,7 +119,6 @@ class SynthesisService:
         if not text.strip():
             raise BadRequest("text must not be empty", param="text")
         v = self.voices.get(voice)
-        style = tone_from_instructions(instructions)
         segments: list[Segment] = []
         prompt = self.voices.prompt(v, self.engine)
         if prompt is not None:
@@ -127,18 +128,27 @@ class SynthesisService:
             if turn.get("voice"):
                 speaker = self.voices.get(turn["voice"]).speaker
             segments.append(Segment(speaker=int(speaker), text=str(turn["text"])))
-        temp = gen.temperature if temperature is None else temperature
-        return SynthesisRequest(
+        request = SynthesisRequest(
             text=text,
             voice=self.voices.engine_voice(v, self.engine),
             speaker=v.speaker,
             context=segments,
-            temperature=float(style.get("temperature", temp)) if temperature is None else temp,
-            topk=gen.topk if topk is None else topk,
-            speed=(gen.speed if speed is None else speed) * float(style.get("speed_factor", 1.0)),
+            temperature=gen.temperature,
+            topk=gen.topk,
+            speed=gen.speed if speed is None else speed,
             max_audio_length_ms=gen.max_audio_length_ms if max_audio_length_ms is None else max_audio_length_ms,
             seed=seed,
         )
+        # Tone: "(calm) …" modifiers are parsed off the text (never spoken) and, like OpenAI
+        # `instructions`, pick the emotion's temperature/top-k; values the caller set win.
+        try:
+            request = apply_tone(
+                request, self.settings.analysis, emotion=tone_from_instructions(instructions or "").get("emotion")
+            )
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="text") from None
+        overrides = {k: v for k, v in (("temperature", temperature), ("topk", topk)) if v is not None}
+        return dataclasses.replace(request, **overrides) if overrides else request
 
     # ------------------------------------------------------------------ blocking (workers)
     @contextlib.contextmanager
@@ -324,30 +334,3 @@ class SynthesisService:
         for _ in self._batch_threads:
             self._batch_queue.put(None)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def tone_from_instructions(instructions: str | None) -> dict[str, Any]:
-    """OpenAI ``instructions`` → sampling/style hints.
-
-    Uses ``echoforge.analysis.tone_from_instructions`` when the analysis part is installed;
-    otherwise a few plain keywords nudge speed and temperature, and the text stays a hint.
-    """
-    if not instructions or not instructions.strip():
-        return {}
-    import importlib.util
-
-    if importlib.util.find_spec("echoforge.analysis") is not None:
-        import echoforge.analysis as analysis
-
-        mapper = getattr(analysis, "tone_from_instructions", None)
-        if mapper is not None:
-            result = mapper(instructions)
-            if isinstance(result, dict):
-                return result
-    text = instructions.lower()
-    hints: dict[str, Any] = {"hint": instructions.strip()[:200]}
-    if any(w in text for w in ("slow", "calm", "soothing", "gentle", "relaxed")):
-        hints.update(speed_factor=0.9, temperature=0.7)
-    elif any(w in text for w in ("fast", "excited", "energetic", "urgent", "cheerful")):
-        hints.update(speed_factor=1.1, temperature=1.0)
-    return hints

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from echoforge.analysis.memory import ProfileStore
 from echoforge.audio import encode
 from echoforge.conversation import Turn, render_conversation
 from echoforge.engines.base import SynthesisRequest
@@ -31,6 +32,7 @@ from echoforge.server.services.synthesis import Cancelled, SynthesisService
 if TYPE_CHECKING:
     from echoforge.config import Settings
 
+DRIFT_THRESHOLD = 0.75  # speaker-embedding cosine below which a turn counts as drifted
 log = logging.getLogger("echoforge.server.worker")
 
 MAINTENANCE_EVERY_S = 60.0
@@ -55,6 +57,7 @@ class TaskRunner:
     """Runs one task to completion (or failure / cancellation / re-queue)."""
 
     def __init__(self, queue: TaskQueue, synthesis: SynthesisService, settings: Settings) -> None:
+        self.profiles = ProfileStore(settings.data_dir)
         self.queue = queue
         self.synthesis = synthesis
         self.settings = settings
@@ -134,7 +137,20 @@ class TaskRunner:
             seed=req.get("seed"),
             instructions=req.get("instructions"),
         )
-        return self.synthesis.synthesize(request, should_stop=should_stop, on_progress=on_progress)
+        audio = self.synthesis.synthesize(request, should_stop=should_stop, on_progress=on_progress)
+        self._remember(req.get("voice") or "alloy", audio, request.text)
+        return audio
+
+    def _remember(self, voice: str, audio: np.ndarray, text: str) -> None:
+        """Fold the generated turn into the voice's long-term profile (drift is logged)."""
+        try:
+            voice_id = self.synthesis.voices.get(voice).id
+            profile, similarity = self.profiles.observe(voice_id, audio, self.synthesis.engine.sample_rate, text)
+        except Exception as exc:  # the profile is a by-product: never fail a finished task for it
+            log.warning("voice profile update failed: %s", exc)
+            return
+        if profile.turns > 1 and similarity < DRIFT_THRESHOLD:
+            log.warning("voice drift: %s sounds unlike its profile (similarity %.2f)", voice_id, similarity)
 
     def _conversation(self, req: dict[str, Any], should_stop, on_progress) -> np.ndarray:
         voices = self.synthesis.voices

@@ -1,0 +1,50 @@
+"""``POST /api/analyze`` (how a clip sounds) and ``GET /api/voices/{id}/profile`` (voice memory)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from echoforge.analysis import analyze_audio
+from echoforge.analysis.memory import ProfileStore
+from echoforge.audio import AudioDecodeError, load_audio
+from echoforge.server.deps import ServicesDep
+from echoforge.server.errors import BadRequest, NotFound
+
+router = APIRouter(tags=["analysis"])
+
+
+@router.post("/api/analyze")
+async def analyze(
+    services: ServicesDep,
+    audio: Annotated[UploadFile, File(description="A clip to analyse: wav, flac, ogg, mp3, …")],
+    transcript: Annotated[str, Form(max_length=4000)] = "",
+) -> dict:
+    """Energy, pitch, speaking rate, pauses, emotion (+ confidence) and the parameters it maps to."""
+    limits = services.settings.server
+    data = await audio.read(int(limits.max_upload_mb * 1024 * 1024) + 1)
+    if len(data) > limits.max_upload_mb * 1024 * 1024:
+        raise BadRequest(f"audio file is larger than the {limits.max_upload_mb:g} MB limit", param="audio")
+    try:
+        samples, sr = await run_in_threadpool(load_audio, data, max_seconds=limits.max_upload_seconds)
+    except AudioDecodeError as exc:
+        raise BadRequest(f"audio: {exc}", param="audio") from None
+    report = await run_in_threadpool(analyze_audio, samples, sr, transcript or None)
+    return report.to_dict()
+
+
+@router.get("/api/voices/{voice_id}/profile")
+def voice_profile(voice_id: str, services: ServicesDep) -> dict:
+    """The long-term profile of a voice (running pitch/energy/rate, emotion mix, drift reference)."""
+    try:
+        profile = ProfileStore(services.settings.data_dir).load(voice_id)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="voice_id") from None
+    if profile is None:
+        raise NotFound(f"no profile for voice {voice_id!r} yet: profiles grow as the voice speaks", param="voice_id")
+    data = profile.__dict__.copy()
+    data.pop("embedding")
+    data["embedding_dim"] = len(profile.embedding)
+    return data
