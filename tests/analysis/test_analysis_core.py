@@ -171,3 +171,17 @@ def test_profile_persists_and_detects_drift(tmp_path):
     assert reloaded.drifted(embed_speaker(other, piper.sample_rate))
     with pytest.raises(ValueError):
         store.load("../etc/passwd")
+
+
+def test_stream_analyzer_updates_every_16_frames(tmp_path):
+    from echoforge.analysis.stream import StreamAnalyzer
+
+    audio, sr = espeak(tmp_path)
+    analyzer = StreamAnalyzer(sr, update_every=16)
+    frame = int(0.08 * sr)
+    updates = [i for i, start in enumerate(range(0, frame * 48, frame)) if analyzer.push(np.resize(audio, frame * 48)[start : start + frame])]
+    assert updates == [15, 31, 47]  # after the 16th, 32nd and 48th frame
+    prosody, emotion = analyzer.latest
+    assert prosody.is_speech and emotion.label
+    with pytest.raises(ValueError):
+        StreamAnalyzer(sr, update_every=0)
