@@ -47,7 +47,7 @@ class Block:
 
 def collect_blocks() -> list[Block]:
     blocks: list[Block] = []
-    for path in sorted(DOCS.rglob("*.md")):
+    for path in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
         lines = path.read_text(encoding="utf-8").splitlines()
         i = 0
         while i < len(lines):
@@ -63,7 +63,7 @@ def collect_blocks() -> list[Block]:
                 body.append(lines[j])
                 j += 1
             assert j < len(lines), f"{path}:{i + 2}: unclosed code block"
-            blocks.append(Block(str(path.relative_to(DOCS)), i + 2, m.group(2), fence.group(2), textwrap.dedent("\n".join(body)) + "\n"))
+            blocks.append(Block(str(path.relative_to(DOCS if path.is_relative_to(DOCS) else ROOT)), i + 2, m.group(2), fence.group(2), textwrap.dedent("\n".join(body)) + "\n"))
             i = j + 1
     return blocks
 
