@@ -91,7 +91,10 @@ class AgentSettings(BaseModel):
     voice: str | None = Field(None, description="Engine voice id for the agent.")
     speaker: int = Field(0, ge=0, le=31)
     tts_context_turns: int = Field(4, ge=0, le=32, description="Past turns (with audio) fed to the TTS as context.")
-    use_analysis: bool = Field(True, description="Detect the user's emotion with echoforge.analysis when present.")
+    use_analysis: bool = Field(True, description="Detect the user's emotion with echoforge.analysis.")
+    reply_policy: Literal["mirror", "calm_down", "lift_up"] = Field(
+        "mirror", description="How the reply's emotion follows the user's: mirror it, calm things down, or lift the mood."
+    )
 
     # --- Output ------------------------------------------------------------------------------
     output_chunk_ms: int = Field(40, ge=10, le=500, description="Size of the audio chunks sent to the player.")

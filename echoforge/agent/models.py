@@ -7,9 +7,6 @@ initialisation; :meth:`AgentModels.memory_report` says what each one takes.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import threading
@@ -27,40 +24,21 @@ from echoforge.agent.vad import SileroVAD, TurnDetector
 log = logging.getLogger("echoforge.agent")
 
 
-def analysis_emotion_detector() -> Callable[[np.ndarray, int], dict | None] | None:
-    """An ``(audio, sr) -> {"label", "confidence", ...}`` adapter over ``echoforge.analysis``, if present.
+def analysis_emotion_detector(policy: str = "mirror") -> Callable[[np.ndarray, int], dict | None]:
+    """``(audio, sr) -> {"label", "confidence", "reply_style"}`` from :mod:`echoforge.analysis`.
 
-    The analysis part is optional: when it is missing (or exposes nothing we recognise) the agent
-    simply runs without the user's detected emotion.
+    ``reply_style`` is the emotion the reply should take under ``policy`` (mirror, calm_down,
+    lift_up). Returns ``None`` for audio that is not speech.
     """
-    if importlib.util.find_spec("echoforge.analysis.emotion") is None:
-        return None
-    try:
-        module = importlib.import_module("echoforge.analysis.emotion")
-    except Exception as exc:  # a broken optional part must not stop the agent
-        log.warning("echoforge.analysis.emotion is present but failed to import: %s", exc)
-        return None
-    fn = next((getattr(module, n) for n in ("detect_emotion", "analyze_emotion", "classify_emotion", "predict") if callable(getattr(module, n, None))), None)
-    if fn is None:
-        return None
-    params = None
-    if importlib.util.find_spec("echoforge.analysis.params") is not None:
-        with contextlib.suppress(Exception):
-            params = importlib.import_module("echoforge.analysis.params")
+    from echoforge.analysis import choose_reply_emotion, classify_emotion
+
+    choose_reply_emotion("neutral", policy)  # fail at start-up, not mid-turn, on a bad policy
 
     def detect(audio: np.ndarray, sample_rate: int) -> dict | None:
-        result = fn(audio, sample_rate)
-        data = _as_dict(result)
-        if not data:
+        data = classify_emotion(audio, sample_rate)
+        if not data["confidence"]:
             return None
-        label = data.get("label") or data.get("emotion") or data.get("top")
-        out: dict[str, Any] = {"label": label, "confidence": data.get("confidence") or data.get("score")}
-        style_fn = getattr(params, "reply_style", None) if params is not None else None
-        if callable(style_fn):
-            with contextlib.suppress(Exception):
-                style = style_fn(result)
-                out["reply_style"] = _as_dict(style).get("name") or str(style)
-        return out if label else None
+        return {"label": data["label"], "confidence": data["confidence"], "reply_style": choose_reply_emotion(data["label"], policy)}
 
     return detect
 
@@ -117,7 +95,7 @@ class AgentModels:
             report = kb.build()
             times["kb"] = time.perf_counter() - t
             log.info("knowledge base: %d chunks (%s)", report.total_chunks, report.as_dict())
-        emotion = analysis_emotion_detector() if settings.use_analysis else None
+        emotion = analysis_emotion_detector(settings.reply_policy) if settings.use_analysis else None
         models = cls(settings, stt, llm, kb, emotion, load_seconds=times)
         if settings.report_memory:
             log.info("agent memory: %s", models.memory_report())
