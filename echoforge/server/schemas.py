@@ -62,7 +62,7 @@ class Health(BaseModel):
     auth_required: bool
     uptime_s: float
     model_load_s: float
-    limits: dict[str, float] = {}
+    limits: dict[str, int | float] = {}
 
 
 # ------------------------------------------------------------------ voices
