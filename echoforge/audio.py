@@ -223,6 +223,80 @@ def silence(seconds: float, sample_rate: int) -> np.ndarray:
     return np.zeros(int(round(seconds * sample_rate)), dtype=np.float32)
 
 
+def _atempo_factors(speed: float) -> list[float]:
+    """FFmpeg's atempo takes 0.5–2.0 per instance: split larger changes into a chain."""
+    factors = []
+    while speed > 2.0:
+        factors.append(2.0)
+        speed /= 2.0
+    while speed < 0.5:
+        factors.append(0.5)
+        speed /= 0.5
+    return [*factors, speed]
+
+
+class TempoStretcher:
+    """Streaming tempo change without pitch change (FFmpeg ``atempo`` through PyAV).
+
+    ``process(chunk)`` returns what is ready so far; ``flush()`` returns the tail. Used for the
+    ``speed`` of engines that cannot change their speaking rate themselves (CSM).
+    """
+
+    def __init__(self, sample_rate: int, speed: float) -> None:
+        import av
+
+        if not 0.25 <= speed <= 4.0:
+            raise ValueError("speed must be between 0.25 and 4.0")
+        self.sample_rate = sample_rate
+        self._graph = av.filter.Graph()
+        node = self._graph.add_abuffer(format="flt", sample_rate=sample_rate, layout="mono", time_base=f"1/{sample_rate}")
+        for factor in _atempo_factors(speed):
+            nxt = self._graph.add("atempo", f"{factor:.6f}")
+            node.link_to(nxt)
+            node = nxt
+        sink = self._graph.add("abuffersink")
+        node.link_to(sink)
+        self._graph.configure()
+        self._pts = 0
+
+    def _pull(self) -> np.ndarray:
+        import av
+
+        out = []
+        while True:
+            try:
+                frame = self._graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                break
+            out.append(frame.to_ndarray().reshape(-1))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        import av
+
+        chunk = np.ascontiguousarray(np.asarray(chunk, dtype=np.float32).reshape(-1))
+        if chunk.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._pts
+        self._pts += chunk.size
+        self._graph.push(frame)
+        return self._pull()
+
+    def flush(self) -> np.ndarray:
+        self._graph.push(None)
+        return self._pull()
+
+
+def change_tempo(audio: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
+    """Speed speech up or down (0.25–4.0) keeping its pitch; 1.0 returns the input."""
+    if speed == 1.0:
+        return np.asarray(audio, dtype=np.float32)
+    stretcher = TempoStretcher(sample_rate, speed)
+    return np.concatenate([stretcher.process(audio), stretcher.flush()])
+
+
 class _Sink(io.RawIOBase):
     """A write-only, non-seekable byte sink: muxers then never seek back to patch headers
     (which would corrupt bytes we have already sent)."""

@@ -51,7 +51,7 @@ class GenerationDefaults(BaseModel):
     temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy (deterministic).")
     topk: int = Field(50, ge=1, le=2051, description="Sample from the k most likely audio tokens.")
     max_audio_length_ms: int = Field(90_000, ge=100, le=600_000, description="Longest audio one request may produce.")
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking-rate multiplier (fallback engines; CSM ignores it).")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking-rate multiplier (CSM: a pitch-preserving tempo change of its output).")
 
 
 class ServerSettings(BaseModel):

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from echoforge.audio import TempoStretcher, change_tempo
 from echoforge.engines.base import BaseEngine, EngineUnavailable, SynthesisRequest, VoiceInfo
 
 if TYPE_CHECKING:
@@ -132,19 +133,30 @@ class CSMEngine(BaseEngine):
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance, watermarked once over its full length."""
         audio = self.generator.generate(**self._kwargs(request)).numpy().astype(np.float32, copy=False)
-        return self._mark(audio)
+        # CSM has no rate control: `speed` is a pitch-preserving tempo change of the output.
+        return self._mark(change_tempo(audio, self.sample_rate, request.speed))
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """Chunks as frames arrive (``csm.first_chunk_frames``, then ``csm.chunk_frames``), each watermarked."""
         offset = 0
+        stretch = TempoStretcher(self.sample_rate, request.speed) if request.speed != 1.0 else None
         for chunk in self.generator.stream(
             **self._kwargs(request), first_chunk_frames=self.first_chunk_frames, chunk_frames=self.chunk_frames
         ):
             audio = chunk.numpy().astype(np.float32, copy=False)
+            if stretch is not None:
+                audio = stretch.process(audio)
+                if audio.size == 0:
+                    continue
             yield self._mark(audio, offset)
             offset += audio.size
+        if stretch is not None and (tail := stretch.flush()).size:
+            yield self._mark(tail, offset)
 
     def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[np.ndarray]:
         """Several requests in one forward pass per step (the server's batching entry point)."""
         outs = self.generator.generate_batch([self._kwargs(r) for r in requests])
-        return [self._mark(a.numpy().astype(np.float32, copy=False)) for a in outs]
+        return [
+            self._mark(change_tempo(a.numpy().astype(np.float32, copy=False), self.sample_rate, r.speed))
+            for a, r in zip(outs, requests, strict=True)
+        ]

@@ -133,6 +133,20 @@ def test_engine_via_registry(tiny_csm_dir):
     assert np.allclose(np.concatenate(chunks), audio, atol=1e-3)
 
 
+def test_engine_speed_is_a_tempo_change(tiny_csm_dir):
+    from echoforge.config import load_settings
+    from echoforge.engines import SynthesisRequest, create_engine
+
+    eng = create_engine(load_settings(engine="csm", csm={"model": str(tiny_csm_dir), "watermark": False, "chunk_frames": 3}))
+    base = SynthesisRequest(text="hello world", temperature=0, max_audio_length_ms=10 * 80)
+    normal = eng.synthesize(base)
+    fast = SynthesisRequest(text="hello world", temperature=0, max_audio_length_ms=10 * 80, speed=2.0)
+    whole = eng.synthesize(fast)
+    assert abs(whole.size / (normal.size / 2) - 1) < 0.05
+    streamed = np.concatenate(list(eng.stream(fast)))
+    assert abs(streamed.size - whole.size) <= 2
+
+
 def test_engine_watermarks_by_default(tiny_csm_dir):
     """Default settings mark CSM output; streamed chunks carry the same mark as the whole clip."""
     from echoforge.config import load_settings
