@@ -73,7 +73,7 @@ def test_generation_completes_with_playable_audio(page):
     open_app(page, "#/studio")
     page.fill("#gen-text", "Hello from the EchoForge studio.")
     page.locator("#gen-presets label", has_text="Calm").click()
-    assert page.input_value("#gen-temperature") == "0.7"
+    assert page.input_value("#gen-temperature") == "0.5"  # the calm row of the emotion table
     page.click("#gen-submit")
     page.wait_for_selector("#gen-result:not([hidden])", timeout=30_000)
     assert audio_duration(page, "#gen-audio") > 0.3

@@ -15,14 +15,15 @@ const state = {
 };
 session.apiKey = store.get("apiKey", "");
 
-// Tone presets: a text modifier CSM understands plus sampling settings that suit it.
+// Tone presets: the text modifier the server parses off (never spoken) plus the sampling
+// settings of the server's emotion table (echoforge/analysis/params.py), as slider start values.
 const PRESETS = [
   { id: "neutral", label: "Neutral", prefix: "", temperature: 0.9, topk: 50 },
-  { id: "happy", label: "Happy", prefix: "(happy)", temperature: 1.0, topk: 60 },
-  { id: "calm", label: "Calm", prefix: "(calm)", temperature: 0.7, topk: 40 },
-  { id: "excited", label: "Excited", prefix: "(excited)", temperature: 1.1, topk: 80 },
-  { id: "sad", label: "Sad", prefix: "(sad)", temperature: 0.75, topk: 40 },
-  { id: "angry", label: "Angry", prefix: "(angry)", temperature: 1.05, topk: 70 },
+  { id: "happy", label: "Happy", prefix: "(happy)", temperature: 0.8, topk: 30 },
+  { id: "calm", label: "Calm", prefix: "(calm)", temperature: 0.5, topk: 20 },
+  { id: "excited", label: "Excited", prefix: "(excited)", temperature: 0.9, topk: 35 },
+  { id: "sad", label: "Sad", prefix: "(sad)", temperature: 0.6, topk: 25 },
+  { id: "angry", label: "Angry", prefix: "(angry)", temperature: 0.85, topk: 40 },
 ];
 
 // ---------------------------------------------------------------- UI helpers
