@@ -62,13 +62,36 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torch.dtype:
-    """bf16 on CUDA, fp32 elsewhere, unless told otherwise."""
+    """bf16 on CUDA, fp32 elsewhere, unless told otherwise.
+
+    ``exact`` means fp32 weights *and* exact fp32 math: it calls :func:`use_exact_math`
+    (process-wide switches) and returns ``torch.float32``.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    if dtype == "exact":
+        use_exact_math()
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, exact, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def use_exact_math() -> None:
+    """Full-precision fp32 everywhere: no TF32 in matmuls (cuBLAS) or convolutions (cuDNN, Mimi).
+
+    The switches are global to the process (torch has no per-module setting), so they also
+    apply to anything else running on the GPU in it. Harmless on CPU.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
 
 
 class CSMGenerator:
