@@ -89,7 +89,14 @@ class Settings(BaseSettings):
         "auto", description="auto: CSM when its weights load, otherwise Piper, otherwise espeak-ng."
     )
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA > MPS > CPU.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bfloat16 on CUDA, float32 elsewhere (Mimi always float32).")
+    dtype: Literal["auto", "exact", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="CSM weight precision. auto: bfloat16 on CUDA (fast, but not token-exact: over long "
+        "generations some codes differ from float32, so seeded audio differs too), float32 elsewhere. "
+        "exact: float32 weights and exact float32 math (TF32 off for matmuls and Mimi's convolutions, "
+        "process-wide), token-exact with transformers in float32; on a GPU about twice the memory and "
+        "slower than bfloat16. Mimi always runs in float32.",
+    )
     data_dir: Path = Field(Path("data"), description="Voices, tasks, results, profiles, indexes.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the echoforge loggers.")
     log_format: Literal["console", "json"] = Field("console", description="console: human-readable; json: one JSON object per line.")
