@@ -7,12 +7,18 @@ warms both up, then times ``--frames`` frames of top-k sampling (temperature 0.9
 * frames/s (all rows), real-time factor (seconds of compute per second of audio, per row),
 * time to first audio (ours: first streamed chunk of 2 frames incl. Mimi decode; transformers
   cannot stream, so: its 2nd frame via a streamer plus decoding those 2 frames),
-* peak extra memory during generation (CUDA: max allocated; CPU: peak RSS above the pre-run level).
+* peak extra memory during generation (CUDA: max allocated; CPU: peak RSS above the pre-run level),
+  and on CUDA the total peak (weights + caches + activations) in GiB.
+
+Implementations (``--impls``): ``ours`` (on CUDA the compiled, CUDA-graphed frame step unless
+``--no-compile``), ``eager`` (ours without compile: a copy of the same weights; CUDA only by
+default) and ``hf`` (transformers). Default: ``ours,hf`` on CPU, ``ours,eager,hf`` on CUDA.
 
 Prints a table, appends a section to BENCHMARKS.md and ends with one JSON line.
 
     .venv/bin/python benchmarks/csm_speed.py --sizes tiny,mid --frames 32
     .venv/bin/python benchmarks/csm_speed.py --sizes full --frames 6 --batches 1
+    python3 benchmarks/csm_speed.py --device cuda --sizes full --full-frames 64 --batches 1,8   # GPU
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ class PeakMemory:
     """Peak extra memory while the block runs (CUDA allocator, or sampled RSS on CPU)."""
 
     def __init__(self, device: torch.device):
-        self.device, self.peak_mb = device, 0.0
+        self.device, self.peak_mb, self.total_gib = device, 0.0, None
 
     @staticmethod
     def _rss() -> int:
@@ -81,6 +87,7 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+            self.total_gib = torch.cuda.max_memory_allocated() / 2**30
         else:
             self.stop = True
             self.thread.join()
@@ -144,7 +151,16 @@ def time_ours(gen: CSMGenerator, batch: int, frames: int, device: torch.device, 
             ttfa = min(ttfa or float("inf"), time.perf_counter() - t0)
             it.close()
     n = sum(o.shape[0] for o in out)
-    return dict(frames=n, seconds=elapsed, ttfa_s=ttfa, peak_mb=mem.peak_mb)
+    return dict(frames=n, seconds=elapsed, ttfa_s=ttfa, peak_mb=mem.peak_mb, total_gib=mem.total_gib)
+
+
+def eager_copy(gen: CSMGenerator, max_batch: int) -> CSMGenerator:
+    """Our engine without compile, on a copy of the weights (the compiled one keeps its graphs)."""
+    import copy
+
+    ckpt = copy.copy(gen.ckpt)
+    ckpt.model = copy.deepcopy(gen.model)
+    return CSMGenerator(ckpt, gen.codec, gen.device, compile=False, max_batch_size=max_batch)
 
 
 class _FrameClock:
@@ -181,10 +197,16 @@ def time_hf(hf, gen: CSMGenerator, batch: int, frames: int, device: torch.device
                 hf.codec_model.decode(out[:1, :2].clamp(0, 2047).transpose(1, 2))
                 sync(device)
                 ttfa = min(ttfa or float("inf"), clock.times[2] - t0 + time.perf_counter() - t1)
-    return dict(frames=int(out.shape[0] * out.shape[1]), seconds=elapsed, ttfa_s=ttfa, peak_mb=mem.peak_mb)
+    return dict(
+        frames=int(out.shape[0] * out.shape[1]),
+        seconds=elapsed,
+        ttfa_s=ttfa,
+        peak_mb=mem.peak_mb,
+        total_gib=mem.total_gib,
+    )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,mid", help="comma list of tiny,mid,full")
     ap.add_argument("--frames", type=int, default=32, help="frames per row (80 ms each)")
@@ -196,56 +218,91 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--no-compile", action="store_true", help="CUDA: skip torch.compile of the frame step")
+    ap.add_argument(
+        "--impls", default="auto", help="comma list of ours,eager,hf (auto: ours,hf on CPU, ours,eager,hf on CUDA)"
+    )
+    ap.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere), exact, bfloat16, float16, float32"
+    )
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="file to append to ('' to skip)")
-    a = ap.parse_args()
+    ap.add_argument("--json", default="", help="also write the JSON line to this file")
+    a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = pick_device(a.device)
-    dtype = pick_dtype(device, None)
+    dtype = pick_dtype(device, a.dtype)
+    impls = (
+        (["ours", "eager", "hf"] if device.type == "cuda" else ["ours", "hf"])
+        if a.impls == "auto"
+        else a.impls.split(",")
+    )
+    if "ours" not in impls or "hf" not in impls or not set(impls) <= {"ours", "eager", "hf"}:
+        ap.error("--impls needs ours and hf (eager optional)")
+    a.impls = ",".join(impls)
     batches = [int(b) for b in a.batches.split(",")]
     rows = []
     for size in a.sizes.split(","):
         frames = a.full_frames if size == "full" else a.frames
         hf, gen, n_params = build(size, device, dtype, device.type == "cuda" and not a.no_compile, max(batches))
+        gens = {"ours": gen}
+        if "eager" in impls:
+            gens["eager"] = eager_copy(gen, max(batches))
         for b in batches:
             reps = min(2, a.repeats) if size == "full" else a.repeats
             # Alternate ours / transformers runs and keep each one's best, so load drift on the
             # shared machine does not favour whichever implementation happened to run first.
             best: dict[str, dict] = {}
             for _ in range(reps):
-                for name in ("ours", "hf"):
+                for name in impls:
                     r = (
-                        time_ours(gen, b, frames, device, 1)
-                        if name == "ours"
-                        else time_hf(hf, gen, b, frames, device, 1)
+                        time_hf(hf, gen, b, frames, device, 1)
+                        if name == "hf"
+                        else time_ours(gens[name], b, frames, device, 1)
                     )
                     p = best.get(name)
                     best[name] = r if p is None else dict(
                         frames=r["frames"], seconds=min(p["seconds"], r["seconds"]),
                         ttfa_s=None if r["ttfa_s"] is None else min(p["ttfa_s"], r["ttfa_s"]),
                         peak_mb=max(p["peak_mb"], r["peak_mb"]),
+                        total_gib=None if r["total_gib"] is None else max(p["total_gib"], r["total_gib"]),
                     )  # fmt: skip
-            ours, ref = best["ours"], best["hf"]
             row = dict(size=size, params_m=round(n_params / 1e6, 1), batch=b, frames=frames)
-            for name, r in (("ours", ours), ("hf", ref)):
+            for name in impls:
+                r = best[name]
                 row[f"{name}_fps"] = r["frames"] / r["seconds"]
                 row[f"{name}_rtf"] = r["seconds"] / (r["frames"] / b * 0.08)
                 row[f"{name}_ttfa_ms"] = None if r["ttfa_s"] is None else r["ttfa_s"] * 1000
                 row[f"{name}_peak_mb"] = r["peak_mb"]
+                if r["total_gib"] is not None:
+                    row[f"{name}_peak_gib"] = r["total_gib"]
             row["speedup"] = row["ours_fps"] / row["hf_fps"]
+            if "eager" in impls:
+                row["compile_speedup"] = row["ours_fps"] / row["eager_fps"]
             rows.append(row)
             print(
-                f"{size} b={b}: ours {row['ours_fps']:.1f} fps, transformers {row['hf_fps']:.1f} fps ({row['speedup']:.2f}x)",
+                f"{size} b={b}: ours {row['ours_fps']:.1f} fps, transformers {row['hf_fps']:.1f} fps ({row['speedup']:.2f}x)"
+                + (f", eager {row['eager_fps']:.1f} fps" if "eager" in impls else ""),
                 flush=True,
             )
-        del hf, gen
+        del hf, gen, gens
     table = render(rows, device, dtype, a)
     print(table)
     if a.markdown:
         with open(a.markdown, "a") as f:
             f.write(table + "\n")
-    print(json.dumps({"benchmark": "csm_speed", "device": str(device), "dtype": str(dtype).replace("torch.", ""), "rows": rows},
-                     default=lambda x: round(x, 4)))  # fmt: skip
+    rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    line = json.dumps({"benchmark": "csm_speed", "device": str(device), "dtype": a.dtype if a.dtype == "exact" else
+                       str(dtype).replace("torch.", ""), "impls": impls, "rows": rows})  # fmt: skip
+    if a.json:
+        Path(a.json).write_text(line + "\n")
+    print(line)
+    return rows
+
+
+def _hf_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def render(rows: list[dict], device: torch.device, dtype: torch.dtype, a) -> str:
@@ -258,8 +315,9 @@ def render(rows: list[dict], device: torch.device, dtype: torch.dtype, a) -> str
         f"\n## CSM engine speed — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
         f"`benchmarks/csm_speed.py --sizes {a.sizes} --frames {a.frames} --full-frames {a.full_frames} "
-        f"--batches {a.batches} --repeats {a.repeats} --threads {a.threads}` on {machine}; best of the repeats, ours and transformers runs alternating; "
-        f"{dtype}; torch {torch.__version__}; random weights shared by both implementations; "
+        f"--batches {a.batches} --repeats {a.repeats} --threads {a.threads} --impls {a.impls} --dtype {a.dtype}"
+        f"{' --no-compile' if a.no_compile else ''}` on {machine}; best of the repeats, ours and transformers runs alternating; "
+        f"{dtype}; torch {torch.__version__}; transformers {_hf_version()}; random weights shared by both implementations; "
         "top-k sampling (T=0.9, k=50). fps = frames/s over all rows; RTF per row (lower is better); "
         "TTFA = time to first audio (ours: first 2-frame streamed chunk; transformers: 2nd frame + decode); "
         "peak = extra memory during generation.",
@@ -267,12 +325,26 @@ def render(rows: list[dict], device: torch.device, dtype: torch.dtype, a) -> str
         "| size | params (M) | batch | frames | ours fps | hf fps | speed-up | ours RTF | hf RTF | ours TTFA ms | hf TTFA ms | ours peak MB | hf peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    eager = "eager_fps" in rows[0] if rows else False
+    gib = "ours_peak_gib" in rows[0] if rows else False
+    if eager:  # ours = compiled on CUDA; eager = the same engine uncompiled
+        lines[-2] += " eager fps | eager RTF | eager TTFA ms | compile gain |"
+        lines[-1] += "---|---|---|---|"
+    if gib:
+        lines[-2] += " ours peak GiB (total) | hf peak GiB (total) |"
+        lines[-1] += "---|---|"
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['size']} | {r['params_m']} | {r['batch']} | {r['frames']} | {fmt(r['ours_fps'])} | {fmt(r['hf_fps'])} "
             f"| **{r['speedup']:.2f}x** | {fmt(r['ours_rtf'], 2)} | {fmt(r['hf_rtf'], 2)} | {fmt(r['ours_ttfa_ms'], 0)} "
             f"| {fmt(r['hf_ttfa_ms'], 0)} | {fmt(r['ours_peak_mb'], 0)} | {fmt(r['hf_peak_mb'], 0)} |"
         )
+        if eager:
+            line += (f" {fmt(r['eager_fps'])} | {fmt(r['eager_rtf'], 3)} | {fmt(r['eager_ttfa_ms'], 0)} "
+                     f"| {r['compile_speedup']:.2f}x |")  # fmt: skip
+        if gib:
+            line += f" {fmt(r.get('ours_peak_gib'), 2)} | {fmt(r.get('hf_peak_gib'), 2)} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

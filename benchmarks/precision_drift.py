@@ -179,8 +179,8 @@ def whisper_wer(gens: dict[str, CSMGenerator], n: int) -> dict[str, dict]:
     out = {}
     for name, h in hyps.items():
         out[name] = dict(
-            wer=sum(wer(r, x) for r, x in zip(ref, h)) / n,
-            wer_vs_fp32=sum(wer(a, b) for a, b in zip(hyps["float32"], h)) / n,
+            wer=sum(wer(r, x) for r, x in zip(ref, h, strict=True)) / n,
+            wer_vs_fp32=sum(wer(a, b) for a, b in zip(hyps["float32"], h, strict=True)) / n,
             transcripts=h,
         )
     return out
@@ -297,7 +297,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     device = pick_device(a.device)
     pick_dtype(device, "exact")  # the reference is exact fp32; reduced-precision rows are unaffected
-    dtypes = a.dtypes.split(",") if a.dtypes else ["float32", "bfloat16", "float16"] + (["tf32"] if device.type == "cuda" else [])
+    dtypes = (
+        a.dtypes.split(",")
+        if a.dtypes
+        else ["float32", "bfloat16", "float16"] + (["tf32"] if device.type == "cuda" else [])
+    )
     if "float32" not in dtypes:
         dtypes.insert(0, "float32")
     a.dtype_list = dtypes
