@@ -66,11 +66,29 @@ class ServerSettings(BaseModel):
     queue_backend: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite: embedded, one process; redis: shared by `echoforge worker` processes.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for queue_backend=redis.")
     queue_max_pending: int = Field(100, ge=1, description="Queued tasks beyond this get 429 + Retry-After.")
-    workers: int = Field(1, ge=1, le=64, description="Concurrent engine jobs per process.")
+    workers: int = Field(1, ge=1, le=64, description="Concurrent CSM engine jobs per process (the fallbacks use `fallback_concurrency`).")
+    fallback_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Requests the Piper/espeak fallback engines synthesize at once per process; default (null): the CPU count, at least 2 and at most 16.",
+    )
+    fallback_max_waiting: int = Field(
+        256,
+        ge=0,
+        le=100_000,
+        description="Streamed requests (`/v1/audio/speech`, WebSocket) that may wait for a busy fallback engine; beyond this they get `503` with `Retry-After`.",
+    )
     task_retries: int = Field(2, ge=0, description="Retries of a task after a transient failure.")
     result_ttl_hours: float = Field(24.0, gt=0, description="Finished results older than this are deleted.")
     result_max_mb: float = Field(2048.0, gt=0, description="Oldest results are deleted beyond this total size.")
     metrics_require_key: bool = Field(True, description="/metrics needs an API key when keys are configured.")
+
+    def fallback_pool_size(self) -> int:
+        """``fallback_concurrency``, or its default from the CPU count (2–16)."""
+        if self.fallback_concurrency is not None:
+            return self.fallback_concurrency
+        return min(16, max(2, os.cpu_count() or 2))
 
 
 class Settings(BaseSettings):

@@ -120,8 +120,27 @@ class TTSEngine(Protocol):
         ...
 
 
+def engine_concurrency(engine: object) -> int:
+    """How many requests ``engine`` can synthesize at once (its ``max_concurrency``, default 1).
+
+    ``max_concurrency`` is an optional engine attribute (not part of :class:`TTSEngine`, so
+    engines without it still satisfy the protocol): the number of concurrent ``stream()`` /
+    ``synthesize()`` calls the engine runs correctly and usefully. Callers that run several
+    requests at once (the server's synthesis service) bound themselves by it.
+    """
+    try:
+        return max(1, int(getattr(engine, "max_concurrency", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 class BaseEngine:
-    """Convenience base: ``synthesize`` concatenates ``stream`` (engines may override either)."""
+    """Convenience base: ``synthesize`` concatenates ``stream`` (engines may override either).
+
+    ``max_concurrency`` says how many requests the engine can run at once from different
+    threads (1: callers must serialize; the fallback engines set it from
+    ``server.fallback_concurrency``).
+    """
 
     name: str = "base"
     sample_rate: int = 24_000
@@ -129,6 +148,7 @@ class BaseEngine:
     model: str = ""
     device: str = "cpu"
     description: str = ""
+    max_concurrency: int = 1
 
     def info(self) -> EngineInfo:
         return EngineInfo(

@@ -3,6 +3,11 @@
 Robotic but intelligible and always available (``apt-get install espeak-ng``). Labelled as a
 fallback, never as CSM. ``voice`` accepts espeak voice names with variants, e.g. ``en-us``,
 ``en-gb+f3``; ``speed`` scales words per minute (175 at 1.0).
+
+Thread safety: every sentence is one ``espeak-ng`` process (text on stdin, WAV on stdout), and
+the engine keeps no mutable state between calls, so concurrent requests from several threads
+simply run several processes at once. ``max_concurrency`` (``server.fallback_concurrency``)
+tells the server how many to run; the server bounds itself by it.
 """
 
 from __future__ import annotations
@@ -40,15 +45,16 @@ class EspeakEngine(BaseEngine):
     model = "espeak-ng"
     description = "espeak-ng formant synthesis — FALLBACK engine (not CSM), last resort."
 
-    def __init__(self, binary: str | None = None, default_voice: str = "en-us") -> None:
+    def __init__(self, binary: str | None = None, default_voice: str = "en-us", max_concurrency: int = 1) -> None:
         self.binary = binary or shutil.which("espeak-ng") or shutil.which("espeak")
         if not self.binary:
             raise EngineUnavailable("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
         self.default_voice = default_voice
+        self.max_concurrency = max(1, int(max_concurrency))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EspeakEngine:
-        return cls()
+        return cls(max_concurrency=settings.server.fallback_pool_size())
 
     def voices(self) -> list[VoiceInfo]:
         return list(VOICES)
@@ -73,7 +79,8 @@ class EspeakEngine(BaseEngine):
                 return self._speak(text, self.default_voice, wpm)
             raise EngineError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()}")
         audio, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
-        self.sample_rate = int(sr)
+        if sr != self.sample_rate:  # only ever changes once (an espeak build with another rate)
+            self.sample_rate = int(sr)
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
