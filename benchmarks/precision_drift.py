@@ -133,6 +133,7 @@ def teacher_force(gen: CSMGenerator, tokens: torch.Tensor, mask: torch.Tensor, c
     h = h[tokens.shape[0] - 1 : tokens.shape[0] - 1 + n]  # [F, D]: states that predict each frame
     logits0 = m.codebook0_head(h).float()
     codes_d = codes.to(dev)
+    batch = m.max_batch_size or 1
     m.decoder.setup_caches(chunk, gen.dtype)
     pos = torch.arange(k, device=dev)
     depth = []
@@ -141,7 +142,7 @@ def teacher_force(gen: CSMGenerator, tokens: torch.Tensor, mask: torch.Tensor, c
         x = torch.cat([m.projection(hs)[:, None]] + [m.embed_code(i, cs[:, i]) for i in range(k - 1)], 1)
         out = m.decoder(x, None, pos, None, k)  # [c, 32, dec]: causal over the frame's positions
         depth.append(torch.einsum("cid,idv->civ", out[:, 1:], m.audio_head).float())
-    m.setup_caches(1, gen.dtype)
+    m.setup_caches(batch, gen.dtype)  # as the generator had them
     return logits0, torch.cat(depth)
 
 
