@@ -47,17 +47,77 @@ class AudioDecodeError(ValueError):
     """The bytes are not audio we can decode, or they break a limit (duration, rate)."""
 
 
-def to_mono_float32(audio: np.ndarray) -> np.ndarray:
-    """Any array (``[T]``, ``[T, C]`` or ``[C, T]`` with C ≤ 8) → 1-D float32."""
+MAX_CHANNELS = 8
+
+
+def to_mono_float32(audio) -> np.ndarray:
+    """Any audio array → 1-D float32: the one place multi-channel audio becomes mono.
+
+    Accepts numpy arrays, torch tensors or lists, shaped ``[T]``, ``[T, C]`` (soundfile) or
+    ``[C, T]`` (PyAV, torchaudio), with leading/trailing size-1 axes allowed (``[1, C, T]``).
+    The channel axis is the short one, of at most :data:`MAX_CHANNELS`; channels are averaged
+    (a plain downmix, so ``[T, 2]`` and ``[2, T]`` of the same clip give the same samples).
+    Integer PCM is scaled to [-1, 1].
+
+    Raises:
+        AudioDecodeError: more than 2 real axes, or no axis short enough to be channels.
+    """
+    if hasattr(audio, "detach") and hasattr(audio, "numpy"):  # a torch tensor (no torch import here)
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.is_floating_point() else audio).numpy()  # bf16 has no numpy twin
     a = np.asarray(audio)
+    if a.ndim > 2:
+        a = a.reshape([n for n in a.shape if n != 1] or [1])
     if a.ndim == 2:
-        # soundfile gives [T, C]; PyAV gives [C, T]. Channels are the short axis.
-        a = a.mean(axis=1) if a.shape[1] <= 8 and a.shape[0] > a.shape[1] else a.mean(axis=0)
+        if min(a.shape) > MAX_CHANNELS:
+            raise AudioDecodeError(
+                f"audio of shape {tuple(a.shape)} has no channel axis (at most {MAX_CHANNELS} channels)"
+            )
+        # Channels are the short axis; a square array is read as soundfile's [T, C].
+        channel_axis = 1 if a.shape[1] <= a.shape[0] else 0
+        a = a.mean(axis=channel_axis) if np.issubdtype(a.dtype, np.floating) else _int_mean(a, channel_axis)
+    elif a.ndim == 0:
+        a = a.reshape(1)
     elif a.ndim != 1:
         raise AudioDecodeError(f"audio must be 1-D or 2-D, got shape {a.shape}")
     if np.issubdtype(a.dtype, np.integer):
         a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _int_mean(a: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of integer PCM over channels, kept in the input's integer type (so it is scaled once)."""
+    return np.round(a.astype(np.float64).mean(axis=axis)).astype(a.dtype)
+
+
+def is_multichannel(audio) -> bool:
+    """True when ``audio`` (numpy/torch) has more than one non-trivial axis."""
+    shape = getattr(audio, "shape", None)
+    return shape is not None and sum(1 for n in shape if n != 1) > 1
+
+
+def cut_at_pause(audio: np.ndarray, sample_rate: int, max_seconds: float, search_seconds: float = 1.5) -> np.ndarray:
+    """The first ``max_seconds`` of ``audio``, ending at the quietest moment of its last ``search_seconds``.
+
+    For over-long reference clips: cutting in a pause (the lowest-energy 20 ms window near the
+    limit) rather than at an arbitrary sample keeps the kept part from ending mid-word.
+    Audio already within the limit is returned as is.
+    """
+    a = np.asarray(audio, dtype=np.float32).reshape(-1)
+    limit = int(max_seconds * sample_rate)
+    if a.size <= limit:
+        return a
+    win = max(1, int(0.02 * sample_rate))
+    lo = max(win, limit - int(search_seconds * sample_rate))
+    region = a[lo:limit]
+    if region.size < win:
+        return a[:limit]
+    # Energy of each 20 ms window (hop 10 ms); the cut lands at the centre of the quietest one.
+    hop = max(1, win // 2)
+    energies = np.array([float(np.mean(region[i : i + win] ** 2)) for i in range(0, region.size - win + 1, hop)])
+    quietest = energies.size - 1 - int(np.argmin(energies[::-1]))  # the latest one on ties: keep the most
+    best = quietest * hop + win // 2
+    return a[: lo + best]
 
 
 def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:

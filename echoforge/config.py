@@ -41,6 +41,7 @@ class CSMSettings(BaseModel):
     first_chunk_frames: int = Field(2, ge=1, le=64, description="Mimi frames (80 ms each) before the first streamed chunk.")
     chunk_frames: int = Field(8, ge=1, le=256, description="Mimi frames per later streamed chunk.")
     max_batch_size: int = Field(4, ge=1, le=64, description="Requests batched into one forward pass by the server.")
+    max_reference_s: float = Field(15.0, ge=0.0, le=120.0, description="Longest voice-prompt (reference) clip fed to CSM; longer ones are cut at a pause near this length (0 = no limit; the 2048-position window still applies).")
 
 
 class PiperSettings(BaseModel):

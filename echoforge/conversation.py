@@ -46,7 +46,8 @@ def render_conversation(
         engine: any TTS engine.
         turns: the script, in order.
         prompts: per-speaker reference segments (audio + transcript) that always lead the
-            context; the most recent ``max_context_turns`` generated turns follow them.
+            context, pinned as voice prompts (kept when the window is full); the most recent
+            ``max_context_turns`` generated turns follow them.
         seed: base seed; turn *i* uses ``seed + i`` so a script renders reproducibly.
         on_turn: progress callback ``(done, total)`` after each turn.
         should_stop: polled between turns; return True to cancel (raises ``InterruptedError``).
@@ -63,7 +64,8 @@ def render_conversation(
     for i, turn in enumerate(turns):
         if should_stop is not None and should_stop():
             raise InterruptedError("conversation rendering was cancelled")
-        context = [prompts[s] for s in sorted(prompts)] + history[-max_context_turns:]
+        # The prompts are the voices: pinned, so CSM drops old turns (never them) when its window fills.
+        context = [prompts[s].as_voice_prompt() for s in sorted(prompts)] + history[-max_context_turns:]
         request = SynthesisRequest(
             text=turn.text,
             voice=turn.voice,

@@ -281,12 +281,14 @@ class TTSProcessor(FrameProcessor):
         conversation: Conversation,
         settings: AgentSettings,
         voice: Callable[[], str | None] | None = None,
+        voice_prompt: Callable[[str | None], Segment | None] | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
         self.conversation = conversation
         self.settings = settings
         self.voice = voice or (lambda: settings.voice)
+        self.voice_prompt = voice_prompt or (lambda _voice: None)
         self.cancelled = 0
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
@@ -294,11 +296,16 @@ class TTSProcessor(FrameProcessor):
             await self.push_frame(frame, direction)
             return
         s = self.settings
+        voice = self.voice()
+        # A saved voice's reference clip leads the context, pinned: CSM keeps it when the
+        # conversation fills its window and drops the oldest turns instead.
+        prompt = self.voice_prompt(voice)
         request = SynthesisRequest(
             text=frame.text,
-            voice=self.voice(),
+            voice=voice,
             speaker=s.speaker,
-            context=self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
+            context=([prompt.as_voice_prompt()] if prompt is not None else [])
+            + self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
         )
         stop = threading.Event()
         try:
@@ -546,6 +553,29 @@ class TurnLatency:
 # --- the agent ------------------------------------------------------------------------------------
 
 
+def voice_prompts(store: Any, engine: TTSEngine, speaker: int = 0) -> Callable[[str | None], Segment | None]:
+    """``voice id -> voice prompt`` from a :class:`~echoforge.server.services.voices.VoiceStore`.
+
+    The prompt is the saved voice's reference clip as the agent's ``speaker``, marked pinned;
+    ``None`` for no voice, a name the store does not know (e.g. an espeak voice) or a fallback
+    engine. Resolved once per voice id.
+    """
+    cache: dict[str, Segment | None] = {}
+
+    def resolve(voice: str | None) -> Segment | None:
+        if not voice:
+            return None
+        if voice not in cache:
+            try:
+                cache[voice] = store.prompt(store.get(voice), engine, speaker=speaker)
+            except Exception as exc:  # unknown name or no reference audio: speak without a prompt
+                log.debug("no voice prompt for %r: %s", voice, exc)
+                cache[voice] = None
+        return cache[voice]
+
+    return resolve
+
+
 class VoiceAgent:
     """One conversation: builds the pipeline around shared models and exposes its events.
 
@@ -557,6 +587,8 @@ class VoiceAgent:
         kb: a :class:`echoforge.agent.rag.KnowledgeBase`, or ``None`` for no retrieval.
         emotion_detector: ``(audio, sr) -> {"label", "confidence", ...}`` or ``None``.
         vad: a ready :class:`TurnDetector` (tests share one model); default: built from settings.
+        voice_prompt: ``voice id -> Segment | None``, the voice prompt (reference clip) of a saved
+            voice for context-aware engines; see :func:`voice_prompts`. Default: none.
     """
 
     def __init__(
@@ -568,6 +600,7 @@ class VoiceAgent:
         kb: Any = None,
         emotion_detector: Callable[[np.ndarray, int], dict | None] | None = None,
         vad: TurnDetector | None = None,
+        voice_prompt: Callable[[str | None], Segment | None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -580,7 +613,7 @@ class VoiceAgent:
         self.stt = STTProcessor(stt)
         self.llm = LLMProcessor(llm, self.conversation, settings, kb, emotion_detector, lambda: self.style)
         self.sentences = SentenceProcessor()
-        self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice)
+        self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice, voice_prompt)
         self.output = OutputProcessor(self.conversation, settings, detector)
         self.pipeline = Pipeline([self.vad, self.stt, self.llm, self.sentences, self.tts, self.output], self._observe)
         self._events: asyncio.Queue[Frame] = asyncio.Queue()

@@ -53,7 +53,10 @@ def load_script(path: Path, sample_rate: int) -> tuple[list[Any], dict[int, Any]
         if not clip.is_file():
             raise FileNotFoundError(f"{path}: prompt clip for speaker {key} not found: {clip}")
         audio, sr = load_audio(clip, sample_rate, max_seconds=120)
-        prompts[int(key)] = Segment(speaker=int(key), text=str(spec["transcript"]), audio=audio, sample_rate=sr)
+        # pinned: the speaker's voice prompt stays in CSM's window however long the script gets
+        prompts[int(key)] = Segment(
+            speaker=int(key), text=str(spec["transcript"]), audio=audio, sample_rate=sr, pinned=True
+        )
     turns = []
     for i, t in enumerate(data["turns"]):
         if not isinstance(t, dict) or "speaker" not in t or not str(t.get("text", "")).strip():

@@ -109,6 +109,7 @@ class CSMEngine(BaseEngine):
             raise EngineUnavailable(
                 f"CSM model {csm.model!r} could not be loaded: {exc.__class__.__name__}: {exc}"
             ) from exc
+        generator.max_reference_s = csm.max_reference_s  # voice prompts longer than this are trimmed
         log.info("CSM engine ready (%s on %s) in %.1f s", csm.model, generator.device, time.perf_counter() - t0)
         return cls(generator, csm.model, csm.watermark, csm.watermark_key, csm.first_chunk_frames, csm.chunk_frames)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,14 @@ MAX_PIECE_CHARS = 300
 # Per-piece frame cap when text is split: twice a slow speaking rate (15 chars/s) plus 2 s, so one
 # piece that never emits EOS cannot eat the whole request's budget.
 _CHARS_PER_S = 15.0
+# Longest voice prompt (a saved voice's reference clip) fed to the model, in seconds; the engine
+# sets ``generator.max_reference_s`` from ``csm.max_reference_s``. 15 s of clean speech carries a
+# voice's timbre and prosody (Sesame's own prompts are short single utterances) and costs at most
+# 189 of the 2048 positions, leaving room for text, 90 s of output and recent turns. 0/None = no limit.
+MAX_REFERENCE_S = 15.0
+# A voice prompt that cannot fit even alone is shortened, down to this many frames (2 s), before it is dropped.
+_MIN_PROMPT_FRAMES = 25
+
 
 
 @dataclass
@@ -181,26 +189,67 @@ class CSMGenerator:
         return tokens, mask
 
     def encode_audio(self, audio: Any, sample_rate: int = SAMPLE_RATE) -> Tensor:
-        """Mimi codes ``[frames, 32]`` for 1-D audio (numpy or tensor) at ``sample_rate``."""
-        if isinstance(audio, Tensor):
-            audio = audio.detach().float().cpu().numpy()
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if sample_rate != SAMPLE_RATE:
-            from echoforge.audio import resample
+        """Mimi codes ``[frames, 32]`` for audio (numpy or tensor) at ``sample_rate``.
 
+        Multi-channel audio (``[T, C]`` or ``[C, T]``, C ≤ 8) is downmixed to mono first
+        (:func:`echoforge.audio.to_mono_float32`), never flattened.
+        """
+        from echoforge.audio import resample, to_mono_float32
+
+        audio = to_mono_float32(audio)
+        if sample_rate != SAMPLE_RATE:
             audio = resample(audio, sample_rate, SAMPLE_RATE)
         with torch.inference_mode():
             return self.codec.encode(torch.from_numpy(audio)).long().cpu()
 
+    def _reference_limit_s(self) -> float | None:
+        limit = getattr(self, "max_reference_s", MAX_REFERENCE_S)
+        return float(limit) if limit else None
+
+    def prepare_segment(self, seg: Segment) -> Segment:
+        """``seg`` with its audio as Mimi codes ``[F, 32]``; a pinned voice prompt is trimmed.
+
+        A voice prompt (``seg.pinned``) longer than ``max_reference_s`` keeps its *beginning*,
+        cut at a pause near the limit (see :func:`echoforge.audio.cut_at_pause`): a reference
+        recording starts where its transcript starts, and speakers begin clean, whereas keeping
+        the end would start mid-word with a transcript that no longer lines up. The transcript
+        is shortened in proportion (at a word boundary), so text and audio still roughly match.
+        One warning is logged per trimmed clip. Unpinned turns (generated or user speech) are
+        never trimmed here; the window drops them whole when it is full.
+        """
+        audio = seg.audio
+        if audio is None:
+            return seg
+        limit_s = self._reference_limit_s() if seg.pinned else None
+        if _is_codes(audio):
+            limit = None if limit_s is None else max(1, int(limit_s * 1000 // FRAME_MS))
+            if limit is None or audio.shape[0] <= limit:
+                return seg
+            log.warning(
+                "voice prompt is %.1f s long; keeping its first %.1f s (csm.max_reference_s)",
+                audio.shape[0] * FRAME_MS / 1000, limit * FRAME_MS / 1000,
+            )  # fmt: skip
+            return replace(seg, text=_trim_transcript(seg.text, limit / audio.shape[0]), audio=audio[:limit])
+        from echoforge.audio import cut_at_pause, resample, to_mono_float32
+
+        wav = resample(to_mono_float32(audio), seg.sample_rate, SAMPLE_RATE)
+        text = seg.text
+        if limit_s is not None and wav.size > limit_s * SAMPLE_RATE:
+            kept = cut_at_pause(wav, SAMPLE_RATE, limit_s)
+            log.warning(
+                "voice prompt is %.1f s long; keeping its first %.1f s, cut at a pause (csm.max_reference_s=%g)",
+                wav.size / SAMPLE_RATE, kept.size / SAMPLE_RATE, limit_s,
+            )  # fmt: skip
+            text = _trim_transcript(text, kept.size / wav.size)
+            wav = kept
+        return replace(seg, text=text, audio=self.encode_audio(wav, SAMPLE_RATE), sample_rate=SAMPLE_RATE)
+
     def _segment_rows(self, seg: Segment) -> tuple[Tensor, Tensor]:
+        seg = self.prepare_segment(seg)
         tokens, mask = self._text_rows(seg.speaker, normalize_text(seg.text))
         if seg.audio is None:
             return tokens, mask
-        if isinstance(seg.audio, Tensor) and not seg.audio.is_floating_point() and seg.audio.ndim == 2:
-            codes = seg.audio  # already Mimi codes [F, K] (e.g. an earlier generated turn)
-        else:
-            codes = self.encode_audio(seg.audio, seg.sample_rate)
-        a_tok, a_mask = self._audio_rows(codes)
+        a_tok, a_mask = self._audio_rows(seg.audio)
         return torch.cat([tokens, a_tok]), torch.cat([mask, a_mask])
 
     def build_prompt(
@@ -208,9 +257,12 @@ class CSMGenerator:
     ) -> tuple[Tensor, Tensor, int]:
         """Prompt rows ``[T, 33]`` + mask for ``text`` after ``context``, and the frame budget.
 
-        The 2048-position window must hold context + text + generated frames: the oldest
-        context segments are dropped (with a warning) until it does; text that cannot fit
-        even alone raises ValueError.
+        The 2048-position window must hold context + text + generated frames. When it does
+        not, the oldest *unpinned* context segments (earlier generated or user turns) are
+        dropped first, with a warning; the voice prompt (``Segment.pinned``) stays at the
+        start. Only when the pinned segments alone still do not fit are they shortened
+        (down to 2 s each) or, failing that, dropped oldest first, again with a warning.
+        Context never raises; text that cannot fit even alone raises ValueError.
         """
         gen_tok, gen_mask = self._text_rows(speaker, text)
         if gen_tok.shape[0] + 1 > self.window:
@@ -218,18 +270,68 @@ class CSMGenerator:
                 f"text is too long: {gen_tok.shape[0]} tokens, the model's window is {self.window}; split it"
             )
         frames = max(1, min(max_frames, self.window - gen_tok.shape[0]))
-        rows = [self._segment_rows(s) for s in context]
+        budget = self.window - gen_tok.shape[0] - frames
+        segs = [self.prepare_segment(s) for s in context]
+        rows = [self._segment_rows(s) for s in segs]
+        keep = list(range(len(segs)))
+
+        def used() -> int:
+            return sum(rows[i][0].shape[0] for i in keep)
+
         dropped = 0
-        while rows and sum(r[0].shape[0] for r in rows) + gen_tok.shape[0] + frames > self.window:
-            rows.pop(0)
+        while used() > budget:
+            victim = next((i for i in keep if not segs[i].pinned), None)
+            if victim is None:
+                break
+            keep.remove(victim)
             dropped += 1
         if dropped:
+            pinned = sum(1 for i in keep if segs[i].pinned)
             log.warning(
-                "prompt exceeds the %d-token window: dropped the %d oldest context segment(s)", self.window, dropped
-            )
-        tokens = torch.cat([r[0] for r in rows] + [gen_tok])
-        mask = torch.cat([r[1] for r in rows] + [gen_mask])
+                "prompt exceeds the %d-token window: dropped the %d oldest context segment(s)%s",
+                self.window, dropped, f", kept the voice prompt ({pinned} pinned)" if pinned else "",
+            )  # fmt: skip
+        if used() > budget:
+            keep = self._fit_pinned(segs, rows, keep, budget)
+        tokens = torch.cat([rows[i][0] for i in keep] + [gen_tok])
+        mask = torch.cat([rows[i][1] for i in keep] + [gen_mask])
         return tokens, mask, frames
+
+    def _fit_pinned(self, segs: list[Segment], rows: list[tuple[Tensor, Tensor]], keep: list[int],
+                    budget: int) -> list[int]:  # fmt: skip
+        """Shorten (then drop, oldest first) the remaining pinned segments until they fit ``budget``.
+
+        Every voice prompt is cut to the same longest length ``L`` that fits (so with several
+        speakers' prompts, each keeps as much as the others); ``rows`` is updated in place.
+        """
+        keep = list(keep)
+        while keep:
+            text_len = {i: rows[i][0].shape[0] - (segs[i].audio.shape[0] + 1 if segs[i].audio is not None else 0)
+                        for i in keep}  # fmt: skip
+            audio_len = {i: segs[i].audio.shape[0] if segs[i].audio is not None else None for i in keep}
+
+            def size(cap: int) -> int:
+                return sum(text_len[i] + (min(audio_len[i], cap) + 1 if audio_len[i] is not None else 0) for i in keep)
+
+            longest = max((n for n in audio_len.values() if n is not None), default=0)
+            cap = next((c for c in range(longest, _MIN_PROMPT_FRAMES - 1, -1) if size(c) <= budget), None)
+            if cap is not None:
+                for i in keep:
+                    n = audio_len[i]
+                    if n is not None and n > cap:
+                        segs[i] = replace(segs[i], text=_trim_transcript(segs[i].text, cap / n), audio=segs[i].audio[:cap])
+                        rows[i] = self._segment_rows(segs[i])
+                log.warning(
+                    "the voice prompt alone does not fit the %d-token window next to this text and its audio "
+                    "budget: shortened it to %.1f s", self.window, cap * FRAME_MS / 1000,
+                )  # fmt: skip
+                return keep
+            log.warning(
+                "the voice prompt does not fit the %d-token window even at %.1f s: dropped one (%d left)",
+                self.window, _MIN_PROMPT_FRAMES * FRAME_MS / 1000, len(keep) - 1,
+            )  # fmt: skip
+            keep.pop(0)
+        return keep
 
     # ------------------------------------------------------------------ the frame loop
 
@@ -305,7 +407,9 @@ class CSMGenerator:
         text = normalize_text(req.text)
         limit = self.max_piece_chars
         pieces = split_sentences(text, limit) if len(text) > limit else [text]
-        context = list(req.context)
+        # Encode (and trim a too-long voice prompt) once, not once per piece. build_prompt keeps the
+        # pinned voice prompt and, when the window fills, drops the oldest pieces first.
+        context = [self.prepare_segment(s) for s in req.context]
         left = _frames_for(req.max_audio_length_ms)
         for n, piece in enumerate(pieces):
             if left <= 0:
@@ -386,6 +490,30 @@ class CSMGenerator:
                     out[i].append(frames[i])
         codes = [torch.stack(f) if f else torch.zeros(0, self.num_codebooks, dtype=torch.long) for f in out]
         return [self.decode(c) for c in codes] if decode else codes
+
+
+def _is_codes(audio: Any) -> bool:
+    """Mimi codes ``[F, K]`` (an integer tensor), as opposed to audio samples."""
+    return isinstance(audio, Tensor) and not audio.is_floating_point() and audio.ndim == 2
+
+
+def _trim_transcript(text: str, fraction: float) -> str:
+    """The first ``fraction`` of ``text`` (by characters), ending at a word boundary; at least one word.
+
+    Used when a voice prompt's audio is cut: speech rate is roughly constant, so the kept share
+    of the characters roughly matches the kept share of the audio.
+    """
+    words = text.split()
+    if fraction >= 1 or len(words) <= 1:
+        return text
+    target = fraction * len(" ".join(words))
+    kept, length = [], 0
+    for w in words:
+        if kept and length + 1 + len(w) > target:
+            break
+        length += len(w) + (1 if kept else 0)
+        kept.append(w)
+    return " ".join(kept)
 
 
 def _frames_for(ms: float) -> int:

@@ -12,7 +12,7 @@ engine's ``sample_rate`` (24 kHz for CSM; the fallbacks declare their own rate a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -25,15 +25,42 @@ class Segment:
     Args:
         speaker: integer speaker id (CSM renders text as ``[{speaker}]{text}``).
         text: the transcript of the turn.
-        audio: the turn's audio, 1-D float (numpy array or torch tensor) at ``sample_rate``,
-            or ``None`` for a text-only turn.
+        audio: the turn's audio, float (numpy array or torch tensor) at ``sample_rate``, or
+            ``None`` for a text-only turn; CSM also takes Mimi codes (an integer tensor
+            ``[frames, 32]``). Multi-channel audio (``[T, C]`` or ``[C, T]``, C ≤ 8) is
+            downmixed to mono here, so every path that builds a Segment gets 1-D audio.
         sample_rate: rate of ``audio`` in Hz (24 kHz for CSM's Mimi codec).
+        pinned: this segment is the voice prompt (a saved voice's reference clip). When the
+            model's window is full, CSM drops the oldest *unpinned* turns first and keeps
+            pinned ones; only a voice prompt that cannot fit even alone is trimmed.
     """
 
     speaker: int
     text: str
     audio: Any = None
     sample_rate: int = 24_000
+    pinned: bool = False
+
+    def __post_init__(self) -> None:
+        a = self.audio
+        if a is None or not _is_float_audio(a):
+            return
+        from echoforge.audio import is_multichannel, to_mono_float32
+
+        if is_multichannel(a):
+            object.__setattr__(self, "audio", to_mono_float32(a))
+
+    def as_voice_prompt(self) -> Segment:
+        """This segment marked as the voice prompt (``pinned=True``)."""
+        return self if self.pinned else replace(self, pinned=True)
+
+
+def _is_float_audio(a: Any) -> bool:
+    """Float samples (numpy or torch), as opposed to integer Mimi codes or PCM."""
+    if hasattr(a, "is_floating_point"):
+        return bool(a.is_floating_point())
+    dtype = getattr(a, "dtype", None)
+    return dtype is not None and np.issubdtype(dtype, np.floating)
 
 
 @dataclass(frozen=True)

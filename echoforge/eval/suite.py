@@ -164,7 +164,7 @@ def render(engine: Any, name: str, test_set: dict, reference: tuple[np.ndarray, 
     ref_ctx = []
     if reference is not None:
         audio, ref_sr, ref_text = reference
-        ref_ctx = [Segment(0, ref_text, audio, ref_sr)]
+        ref_ctx = [Segment(0, ref_text, audio, ref_sr, pinned=True)]  # the voice prompt
         out.append(Utterance("reference", ref_text, 0, audio, ref_sr, 0.0, 0.0))
     else:
         ref = test_set.get("reference") or {"speaker": 0, "text": test_set["sentences"][0]}

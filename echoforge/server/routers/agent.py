@@ -66,6 +66,14 @@ async def agent_models(app: FastAPI) -> Any:
         return models
 
 
+def _voice_prompts(app: FastAPI, engine: Any, speaker: int) -> Any:
+    """The saved voices' prompts (pinned reference clips) for the agent, when the app has a voice store."""
+    from echoforge.agent.pipeline import voice_prompts
+
+    store = getattr(_services(app), "voices", None)
+    return voice_prompts(store, engine, speaker) if store is not None else None
+
+
 def _authorize(ws: WebSocket, msg: dict[str, Any]) -> None:
     """API-key check in the handshake, like ``/api/stream`` (browsers cannot set WS headers)."""
     services = _services(ws.app)
@@ -151,6 +159,7 @@ async def agent_socket(ws: WebSocket) -> None:
             models.kb,
             models.emotion_detector,
             vad=models.new_detector(),
+            voice_prompt=_voice_prompts(ws.app, engine, models.settings.speaker),
         )
         if msg.get("voice"):
             agent.set_voice(str(msg["voice"]))

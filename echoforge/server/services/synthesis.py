@@ -121,8 +121,8 @@ class SynthesisService:
         v = self.voices.get(voice)
         segments: list[Segment] = []
         prompt = self.voices.prompt(v, self.engine)
-        if prompt is not None:
-            segments.append(prompt)
+        if prompt is not None:  # the voice prompt: pinned, so CSM keeps it when the window fills
+            segments.append(prompt.as_voice_prompt())
         for turn in context or []:
             speaker = turn.get("speaker", 0)
             if turn.get("voice"):

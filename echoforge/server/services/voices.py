@@ -1,9 +1,10 @@
 """The voice store: built-in voices (package data) plus user voices persisted in the data dir.
 
 A voice is a reference clip, its transcript, a CSM speaker id and some tags. For CSM the
-reference becomes the prompt that leads the context; when the engine can pre-encode a prompt
-(``engine.encode_prompt(segment) -> Segment``, or for CSM ``engine.generator.encode_audio`` →
-Mimi codes), the result is computed once
+reference becomes the prompt that leads the context, marked ``pinned`` so a long conversation
+never pushes it out of CSM's window; when the engine can pre-encode a prompt
+(``engine.encode_prompt(segment) -> Segment``, or for CSM ``engine.generator.prepare_segment`` →
+Mimi codes, over-long clips trimmed to ``csm.max_reference_s``), the result is computed once
 per (voice, engine) and cached on disk under ``voices/.prompts/``. Fallback engines get the
 voice's ``fallback_voice`` (an espeak-ng voice such as ``en-us+f3``) instead.
 
@@ -13,6 +14,7 @@ names only: no path component of a user's filename ever reaches the file system.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -296,8 +298,12 @@ class VoiceStore:
     def prompt(self, voice: Voice, engine: TTSEngine, speaker: int | None = None) -> Segment | None:
         """The context segment that carries this voice for a context-aware engine (CSM).
 
-        Fallback engines get ``None`` (they use :attr:`Voice.fallback_voice`). When the engine
-        offers ``encode_prompt``, its result is cached on disk per voice, engine and transcript.
+        The segment is marked ``pinned`` (the voice prompt): CSM keeps it when a long
+        conversation fills the window and drops older turns instead. Fallback engines get
+        ``None`` (they use :attr:`Voice.fallback_voice`). When the engine offers
+        ``encode_prompt`` (or, for CSM, ``generator.prepare_segment``: Mimi codes, a clip
+        longer than ``csm.max_reference_s`` cut at a pause), its result is cached on disk per
+        voice, engine, transcript, speaker and reference limit.
         """
         if engine.is_fallback or not voice.transcript:
             return None
@@ -307,20 +313,25 @@ class VoiceStore:
             text=voice.transcript,
             audio=self.reference(voice, engine.sample_rate),
             sample_rate=engine.sample_rate,
+            pinned=True,
         )
         encode = getattr(engine, "encode_prompt", None)
         generator = getattr(engine, "generator", None)
-        if encode is None and hasattr(generator, "encode_audio"):  # CSM: Segment audio may be Mimi codes [F, 32]
+        limit = getattr(generator, "max_reference_s", None)
+        if encode is None and hasattr(generator, "prepare_segment"):  # CSM: Segment audio may be Mimi codes [F, 32]
+            encode = generator.prepare_segment
+        elif encode is None and hasattr(generator, "encode_audio"):
 
             def encode(seg: Segment) -> Segment:
                 return Segment(
-                    seg.speaker, seg.text, generator.encode_audio(seg.audio, seg.sample_rate), seg.sample_rate
-                )
+                    seg.speaker, seg.text, generator.encode_audio(seg.audio, seg.sample_rate), seg.sample_rate,
+                    pinned=True,
+                )  # fmt: skip
 
         if encode is None:
             return segment
         digest = hashlib.sha256(
-            f"{engine.name}|{engine.sample_rate}|{voice.transcript}|{speaker}".encode()
+            f"v2|{engine.name}|{engine.sample_rate}|{voice.transcript}|{speaker}|{limit}".encode()
         ).hexdigest()[:16]
         path = self.prompt_dir / f"{voice.id}.{digest}.pkl"
         with self._lock:
@@ -328,11 +339,11 @@ class VoiceStore:
                 try:
                     cached = pickle.loads(path.read_bytes())  # our own cache file, written below
                     observability.prompt_cache(True)
-                    return cached
+                    return _pinned(cached)
                 except Exception:  # stale/corrupt cache → recompute
                     path.unlink(missing_ok=True)
             observability.prompt_cache(False)
-            encoded = encode(segment)
+            encoded = _pinned(encode(segment))
             self.prompt_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(pickle.dumps(encoded))
@@ -344,3 +355,8 @@ class VoiceStore:
         if engine.is_fallback:
             return voice.fallback_voice
         return voice.id
+
+
+def _pinned(segment: Segment) -> Segment:
+    """An engine's encoded prompt, marked as the voice prompt whatever the engine returned."""
+    return dataclasses.replace(segment, pinned=True) if not getattr(segment, "pinned", False) else segment
