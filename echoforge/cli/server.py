@@ -48,7 +48,7 @@ def serve(
 
 def worker(
     engine: Annotated[str | None, typer.Option(help="auto | csm | piper | espeak")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Concurrent tasks (default: server.workers).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Concurrent tasks (default: server.workers for CSM, server.fallback_concurrency for Piper/espeak).")] = None,
 ) -> None:
     """Run a queue worker process for the Redis backend (scale out over processes / GPUs)."""
     from echoforge.server.app import load_engine
@@ -72,7 +72,7 @@ def worker(
         queue = make_queue(settings)
         synthesis = SynthesisService(eng, voices, settings)
         synthesis.warm_up()
-        n = threads or s.workers * (synthesis.max_batch if synthesis.batching else 1)
+        n = threads or synthesis.concurrency * (synthesis.max_batch if synthesis.batching else 1)
         pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), n)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

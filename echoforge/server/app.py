@@ -139,8 +139,9 @@ def build_services(
     keys = ApiKeyStore(settings.data_dir, [k.get_secret_value() for k in s.api_keys])
     pool = None
     if start_workers:
-        # Batch-capable engines get more claimers than engine slots so requests can meet in a batch.
-        threads = s.workers * (synthesis.max_batch if synthesis.batching else 1)
+        # One claimer per engine slot (server.workers for CSM, the engine's max_concurrency for
+        # the fallbacks); batch-capable engines get more so requests can meet in a batch.
+        threads = synthesis.concurrency * (synthesis.max_batch if synthesis.batching else 1)
         pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), threads)
         pool.start()
     return Services(

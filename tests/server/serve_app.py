@@ -1,7 +1,7 @@
 """Launch a real EchoForge server for the tests: ``python serve_app.py '<json>'``.
 
 JSON: ``{"port": N, "engine": "espeak"|"sine"|..., "settings": {...load_settings overrides}}``.
-Registers the deterministic ``sine`` test engine first.
+Registers the deterministic ``sine`` test engine and the ``espeak_probe`` concurrency probe first.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from echoforge.logging import setup_logging  # noqa: E402
 from echoforge.server.app import create_app  # noqa: E402
 
 register_engine("sine", "sine_engine:SineEngine.from_settings")
+register_engine("espeak_probe", "probe_engine:ProbeEspeakEngine.from_settings")
 
 
 def main() -> None:

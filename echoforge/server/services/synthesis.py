@@ -1,7 +1,14 @@
 """The synthesis service: the only place the server touches the engine.
 
-* Engine calls run in worker threads — never on the event loop. A semaphore bounds how many
-  run at once (``server.workers``: one per device is the sane default for CSM).
+* Engine calls run in worker threads — never on the event loop. A FIFO slot gate bounds how
+  many run at once: ``server.workers`` for CSM (one per device is the sane default), the
+  engine's own ``max_concurrency`` for the fallbacks (Piper/espeak: ``server.fallback_concurrency``,
+  by default the CPU count).
+* Admission control (fallback engines): a stream that finds every slot busy waits in a bounded
+  FIFO queue (``server.fallback_max_waiting``); past that it is refused at once with
+  ``503 server_overloaded`` and a ``Retry-After`` estimated from the queue and recent synthesis
+  times. Queue workers (``/api/generate`` tasks) always wait: the task queue bounds them itself
+  (``429 queue_full``).
 * :meth:`SynthesisService.synthesize` is for queue workers (blocking, cancellable between
   chunks, reports progress). When the engine has ``synthesize_batch`` (or ``generate_batch``),
   requests that arrive within a few milliseconds of each other are batched into one call.
@@ -14,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -29,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from echoforge.analysis.params import apply_tone, tone_from_instructions
-from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
+from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine, engine_concurrency
 from echoforge.server import observability
-from echoforge.server.errors import BadRequest
+from echoforge.server.errors import BadRequest, Unavailable
 from echoforge.server.services.voices import VoiceStore
 
 if TYPE_CHECKING:
@@ -45,6 +53,94 @@ BATCH_WINDOW_S = 0.02
 
 class Cancelled(Exception):
     """Synthesis stopped because the task was cancelled or the server is shutting down."""
+
+
+class GateFull(Exception):
+    """Every slot is busy and the wait queue is full."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} requests already waiting")
+        self.waiting = waiting
+
+
+class _Ticket:
+    __slots__ = ("granted", "state")
+
+    def __init__(self) -> None:
+        self.granted = threading.Event()
+        self.state = "waiting"  # waiting → granted → released, or waiting → released
+
+
+class SlotGate:
+    """``capacity`` engine slots handed out first come, first served, with a bounded wait queue.
+
+    :meth:`reserve` never blocks: it grants a slot or queues a ticket (or, with ``admit=True``
+    and ``max_waiting`` reached, raises :class:`GateFull`); :meth:`wait` blocks until the ticket
+    is granted; :meth:`release` frees a granted slot or withdraws a queued ticket (idempotent).
+    Reserving on the event loop and waiting in a worker thread keeps the order of arrival.
+    """
+
+    def __init__(self, capacity: int, max_waiting: int | None = None) -> None:
+        self.capacity = max(1, int(capacity))
+        self.max_waiting = max_waiting
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._queue: collections.deque[_Ticket] = collections.deque()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def reserve(self, *, admit: bool = False) -> _Ticket:
+        ticket = _Ticket()
+        with self._lock:
+            if self._in_use < self.capacity and not self._queue:
+                self._in_use += 1
+                ticket.state = "granted"
+                ticket.granted.set()
+            elif admit and self.max_waiting is not None and len(self._queue) >= self.max_waiting:
+                raise GateFull(len(self._queue))
+            else:
+                self._queue.append(ticket)
+        return ticket
+
+    def wait(self, ticket: _Ticket, should_stop: Callable[[], bool] | None = None, poll_s: float = 0.1) -> bool:
+        """Block until granted (True), or until ``should_stop()`` (False; the ticket is withdrawn)."""
+        while not ticket.granted.wait(poll_s if should_stop else None):
+            if should_stop is not None and should_stop():
+                self.release(ticket)
+                return ticket.state == "granted"  # pragma: no cover - granted in the same instant
+        return True
+
+    def release(self, ticket: _Ticket) -> None:
+        with self._lock:
+            if ticket.state == "waiting":
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(ticket)
+                ticket.state = "released"
+            elif ticket.state == "granted":
+                ticket.state = "released"
+                self._in_use -= 1
+                while self._in_use < self.capacity and self._queue:
+                    nxt = self._queue.popleft()
+                    nxt.state = "granted"
+                    self._in_use += 1
+                    nxt.granted.set()
+
+    @contextlib.contextmanager
+    def hold(self, should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
+        """One slot for the duration of the block; :class:`Cancelled` if stopped while waiting."""
+        ticket = self.reserve()
+        try:
+            if not self.wait(ticket, should_stop):
+                raise Cancelled("cancelled while waiting for an engine slot")
+            yield
+        finally:
+            self.release(ticket)
 
 
 def estimate_seconds(text: str, speed: float = 1.0) -> float:
@@ -64,6 +160,7 @@ class SynthesisStats:
     batched_requests: int = 0
     max_batch: int = 0
     streams: int = 0
+    rejected: int = 0
     audio_s: float = 0.0
     synth_s: float = 0.0
 
@@ -75,14 +172,20 @@ class SynthesisService:
         self.engine = engine
         self.voices = voices
         self.settings = settings
-        self.concurrency = settings.server.workers
-        self._slots = threading.BoundedSemaphore(self.concurrency)
+        # CSM: server.workers (its frame-level scheduler will take over); fallbacks: what the
+        # engine says it can run at once (Piper/espeak: server.fallback_concurrency).
+        self.admission = bool(engine.is_fallback)
+        self.concurrency = engine_concurrency(engine) if self.admission else settings.server.workers
+        self.max_waiting = settings.server.fallback_max_waiting if self.admission else None
+        self._slots = SlotGate(self.concurrency, self.max_waiting)
         self._batch_fn = getattr(engine, "synthesize_batch", None) or getattr(engine, "generate_batch", None)
         self.max_batch = settings.csm.max_batch_size if self._batch_fn else 1
         self.stats = SynthesisStats()
         self._stats_lock = threading.Lock()
+        # Stream producers: the running ones plus some that wait for a slot (tickets are taken in
+        # arrival order before submission, so the executor's FIFO never starves a granted one).
         self._executor = ThreadPoolExecutor(
-            max_workers=max(4, self.concurrency * 2), thread_name_prefix="echoforge-stream"
+            max_workers=max(4, self.concurrency * 2 + 4), thread_name_prefix="echoforge-stream"
         )
         self._batch_queue: queue_mod.Queue[_BatchItem | None] = queue_mod.Queue()
         self._batch_threads: list[threading.Thread] = []
@@ -152,13 +255,32 @@ class SynthesisService:
 
     # ------------------------------------------------------------------ blocking (workers)
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the ``server.workers`` engine slots."""
-        self._slots.acquire()
-        try:
+    def slot(self, should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
+        """Hold one of the ``concurrency`` engine slots (waiting in arrival order)."""
+        with self._slots.hold(should_stop):
             yield
-        finally:
-            self._slots.release()
+
+    def retry_after_s(self) -> float:
+        """A client's fair wait before retrying: the queue ahead of it at the recent pace."""
+        with self._stats_lock:
+            per_request = self.stats.synth_s / self.stats.requests if self.stats.requests else 1.0
+        ahead = self._slots.waiting + self._slots.in_use
+        return float(min(60.0, max(1.0, per_request * ahead / self.concurrency)))
+
+    def _admit(self) -> Any:
+        """A slot ticket for a stream; refuse with 503 + Retry-After when the wait queue is full."""
+        try:
+            return self._slots.reserve(admit=self.admission)
+        except GateFull as exc:
+            with self._stats_lock:
+                self.stats.rejected += 1
+            log.info("overloaded: %d busy, %d waiting — refusing a stream", self._slots.in_use, exc.waiting)
+            raise Unavailable(
+                f"the {self.engine.name} engine is busy ({self._slots.in_use} running, {exc.waiting} waiting); "
+                "retry after the time in Retry-After",
+                code="server_overloaded",
+                retry_after=self.retry_after_s(),
+            ) from None
 
     def synthesize(
         self,
@@ -179,7 +301,7 @@ class SynthesisService:
             expected = estimate_seconds(request.text, request.speed) * self.engine.sample_rate
             pieces: list[np.ndarray] = []
             produced = 0
-            with self.slot():
+            with self.slot(should_stop):
                 for chunk in self.engine.stream(request):
                     if should_stop and should_stop():
                         raise Cancelled("cancelled")
@@ -255,31 +377,40 @@ class SynthesisService:
                     if loop.is_closed():
                         return
 
+        ticket = self._admit()  # before anything starts: may raise 503 (Unavailable)
+
         def produce() -> None:
+            if not self._slots.wait(ticket, stop.is_set):
+                put("end", None)
+                return
             t0 = time.perf_counter()
             samples = 0
             first: float | None = None
             try:
-                with self.slot():
+                if stop.is_set():
+                    return
+                for chunk in self.engine.stream(request):
                     if stop.is_set():
                         return
-                    for chunk in self.engine.stream(request):
-                        if stop.is_set():
-                            return
-                        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-                        if first is None:
-                            first = time.perf_counter() - t0
-                        samples += chunk.size
-                        put("chunk", chunk)
+                    chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    samples += chunk.size
+                    put("chunk", chunk)
             except BaseException as exc:
                 put("error", exc)
             finally:
+                self._slots.release(ticket)
                 self._account(samples / self.engine.sample_rate, time.perf_counter() - t0, first)
                 put("end", None)
 
         with self._stats_lock:
             self.stats.streams += 1
-        fut = loop.run_in_executor(self._executor, produce)
+        try:
+            fut = loop.run_in_executor(self._executor, produce)
+        except BaseException:  # executor shut down: give the slot back
+            self._slots.release(ticket)
+            raise
         try:
             while True:
                 kind, item = await out.get()
