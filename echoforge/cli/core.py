@@ -143,7 +143,7 @@ def _apply_voice(request, voice: str, tts, settings):
 
 
 def engines() -> None:
-    """List the TTS engines and whether each can run here."""
+    """List the TTS engines and whether each can run here (CSM: checked from its files, not loaded)."""
     from echoforge.engines import AUTO_ORDER, EngineUnavailable, create_engine, engine_names
 
     settings = settings_from_cli()
@@ -153,17 +153,25 @@ def engines() -> None:
     chosen = None
     for name in engine_names():
         try:
-            eng = create_engine(settings, name)
+            if name == "csm":
+                # Loading CSM-1B takes seconds and gigabytes: inspect its files instead.
+                from echoforge.csm.engine import CSMEngine
+
+                plan = CSMEngine.probe(settings)
+                detail = f"loadable (checked, not loaded): {plan.describe()}"
+                row = ("CSM", str(CSMEngine.sample_rate), detail)
+            else:
+                info = create_engine(settings, name).info()
+                row = ("fallback" if info.is_fallback else "CSM", str(info.sample_rate), info.description)
         except EngineUnavailable as exc:
             table.add_row(name, "[red]unavailable[/]", "-", "-", str(exc))
             continue
         except Exception as exc:  # a broken engine must not hide the others
             table.add_row(name, "[red]error[/]", "-", "-", f"{type(exc).__name__}: {exc}")
             continue
-        info = eng.info()
         if chosen is None and name in AUTO_ORDER:
             chosen = name
-        table.add_row(name, "[green]ready[/]", "fallback" if info.is_fallback else "CSM", str(info.sample_rate), info.description)
+        table.add_row(name, "[green]ready[/]", *row)
     console.print(table)
     console.print(f"configured: [bold]{settings.engine}[/]" + (f" → auto picks [bold]{chosen}[/]" if settings.engine == "auto" and chosen else ""))
 
@@ -193,24 +201,7 @@ def doctor() -> None:
             advice.append("No GPU: CSM runs on CPU slowly; for real-time speech install a CUDA torch (see README, 'GPU').")
     except ImportError:
         rows.append(("torch", "[red]missing[/]", "pip install torch"))
-    # CSM weights: local path or the local Hugging Face cache (no network here).
-    model = settings.csm.model
-    if Path(model).expanduser().is_dir():
-        rows.append(("CSM weights", "[green]found[/]", str(Path(model).expanduser())))
-    else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(model, "config.json")
-            found = isinstance(hit, str)
-        except Exception:
-            found = False
-        rows.append(("CSM weights", "[green]cached[/]" if found else "[yellow]not found[/]", model))
-        if not found:
-            advice.append(
-                f"CSM weights '{model}' are not on this machine: `huggingface-cli login` (the repo is gated) and "
-                f"`huggingface-cli download {model}`, or set ECHOFORGE_CSM__MODEL=/path/to/csm-1b. Until then the fallback engine speaks."
-            )
+    advice += _doctor_csm(settings, rows)
     from echoforge.engines.piper import default_voice_path
 
     voice = settings.piper.voice or default_voice_path()
@@ -231,6 +222,59 @@ def doctor() -> None:
         console.print(f"[yellow]→[/] {line}")
     if not advice:
         console.print("[green]All good.[/]")
+
+
+def _doctor_csm(settings, rows: list[tuple[str, str, str]]) -> list[str]:
+    """CSM rows for ``doctor``: would the weights load (headers checked, no tensor read), which
+    layout and files, the Mimi codec, the configured device. Returns advice lines."""
+    from echoforge.csm.engine import CSMEngine
+    from echoforge.csm.loader import WeightsNotFound
+    from echoforge.engines import EngineUnavailable
+
+    advice: list[str] = []
+    model = settings.csm.model
+    if settings.device != "auto":
+        try:
+            from echoforge.csm.generator import pick_device
+
+            pick_device(settings.device)
+            rows.append(("device setting", "[green]ok[/]", settings.device))
+        except EngineUnavailable as exc:
+            rows.append(("device setting", "[red]unusable[/]", settings.device))
+            advice.append(f"{exc}. Until then `engine: auto` falls back to another engine.")
+    try:
+        plan = CSMEngine.probe(settings, check_device=False)
+    except WeightsNotFound as exc:
+        rows.append(("CSM weights", "[yellow]not found[/]", model))
+        advice.append(f"{exc}. Until then the fallback engine speaks.")
+        return advice
+    except EngineUnavailable as exc:
+        rows.append(("CSM weights", "[red]will not load[/]", model))
+        advice.append(f"CSM weights would NOT load: {exc}. Until then the fallback engine speaks.")
+        return advice
+    rows.append(("CSM weights", "[green]loadable[/]", str(plan.path)))
+    rows.append(("CSM layout", plan.describe(), f"{plan.n_params / 1e9:.2f} B parameters, tokenizer {plan.tokenizer_path}"))
+    if plan.unused:
+        rows.append(("CSM other weights", "not read", ", ".join(plan.unused)))
+    src = plan.codec_source
+    if src != "bundled":
+        if Path(src).expanduser().is_dir():
+            rows.append(("Mimi codec", "[green]found[/]", src))
+        else:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = isinstance(try_to_load_from_cache(src, "config.json"), str)
+            except Exception:
+                cached = False
+            rows.append(("Mimi codec", "[green]cached[/]" if cached else "[yellow]not found[/]", src))
+            if not cached:
+                advice.append(
+                    f"The {plan.describe().split(':')[0]} needs the Mimi codec separately: `huggingface-cli download {src}` "
+                    "or set csm.codec to a local Mimi directory."
+                )
+    console.print(f"CSM: {plan.describe()}", soft_wrap=True)
+    return advice
 
 
 def version() -> None:

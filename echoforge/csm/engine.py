@@ -64,28 +64,47 @@ class CSMEngine(BaseEngine):
         self.chunk_frames = chunk_frames
 
     @classmethod
+    def probe(cls, settings: Settings, check_device: bool = True):
+        """Would ``from_settings`` load? Checks device, cache/path, tokenizer and weight headers
+        (names, shapes) without reading tensors or touching the network.
+
+        Returns the :class:`~echoforge.csm.loader.CheckpointPlan`; raises :class:`EngineUnavailable`
+        (:class:`~echoforge.csm.loader.WeightsNotFound` when the weights are not on this machine).
+        """
+        from echoforge.csm.loader import inspect_checkpoint
+
+        if check_device:
+            from echoforge.csm.generator import pick_device
+
+            pick_device(settings.device)
+        csm = settings.csm
+        return inspect_checkpoint(csm.model, tokenizer=csm.tokenizer, codec=csm.codec, local_files_only=True)
+
+    @classmethod
     def from_settings(cls, settings: Settings) -> CSMEngine:
         """Build from ``settings.csm``; raise :class:`EngineUnavailable` quickly when it cannot load.
 
-        A hub repo id is looked up in the local cache first; the hub is only contacted when
-        it answers within 2 s and ``HF_HUB_OFFLINE`` is not set.
+        The device is checked first (``device: cuda`` on a CPU-only torch is one clear line). A hub
+        repo id is looked up in the local cache first; the hub is only contacted when it answers
+        within 2 s and ``HF_HUB_OFFLINE`` is not set, and then one weight set is downloaded.
         """
-        from echoforge.csm.generator import CSMGenerator
-        from echoforge.csm.loader import is_repo_id, resolve
+        from echoforge.csm.generator import CSMGenerator, pick_device
+        from echoforge.csm.loader import WeightsNotFound, hf_offline, is_repo_id, missing_weights_message, resolve
 
         csm = settings.csm
         t0 = time.perf_counter()
         try:
+            device = pick_device(settings.device)
             try:
                 path = resolve(csm.model, local_files_only=True)
-            except EngineUnavailable:
+            except WeightsNotFound:
                 if not is_repo_id(csm.model):
                     raise
-                offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-                if offline or not hub_reachable():
-                    raise EngineUnavailable(
-                        f"CSM weights {csm.model!r} are not on this machine and the Hugging Face hub is not reachable; "
-                        f"download them (`huggingface-cli download {csm.model}`) or set csm.model to a local directory"
+                if hf_offline():
+                    raise WeightsNotFound(missing_weights_message(csm.model, "HF_HUB_OFFLINE is set")) from None
+                if not hub_reachable():
+                    raise WeightsNotFound(
+                        missing_weights_message(csm.model, "not in the local cache; the hub did not answer in 2 s")
                     ) from None
                 path = resolve(csm.model, local_files_only=False)
             if csm.watermark:
@@ -95,7 +114,7 @@ class CSMEngine(BaseEngine):
                     raise EngineUnavailable(f"csm.watermark is on but the watermark module cannot load: {exc}") from exc
             generator = CSMGenerator.from_pretrained(
                 path,
-                device=settings.device,
+                device=device,
                 dtype=None if settings.dtype == "auto" else settings.dtype,
                 codec=csm.codec,
                 tokenizer=csm.tokenizer,

@@ -60,9 +60,31 @@ class Request:
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA > MPS > CPU."""
+    """``auto`` -> CUDA > MPS > CPU. An explicit device this torch cannot use raises
+    :class:`~echoforge.engines.base.EngineUnavailable` with one line saying why and what to do."""
     if str(device) != "auto":
-        return torch.device(device)
+        from echoforge.engines.base import EngineUnavailable
+
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            if torch.version.cuda is None:
+                raise EngineUnavailable(
+                    f"device {str(device)!r} requested but this torch ({torch.__version__}) is a CPU-only build with no "
+                    "CUDA; install a CUDA build (`pip install torch --index-url https://download.pytorch.org/whl/cu124`, "
+                    "README 'GPU') or set device: auto / cpu"
+                )
+            raise EngineUnavailable(
+                f"device {str(device)!r} requested but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no "
+                "GPU; check `nvidia-smi`, the driver and CUDA_VISIBLE_DEVICES, or set device: auto / cpu"
+            )
+        if dev.type == "mps" and not (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        ):
+            raise EngineUnavailable(
+                f"device 'mps' requested but this torch ({torch.__version__}) has no usable MPS (Apple GPU); "
+                "set device: auto / cpu"
+            )
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

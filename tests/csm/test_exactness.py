@@ -65,21 +65,31 @@ def test_backbone_and_decoder_logits_match(tiny_generator, hf_csm, prompt_audio,
         assert (ours_dd - ref_dd).abs().max() < 1e-4
 
 
-def test_greedy_codes_match_transformers_generate(tiny_generator, hf_csm, prompt_audio, context):
-    segs, n_frames = context
-    n = 6
-    ours = tiny_generator.generate_codes(TEXT, speaker=0, context=segs, max_audio_length_ms=n * 80, temperature=0)
-    ids = hf_prompt(tiny_generator, hf_csm, n_frames)
+def hf_generate_codes(gen: CSMGenerator, hf, prompt_audio: torch.Tensor, n: int) -> torch.Tensor:
+    """transformers' greedy codes ``[n, 32]`` for [context turn with ``prompt_audio``, target turn]."""
+    ids = hf_prompt(gen, hf, gen.encode_audio(prompt_audio).shape[0])
     with torch.no_grad():
         # attention_mask as CsmProcessor returns it; generate would otherwise infer one from
         # pad_token_id, which CSM configs set equal to the audio token id.
-        ref = hf_csm.generate(
+        ref = hf.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), input_values=prompt_audio[None, None],
             input_values_cutoffs=torch.tensor([[prompt_audio.numel()]]), max_new_tokens=n, do_sample=False,
             depth_decoder_do_sample=False,
         )[0]  # fmt: skip
+    return ref[:n]
+
+
+def our_greedy_codes(gen: CSMGenerator, prompt_audio: torch.Tensor, n: int) -> torch.Tensor:
+    """Our greedy codes for the same two turns as :func:`hf_generate_codes`."""
+    segs = [Segment(speaker=1, text=CTX_TEXT, audio=prompt_audio)]
+    return gen.generate_codes(TEXT, speaker=0, context=segs, max_audio_length_ms=n * 80, temperature=0)
+
+
+def test_greedy_codes_match_transformers_generate(tiny_generator, hf_csm, prompt_audio, context):
+    n = 6
+    ours = our_greedy_codes(tiny_generator, prompt_audio, n)
     assert ours.shape == (n, 32)
-    assert torch.equal(ours, ref[:n])
+    assert torch.equal(ours, hf_generate_codes(tiny_generator, hf_csm, prompt_audio, n))
 
 
 def test_original_sesame_layout_gives_same_codes(tiny_generator, tiny_csm_dir, hf_csm, tmp_path):
