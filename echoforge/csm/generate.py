@@ -1,101 +1,132 @@
-"""Fixed-shape tensor functions for CSM inference: prefill, one frame, sampling.
+"""Tensor functions for CSM inference: prefill a slot, sample a frame, step the backbone.
 
-Everything here is a plain function over tensors: no ``.item()``, no branching on tensor
-values, so ``decode_frame`` can be wrapped by ``torch.compile(mode="reduce-overhead")`` /
-CUDA graphs (the generator does that on CUDA only). Python-level arguments (``kv_len``,
-``greedy``, ``topk``) are static per call and become compile-time constants.
+Every sequence owns one KV-cache *slot* (a batch row of the caches) and starts at column 0,
+so a row's cache column is also its RoPE position; rows at different lengths decode
+together with one column per row (``pos [B]``). See ``scheduler.py`` for who runs when.
+
+Two flavours of the frame step:
+
+* :func:`decode_step` (eager, CPU/MPS, CUDA without compile): slices the caches to the live
+  length known on the host and takes Python fast paths (all rows greedy -> argmax).
+* :func:`decode_frame` (static shapes, for ``torch.compile(mode="reduce-overhead")`` / CUDA
+  graphs): no ``.item()``, no branch on data, sampling settings and RNG are per-row tensors,
+  so one captured graph per batch-size bucket serves every request mix.
+
+Sampling randomness is counter-based (:func:`exponential_noise`): a pure function of the row's
+seed, its frame counter and the codebook, built from integer tensor ops. A seeded row thus
+gives the same audio whatever its neighbours in the batch, on any device, and the whole
+sampled frame is capturable by a CUDA graph (no ``torch.Generator`` state to thread through).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from echoforge.csm.model import CSM
 
+# The compiled path's fixed top-k bound (a static shape); requests ask for k <= this.
+KMAX = 256
+
+_M32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # < 2^27: x * _MIX stays below 2^59, so int64 never overflows (same on every device)
+_GOLDEN = 0x9E3779B1
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding [0, 2^32)."""
+    x = ((x ^ (x >> 16)) * _MIX) & _M32
+    x = ((x ^ (x >> 16)) * _MIX) & _M32
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int) -> int:
+    """Fold any Python int seed to the 32-bit key :func:`exponential_noise` takes."""
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    return ((s ^ (s >> 32)) * 0x9E3779B97F4A7C15 >> 32) & _M32
+
+
+def exponential_noise(key: Tensor, counter: Tensor, codebook: int, n: int) -> Tensor:
+    """``[B, n]`` Exp(1) draws that depend only on (key, counter, codebook, column).
+
+    Args:
+        key: ``[B]`` int64 row keys in [0, 2^32) (see :func:`seed_key`).
+        counter: ``[B]`` int64 frame index of each row.
+        codebook: which of the frame's codebooks is being sampled.
+        n: how many candidates.
+    """
+    base = _mix32(key ^ _mix32((counter * 64 + codebook) & _M32))  # [B]
+    cols = torch.arange(n, device=key.device, dtype=torch.long) * _GOLDEN
+    x = _mix32((base[:, None] + cols[None, :]) & _M32)  # [B, n]
+    u = ((x >> 8).float() + 0.5) * (1.0 / 16_777_216)  # 24 random bits -> (0, 1)
+    return -torch.log(u)
+
+
+@dataclass
+class Sampler:
+    """Per-row sampling settings for one frame (all tensors ``[B]`` on the model's device).
+
+    ``kmax`` bounds every row's top-k; ``greedy`` (every row has temperature 0) and
+    ``any_greedy`` are host-side hints for the eager path; the static path ignores them.
+    """
+
+    temperature: Tensor  # float; 0 = argmax for that row
+    topk: Tensor  # long, each <= kmax
+    key: Tensor  # long, per-row RNG key
+    counter: Tensor  # long, per-row frame index
+    kmax: int = KMAX
+    greedy: bool = False
+    any_greedy: bool = True
+
+    def __call__(self, logits: Tensor, codebook: int) -> Tensor:
+        if self.greedy:
+            return logits.argmax(-1)
+        return sample(logits, self.temperature, self.topk, self.kmax, self.key, self.counter, codebook, self.any_greedy)
+
 
 def sample(
-    logits: Tensor,
-    temperature: Tensor,
-    topk: Tensor | None,
-    kmax: int,
-    generator: torch.Generator | None,
+    logits: Tensor, temperature: Tensor, topk: Tensor, kmax: int, key: Tensor, counter: Tensor, codebook: int,
     any_greedy: bool = True,
-) -> Tensor:
-    """Top-k sampling with per-row temperature; rows with temperature 0 take the argmax.
+) -> Tensor:  # fmt: skip
+    """Top-k sampling with per-row temperature and k; rows with temperature 0 take the argmax.
 
     Args:
         logits: ``[B, V]``.
-        temperature: ``[B]`` float; 0 means greedy for that row.
-        topk: ``[B]`` long, each row's k (<= ``kmax``); None when every row uses ``kmax``.
-        kmax: static upper bound of ``topk`` (a Python int, so shapes stay fixed).
-        generator: RNG for the exponential draw (seeded by the caller for reproducibility).
-        any_greedy: static hint; False skips the argmax branch.
+        temperature: ``[B]``; topk: ``[B]`` (<= ``kmax``, a static int); key, counter: ``[B]``.
 
     Returns:
         ``[B]`` long token ids.
     """
     logits = logits.float()
-    vals, idx = (logits / temperature.clamp_min(1e-5)[:, None]).topk(min(kmax, logits.shape[-1]), dim=-1)  # [B, k]
-    if topk is not None:
-        keep = torch.arange(vals.shape[-1], device=vals.device)[None, :] < topk[:, None]
-        vals = vals.masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(vals, dim=-1)
-    # argmax(p / q) with q ~ Exp(1) is an exact draw from p without a host sync (gpt-fast's trick).
-    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    k = min(kmax, logits.shape[-1])
+    vals, idx = (logits / temperature.clamp_min(1e-5)[:, None]).topk(k, dim=-1)  # [B, k]
+    keep = torch.arange(k, device=vals.device)[None, :] < topk[:, None]
+    probs = torch.softmax(vals.masked_fill(~keep, float("-inf")), dim=-1)
+    # argmax(p / q) with q ~ Exp(1) is an exact draw from p with no host sync (gpt-fast's trick).
+    q = exponential_noise(key, counter, codebook, k)
     sampled = idx.gather(-1, (probs / q).argmax(-1, keepdim=True)).squeeze(-1)
     if not any_greedy:
         return sampled
     return torch.where(temperature > 0, sampled, logits.argmax(-1))
 
 
-class Sampler:
-    """Per-batch sampling settings, so the frame step takes one argument for them.
+def prefill(model: CSM, tokens: Tensor, tokens_mask: Tensor, start: int, row: int) -> Tensor:
+    """Write prompt rows ``tokens [1, T, K+1]`` into slot ``row`` at columns ``start..start+T-1``.
 
-    Decisions that depend only on the settings (all greedy? one k for all rows?) are made
-    here once, in Python, and become static branches in the hot path.
-    """
-
-    def __init__(self, temperature: Tensor, topk: Tensor, kmax: int, generator: torch.Generator | None):
-        self.temperature, self.kmax, self.generator = temperature, kmax, generator
-        self.greedy = bool((temperature == 0).all())
-        self.any_greedy = bool((temperature == 0).any())
-        self.topk = None if bool((topk == kmax).all()) else topk
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        if self.greedy:
-            return logits.argmax(-1)
-        return sample(logits, self.temperature, self.topk, self.kmax, self.generator, self.any_greedy)
-
-
-def prefill(
-    model: CSM, tokens: Tensor, tokens_mask: Tensor, rope_pos: Tensor, valid: Tensor | None, kv_len: int | None = None
-) -> Tensor:
-    """Run the backbone over the whole prompt and return the last position's hidden state.
-
-    Args:
-        tokens: ``[B, T, K+1]`` prompt rows (left-padded for batches).
-        tokens_mask: ``[B, T, K+1]`` bool.
-        rope_pos: ``[B, T]`` per-row positions (padding rows may hold anything >= 0).
-        valid: ``[B, S]`` bool, True for cache columns holding real (non-padding) tokens;
-            None when no row is padded (then plain causal attention).
-        kv_len: eager-only; pass ``T``.
-
-    Returns:
-        ``[B, D]`` backbone hidden state at the last prompt position.
+    Long prompts are fed in chunks (the scheduler interleaves them with other rows' frames);
+    ``start`` is how much of this slot is already filled. Returns the last position's
+    backbone state ``[1, D]``.
     """
     t = tokens.shape[1]
-    input_pos = torch.arange(t, device=tokens.device)
-    mask = None
-    if valid is not None or kv_len is None:
-        s = model.backbone.args.max_seq_len
-        causal = torch.ones(t, s, dtype=torch.bool, device=tokens.device).tril()  # [T, S]
-        mask = (
-            causal[None, None] if valid is None else (causal[None] & valid[:, None, :]).unsqueeze(1)
-        )  # [B|1, 1, T, S]
-        # A left-padding row attends to nothing real; let it see itself so softmax stays finite.
-        mask = mask | torch.eye(t, s, dtype=torch.bool, device=tokens.device)[None, None]
-    h = model.backbone(model.embed_tokens(tokens, tokens_mask), rope_pos, input_pos, mask, kv_len)
+    dev = tokens.device
+    input_pos = torch.arange(start, start + t, device=dev)
+    mask = None  # a block starting at column 0 is plain causal attention
+    if start:
+        cols = torch.arange(start + t, device=dev)
+        mask = (cols[None, :] <= input_pos[:, None])[None, None]  # [1, 1, T, start+T]
+    h = model.backbone(model.embed_tokens(tokens, tokens_mask), None, input_pos, mask, start + t, row)
     return h[:, -1]
 
 
@@ -108,7 +139,7 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     """
     k = model.args.audio_num_codebooks
     b = h.shape[0]
-    c0 = sampler(model.codebook0_head(h))  # [B]
+    c0 = sampler(model.codebook0_head(h), 0)  # [B]
     codes = [c0]
     # Positions 0 and 1: the projected backbone state and codebook 0's embedding.
     x = torch.cat([model.projection(h).unsqueeze(1), model.embed_code(0, c0)], dim=1)  # [B, 2, dec_dim]
@@ -120,43 +151,46 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
             out = model.decoder(x, None, pos, None, i + 1)
         else:  # static shapes: full 32-column cache under the causal mask
             out = model.decoder(x, None, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
-        ci = sampler(out[:, -1] @ model.audio_head[i - 1])  # logits [B, vocab] -> [B]
+        ci = sampler(out[:, -1] @ model.audio_head[i - 1], i)  # logits [B, vocab] -> [B]
         codes.append(ci)
         x = model.embed_code(i, ci)
         pos = positions[i + 1 : i + 2]
     return torch.stack(codes, dim=1)
 
 
-def backbone_step(
-    model: CSM, frame: Tensor, input_pos: Tensor, pos: int, rope_pos: Tensor, valid: Tensor | None
-) -> Tensor:
-    """Eager step: feed one generated frame ``[B, K]`` at cache column ``pos``; return ``[B, D]``.
-
-    ``input_pos`` is ``[pos]`` as a tensor; ``valid`` ``[B, S]`` marks real columns of left-padded
-    batches (None: nothing padded, so RoPE positions equal cache columns and no mask is needed).
-    """
-    if valid is None:
-        return model.backbone(model.embed_frame(frame), None, input_pos, None, pos + 1)[:, -1]
-    mask = valid[:, None, None, :]  # columns > pos are cut by kv_len
-    return model.backbone(model.embed_frame(frame), rope_pos[:, None], input_pos, mask, pos + 1)[:, -1]
-
-
-def decode_frame(
-    model: CSM, h: Tensor, input_pos: Tensor, rope_pos: Tensor, valid: Tensor, sampler: Sampler
-) -> tuple[Tensor, Tensor]:
-    """One full frame with static shapes (the compiled/CUDA-graph path).
+def decode_step(model: CSM, h: Tensor, pos: Tensor, kv_len: int, sampler: Sampler, same_pos: bool) -> tuple[Tensor, Tensor]:
+    """Eager frame for slots ``0..B-1``: sample ``[B, K]`` from ``h``, then feed it back.
 
     Args:
-        h: ``[B, D]`` backbone state from the previous step.
-        input_pos: ``[1]`` cache column for this frame's backbone step.
-        rope_pos: ``[B]`` RoPE position for each row.
-        valid: ``[B, S]`` bool, real columns (every column a row will generate into is True).
+        h: ``[B, D]`` backbone states; pos: ``[B]`` cache column of each row's new frame.
+        kv_len: ``max(pos) + 1`` (known on the host: no sync).
+        same_pos: every row is at the same column (then no mask and one RoPE lookup).
+
+    Returns:
+        ``(frame [B, K], h_next [B, D])``.
+    """
+    frame = sample_codebooks(model, h, sampler)
+    x = model.embed_frame(frame)
+    if same_pos:
+        h_next = model.backbone(x, None, pos[:1], None, kv_len)
+    else:
+        mask = (torch.arange(kv_len, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B,1,1,L]
+        h_next = model.backbone(x, pos[:, None], pos[:, None], mask, kv_len)
+    return frame, h_next[:, -1]
+
+
+def decode_frame(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler) -> tuple[Tensor, Tensor]:
+    """One frame with static shapes (the compiled / CUDA-graph path): no host syncs, no data branches.
+
+    Args:
+        h: ``[B, D]`` backbone states; pos: ``[B]`` cache column for each row's new frame.
+        sampler: built with ``greedy=False, any_greedy=True, kmax=KMAX`` so nothing recompiles.
 
     Returns:
         ``(frame [B, K], h_next [B, D])``.
     """
     frame = sample_codebooks(model, h, sampler, slice_kv=False)
-    s = valid.shape[1]
-    mask = (valid & (torch.arange(s, device=h.device) <= input_pos))[:, None, None, :]
-    h_next = model.backbone(model.embed_frame(frame), rope_pos[:, None], input_pos, mask, None)[:, -1]
+    s = model.backbone.args.max_seq_len
+    mask = (torch.arange(s, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    h_next = model.backbone(model.embed_frame(frame), pos[:, None], pos[:, None], mask, None)[:, -1]
     return frame, h_next

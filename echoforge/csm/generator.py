@@ -23,9 +23,10 @@ import torch
 from torch import Tensor
 
 from echoforge.csm import generate as G
+from echoforge.csm.scheduler import BUCKETS, FrameScheduler
 from echoforge.csm.loader import Checkpoint, CheckpointError, load_checkpoint
 from echoforge.engines.base import Segment
-from echoforge.text import normalize_text, split_sentences
+from echoforge.text import normalize_text
 
 log = logging.getLogger("echoforge.csm")
 
@@ -33,9 +34,6 @@ SAMPLE_RATE = 24_000
 FRAME_MS = 80  # one Mimi frame at 12.5 Hz
 # Text longer than this is generated sentence-group by sentence-group, each piece fed back as context.
 MAX_PIECE_CHARS = 300
-# Per-piece frame cap when text is split: twice a slow speaking rate (15 chars/s) plus 2 s, so one
-# piece that never emits EOS cannot eat the whole request's budget.
-_CHARS_PER_S = 15.0
 # Longest voice prompt (a saved voice's reference clip) fed to the model, in seconds; the engine
 # sets ``generator.max_reference_s`` from ``csm.max_reference_s``. 15 s of clean speech carries a
 # voice's timbre and prosody (Sesame's own prompts are short single utterances) and costs at most
@@ -43,7 +41,6 @@ _CHARS_PER_S = 15.0
 MAX_REFERENCE_S = 15.0
 # A voice prompt that cannot fit even alone is shortened, down to this many frames (2 s), before it is dropped.
 _MIN_PROMPT_FRAMES = 25
-
 
 
 @dataclass
@@ -135,7 +132,7 @@ class CSMGenerator:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, ckpt: Checkpoint, codec: Any, device: torch.device, compile: bool = False, max_batch_size: int = 1,
-                 static_shapes: bool | None = None):  # fmt: skip
+                 static_shapes: bool | None = None, max_waiting: int = 32, prefill_chunk: int = 256):  # fmt: skip
         self.ckpt = ckpt
         self.model = ckpt.model
         self.codec = codec  # echoforge.csm.mimi.MimiCodec (fp32)
@@ -145,16 +142,43 @@ class CSMGenerator:
         self.window = self.model.args.backbone.max_seq_len
         self.frame_samples = int(round(SAMPLE_RATE * FRAME_MS / 1000))
         self.max_piece_chars = MAX_PIECE_CHARS
-        self.model.setup_caches(max_batch_size, self.dtype)
         # Eager CPU/MPS path slices KV caches to the live length (known on the host, no sync);
-        # the compiled CUDA path keeps full static shapes so one CUDA graph serves every step.
-        # (`static_shapes=True` without compile runs the same static path eagerly, e.g. to test it on CPU.)
+        # the compiled CUDA path keeps full static shapes so one CUDA graph per batch-size bucket
+        # serves every step. (`static_shapes=True` without compile runs the static path eagerly.)
         use_compile = device.type == "cuda" and compile
         self.static = use_compile if static_shapes is None else static_shapes
         self._decode_frame = G.decode_frame
         if use_compile:
-            # "reduce-overhead" = CUDA graphs: one ~1000-kernel frame step replays as a single launch.
-            self._decode_frame = torch.compile(G.decode_frame, mode="reduce-overhead", fullgraph=False)
+            # "reduce-overhead" = CUDA graphs: the ~1000-kernel sampled frame replays as one launch.
+            # fullgraph: sampling is pure tensor code (counter-based RNG), nothing may break the graph.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(BUCKETS))
+            self._decode_frame = torch.compile(G.decode_frame, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        # Every request goes through the one scheduler of this device (continuous batching).
+        self.scheduler = FrameScheduler(self, max_batch_size, max_waiting, prefill_chunk)
+
+    def warmup(self) -> float:
+        """Run (and on CUDA capture) the sampled frame step once per batch-size bucket; returns seconds.
+
+        Sampled, not greedy: that is the path real requests take, so nothing compiles on a request.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        m, dev = self.model, self.device
+        with torch.inference_mode():
+            for b in [x for x in BUCKETS if x <= self.scheduler.max_rows] or [self.scheduler.max_rows]:
+                h = torch.zeros(b, m.args.backbone.dim, dtype=self.dtype, device=dev)
+                pos = torch.zeros(b, dtype=torch.long, device=dev)
+                sampler = G.Sampler(torch.full((b,), 0.9, device=dev), torch.full((b,), 50, device=dev),
+                                    torch.zeros(b, dtype=torch.long, device=dev), pos.clone())  # fmt: skip
+                for _ in range(3 if self.static else 1):  # cudagraph trees record on the 2nd/3rd call
+                    if self.static:
+                        self._decode_frame(m, h, pos, sampler)
+                    else:
+                        G.decode_step(m, h, pos, 1, sampler, True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ construction
 
@@ -170,6 +194,8 @@ class CSMGenerator:
         compile: bool = False,
         max_batch_size: int = 1,
         local_files_only: bool | None = None,
+        max_waiting: int = 32,
+        prefill_chunk: int = 256,
     ) -> CSMGenerator:
         """Load weights, tokenizer and the Mimi codec.
 
@@ -180,12 +206,15 @@ class CSMGenerator:
             codec: Mimi repo/path; default: the codec bundled in a transformers checkpoint, else kyutai/mimi.
             tokenizer: tokenizer dir/repo; default: the checkpoint directory.
             compile: on CUDA, compile the per-frame step (CUDA graphs).
-            max_batch_size: rows the KV caches are allocated for.
+            max_batch_size: KV-cache slots = streams decoded together by the scheduler.
+            max_waiting: requests that may wait for a slot before submissions are refused.
+            prefill_chunk: prompt positions prefilled between two frames of running streams.
             local_files_only: never touch the network (default: cache first, then download).
         """
         dev = pick_device(device)
         ckpt = load_checkpoint(path_or_repo_id, dev, pick_dtype(dev, dtype), tokenizer, local_files_only)
-        return cls(ckpt, _load_codec(ckpt, codec, dev, local_files_only), dev, compile, max_batch_size)
+        return cls(ckpt, _load_codec(ckpt, codec, dev, local_files_only), dev, compile, max_batch_size,
+                   max_waiting=max_waiting, prefill_chunk=prefill_chunk)
 
     # ------------------------------------------------------------------ prompt building
 
@@ -357,97 +386,13 @@ class CSMGenerator:
 
     # ------------------------------------------------------------------ the frame loop
 
-    @torch.inference_mode()
-    def _frames(self, prompts: list[tuple[Tensor, Tensor]], max_frames: list[int], temperature: list[float],
-                topk: list[int], seed: int | None) -> Iterator[tuple[Tensor, list[bool]]]:  # fmt: skip
-        """Yield ``(frame [B, K] on CPU, done flags)`` per step until every row hit EOS or its budget.
-
-        Rows are left-padded to a common length; each row keeps its own RoPE positions, so a
-        row's result matches running it alone.
-        """
-        m, dev = self.model, self.device
-        b = len(prompts)
-        if b > m.max_batch_size:
-            m.setup_caches(b, self.dtype)
-        lens = [p[0].shape[0] for p in prompts]
-        t = max(lens)
-        budget = max(max_frames)
-        if t + budget > self.window:
-            budget = self.window - t
-        tokens = torch.zeros(b, t, self.num_codebooks + 1, dtype=torch.long)
-        tmask = torch.zeros(b, t, self.num_codebooks + 1, dtype=torch.bool)
-        valid = torch.zeros(b, self.window, dtype=torch.bool)
-        for i, (tok, msk) in enumerate(prompts):
-            tokens[i, t - lens[i] :], tmask[i, t - lens[i] :] = tok, msk
-            valid[i, t - lens[i] :] = True  # prompt columns plus every column generated later
-        pad = torch.tensor([t - n for n in lens])
-        rope_pos = (torch.arange(t)[None] - pad[:, None]).clamp_min(0)  # [B, T]
-        tokens, tmask, valid, rope_pos = tokens.to(dev), tmask.to(dev), valid.to(dev), rope_pos.to(dev)
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(seed) if seed is not None else gen.seed()
-        sampler = G.Sampler(
-            torch.tensor(temperature, dtype=torch.float, device=dev),
-            torch.tensor(topk, dtype=torch.long, device=dev), max(topk), gen,
-        )  # fmt: skip
-        padded = any(n != t for n in lens)
-        eager_valid = valid if padded else None  # unpadded batches need no masks in eager mode
-        h = G.prefill(m, tokens, tmask, rope_pos, valid if self.static else eager_valid, None if self.static else t)
-        next_rope = torch.tensor(lens, device=dev)  # [B] RoPE position of each row's next frame
-        ended = [False] * b
-        columns = torch.arange(self.window, device=dev)  # slices of it are the per-step cache columns
-        for step in range(budget):
-            pos = t + step
-            if self.static:
-                frame, h = self._decode_frame(m, h, columns[pos : pos + 1], next_rope, valid, sampler)
-                frame, h = frame.clone(), h.clone()  # CUDA-graph outputs are reused by the next replay
-            else:
-                frame = G.sample_codebooks(m, h, sampler)
-                if step + 1 < budget:  # the last frame's backbone step would be wasted
-                    h = G.backbone_step(m, frame, columns[pos : pos + 1], pos, next_rope, eager_valid)
-            next_rope = next_rope + 1
-            host = frame.cpu()
-            eos = (host == 0).all(-1).tolist()  # the reference's end marker: an all-zero frame
-            # ended[i]: row i's frame from this step is not part of its output (EOS now or earlier,
-            # or its own budget is spent). Once ended, a row stays ended.
-            ended = [ended[i] or eos[i] or step >= max_frames[i] for i in range(b)]
-            yield host, ended
-            if all(ended):
-                return
-
-    def _run(self, reqs: list[Request]) -> Iterator[tuple[Tensor, list[bool]]]:
-        prompts, budgets = [], []
-        for r in reqs:
-            tok, msk, frames = self.build_prompt(
-                normalize_text(r.text), r.speaker, r.context, _frames_for(r.max_audio_length_ms)
-            )
-            prompts.append((tok, msk))
-            budgets.append(frames)
-        yield from self._frames(prompts, budgets, [r.temperature for r in reqs], [r.topk for r in reqs], reqs[0].seed)
-
     def _codes_iter(self, req: Request) -> Iterator[Tensor]:
-        """Frames ``[K]`` of one request, long text generated piece by piece with earlier pieces as context."""
-        text = normalize_text(req.text)
-        limit = self.max_piece_chars
-        pieces = split_sentences(text, limit) if len(text) > limit else [text]
-        # Encode (and trim a too-long voice prompt) once, not once per piece. build_prompt keeps the
-        # pinned voice prompt and, when the window fills, drops the oldest pieces first.
-        context = [self.prepare_segment(s) for s in req.context]
-        left = _frames_for(req.max_audio_length_ms)
-        for n, piece in enumerate(pieces):
-            if left <= 0:
-                break
-            cap = left if len(pieces) == 1 else min(left, int((2 * len(piece) / _CHARS_PER_S + 2) * 1000 / FRAME_MS))
-            sub = Request(piece, req.speaker, context, cap * FRAME_MS, req.temperature, req.topk,
-                          None if req.seed is None else req.seed + n)  # fmt: skip
-            got = []
-            for frames, ended in self._run([sub]):
-                if ended[0]:
-                    break
-                got.append(frames[0])
-                yield frames[0]
-            left -= len(got)
-            if got:  # feed this piece back so the next one keeps the same voice
-                context.append(Segment(req.speaker, piece, torch.stack(got)))
+        """Frames ``[K]`` of one request from the device's scheduler (cancelled when closed early).
+
+        Long text is split into pieces there; each piece continues in the same KV slot, so the
+        voice prompt and earlier pieces stay context (see :mod:`echoforge.csm.scheduler`).
+        """
+        yield from self.scheduler.submit(req)
 
     # ------------------------------------------------------------------ public API
 
@@ -495,22 +440,20 @@ class CSMGenerator:
                 yield dec.decode(torch.stack(pending).clamp(0, 2047)).float().reshape(-1).cpu()
 
     def generate_batch(self, requests: Sequence[Request | dict], decode: bool = True) -> list[Tensor]:
-        """Generate several requests in one forward pass per step (for the server).
+        """Several requests at once: all are submitted to the scheduler and decode frame by frame together.
 
-        Each request must fit the window on its own (no long-text splitting here). Sampling
-        uses one RNG for the batch (seeded by the first request's seed); greedy rows
-        (temperature 0) give exactly what :meth:`generate` gives.
+        Each row keeps its own temperature, top-k and seed, so every result equals the same
+        request run alone.
 
         Returns:
             Per request, audio (1-D float, 24 kHz) if ``decode`` else codes ``[frames, 32]``.
         """
         reqs = [r if isinstance(r, Request) else Request(**r) for r in requests]
-        out: list[list[Tensor]] = [[] for _ in reqs]
-        for frames, ended in self._run(reqs):
-            for i in range(len(reqs)):
-                if not ended[i]:
-                    out[i].append(frames[i])
-        codes = [torch.stack(f) if f else torch.zeros(0, self.num_codebooks, dtype=torch.long) for f in out]
+        streams = [self.scheduler.submit(r) for r in reqs]
+        codes = []
+        for st in streams:
+            frames = list(st)
+            codes.append(torch.stack(frames) if frames else torch.zeros(0, self.num_codebooks, dtype=torch.long))
         return [self.decode(c) for c in codes] if decode else codes
 
 

@@ -91,22 +91,42 @@ csm_configs: dict[str, tuple[str, str]] = {"csm-1b": ("llama-1B", "llama-100M")}
 
 
 class KVCache(nn.Module):
-    """Preallocated keys/values ``[B, H_kv, S, head_dim]`` written by position index."""
+    """Preallocated keys/values ``[B, H_kv, S, head_dim]`` written by position index.
+
+    Each batch row is a *slot* owned by one sequence (the scheduler's unit): a slot's sequence
+    starts at column 0, so a row's cache column is also its RoPE position.
+    """
 
     def __init__(self, max_batch_size: int, max_seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
         shape = (max_batch_size, n_heads, max_seq_len, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("rows", torch.arange(max_batch_size), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # input_pos: [T] cache columns; k, v: [B, H_kv, T, head_dim]. Rows beyond B stay untouched.
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, row0: int = 0) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` ``[B, H_kv, T, hd]`` into slots ``row0 .. row0+B-1``; return those slots' caches.
+
+        ``input_pos`` is either ``[T]`` (the same columns for every row: prefill, or rows in step)
+        or ``[B, 1]`` (one column per row: batched decode of sequences at different lengths).
+        """
+        b = k.shape[0]
         kc, vc = self.k_cache, self.v_cache
-        if k.shape[0] != kc.shape[0]:
-            kc, vc = kc[: k.shape[0]], vc[: k.shape[0]]
-        kc.index_copy_(2, input_pos, k)
-        vc.index_copy_(2, input_pos, v)
+        if row0 != 0 or b != kc.shape[0]:
+            kc, vc = kc[row0 : row0 + b], vc[row0 : row0 + b]
+        if input_pos.ndim == 1:
+            kc.index_copy_(2, input_pos, k)
+            vc.index_copy_(2, input_pos, v)
+        else:  # per-row column: kc[r, :, pos[r]] = k[r, :, 0]
+            rows, cols = self.rows[:b], input_pos[:, 0]
+            kc[rows, :, cols] = k[:, :, 0]
+            vc[rows, :, cols] = v[:, :, 0]
         return kc, vc
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy slot ``src``'s first ``length`` columns into slot ``dst`` (the scheduler compacts rows)."""
+        self.k_cache[dst, :, :length] = self.k_cache[src, :, :length]
+        self.v_cache[dst, :, :length] = self.v_cache[src, :, :length]
 
     def reset(self) -> None:
         """Zero in place (no reallocation). Not needed for correctness: masks hide stale columns."""
@@ -172,7 +192,8 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None,
+        row0: int = 0,
     ) -> Tensor:
         a = self.args
         bsz, seqlen, _ = x.shape
@@ -182,7 +203,7 @@ class Attention(nn.Module):
         k = qk[:, :, a.n_head :].transpose(1, 2)  # [B, H_kv, T, hd]
         v = qkv[:, :, a.n_head + a.n_local_heads :].transpose(1, 2)
         assert self.kv_cache is not None, "call setup_caches() first"
-        k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, hd]
+        k, v = self.kv_cache.update(input_pos, k, v, row0)  # [B, H_kv, S, hd]
         if kv_len is not None:
             # Eager-mode shortcut: columns >= kv_len are masked anyway, so skip reading them.
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]
@@ -220,10 +241,11 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None,
+        row0: int = 0,
     ) -> Tensor:
         # `.forward` directly: nn.Module.__call__'s hook handling is measurable per-op overhead here.
-        h = x + self.attention.forward(self.attention_norm.forward(x), cos, sin, mask, input_pos, kv_len)
+        h = x + self.attention.forward(self.attention_norm.forward(x), cos, sin, mask, input_pos, kv_len, row0)
         return h + self.feed_forward.forward(self.ffn_norm.forward(h))
 
 
@@ -252,7 +274,8 @@ class Transformer(nn.Module):
                 layer.attention.kv_cache.reset()
 
     def forward(
-        self, x: Tensor, rope_pos: Tensor | None, input_pos: Tensor, mask: Tensor | None, kv_len: int | None = None
+        self, x: Tensor, rope_pos: Tensor | None, input_pos: Tensor, mask: Tensor | None, kv_len: int | None = None,
+        row0: int = 0,
     ) -> Tensor:
         """Run the stack.
 
@@ -260,10 +283,11 @@ class Transformer(nn.Module):
             x: input embeddings ``[B, T, dim]``.
             rope_pos: RoPE positions ``[B, T]`` (per row, so left-padded batches match unbatched runs),
                 or None when they equal ``input_pos`` for every row.
-            input_pos: KV-cache columns to write ``[T]`` (shared by the batch).
+            input_pos: KV-cache columns to write: ``[T]`` shared by the batch, or ``[B, 1]`` one per row.
             mask: attention mask ``[B, 1, T, S]`` (bool, True = may attend), or None when every
                 column below ``kv_len`` is visible (causal within a block that starts at column 0).
             kv_len: eager-only hint that columns >= kv_len are all masked (None under compile).
+            row0: the batch's rows are cache slots ``row0 .. row0+B-1`` (prefill of one slot).
         """
         if rope_pos is None:  # every row at the cache columns: one table lookup for the batch
             cos, sin = self.rope_cos[input_pos][None, :, None], self.rope_sin[input_pos][None, :, None]  # [1, T, 1, hd]
@@ -272,8 +296,12 @@ class Transformer(nn.Module):
         if cos.dtype != x.dtype:
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for layer in self.layers:
-            x = layer.forward(x, cos, sin, mask, input_pos, kv_len)
+            x = layer.forward(x, cos, sin, mask, input_pos, kv_len, row0)
         return self.norm.forward(x)
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache.move(src, dst, length)
 
 
 class CSM(nn.Module):

@@ -126,6 +126,17 @@ class EngineUnavailable(EngineError):
     """The engine's model, binary or weights are not present on this machine."""
 
 
+class EngineBusy(EngineError):
+    """The engine is at capacity (every stream slot taken, its wait queue full): retry later.
+
+    The server answers 503 with ``Retry-After: retry_after``.
+    """
+
+    def __init__(self, message: str, retry_after: float = 2.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @runtime_checkable
 class TTSEngine(Protocol):
     """The protocol. ``name``/``sample_rate``/``is_fallback`` are plain attributes."""

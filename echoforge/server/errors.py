@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from echoforge.audio import AudioDecodeError
-from echoforge.engines.base import EngineError, EngineUnavailable
+from echoforge.engines.base import EngineBusy, EngineError, EngineUnavailable
 
 log = logging.getLogger("echoforge.server")
 
@@ -138,6 +138,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AudioDecodeError)
     async def _audio(request: Request, exc: AudioDecodeError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "invalid_request_error", "audio", "invalid_audio"), status_code=400)
+
+    @app.exception_handler(EngineBusy)
+    async def _engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:
+        return error_response(Unavailable(str(exc), retry_after=exc.retry_after))
 
     @app.exception_handler(EngineUnavailable)
     async def _engine_unavailable(request: Request, exc: EngineUnavailable) -> JSONResponse:

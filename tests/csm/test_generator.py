@@ -62,13 +62,33 @@ def test_sampler_top1_equals_greedy():
     from echoforge.csm.generate import sample
 
     logits = torch.randn(3, 2051, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(0)
-    top1 = sample(logits, torch.full((3,), 0.7), torch.ones(3, dtype=torch.long), 50, g)
+    key, counter = torch.tensor([1, 2, 3]), torch.zeros(3, dtype=torch.long)
+    top1 = sample(logits, torch.full((3,), 0.7), torch.ones(3, dtype=torch.long), 50, key, counter, 0)
     assert torch.equal(top1, logits.argmax(-1))
-    mixed = sample(logits, torch.tensor([0.0, 1.0, 1.0]), torch.full((3,), 3, dtype=torch.long), 50, g)
+    mixed = sample(logits, torch.tensor([0.0, 1.0, 1.0]), torch.full((3,), 3, dtype=torch.long), 50, key, counter, 0)
     assert mixed[0] == logits[0].argmax()
     top3 = logits.topk(3, dim=-1).indices
     assert all(mixed[i] in top3[i] for i in (1, 2))
+
+
+def test_counter_based_noise_is_per_row_and_unbiased():
+    """A row's draws depend only on its own (key, counter, codebook): not on its neighbours."""
+    from echoforge.csm.generate import exponential_noise, sample
+
+    key, counter = torch.tensor([7, 8, 9]), torch.tensor([0, 5, 11])
+    full = exponential_noise(key, counter, 3, 64)
+    alone = exponential_noise(key[1:2], counter[1:2], 3, 64)
+    assert torch.equal(full[1:2], alone)
+    assert not torch.equal(full[0], full[1])
+    assert not torch.equal(exponential_noise(key, counter, 4, 64), full)  # codebooks differ
+    # Exp(1) has mean 1; 3*64*50 draws.
+    many = torch.cat([exponential_noise(key, counter + i, 0, 64) for i in range(50)])
+    assert abs(many.mean().item() - 1.0) < 0.05 and many.min() > 0
+    # Sampling frequencies follow the distribution (4 tokens, probs .1 .2 .3 .4).
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).repeat(4000, 1)
+    draws = sample(logits, torch.ones(4000), torch.full((4000,), 4), 4, torch.arange(4000), torch.zeros(4000, dtype=torch.long), 0)
+    freq = torch.bincount(draws, minlength=4).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.03)
 
 
 def test_batch_equals_single_requests(tiny_generator):
@@ -96,6 +116,7 @@ def test_context_window_drops_oldest_and_rejects_huge_text(tiny_generator, caplo
 
 
 def test_long_text_is_generated_piecewise_with_feedback(tiny_generator, monkeypatch):
+    """Piece 2 continues in piece 1's KV slot: the same codes as generating it with piece 1 as context."""
     gen = tiny_generator
     seen = []
     real = gen.build_prompt
@@ -108,13 +129,16 @@ def test_long_text_is_generated_piecewise_with_feedback(tiny_generator, monkeypa
     monkeypatch.setattr(gen, "max_piece_chars", 20)
     text = "hello world. how are you today? i am fine thanks."
     codes = gen.generate_codes(text, max_audio_length_ms=60 * 80, temperature=0)
-    assert [s[0] for s in seen][:2] == ["hello world.", "how are you today?"]
-    # piece 1 is capped by its length (random weights never say EOS) so piece 2 gets frames too,
-    # and piece 2 sees piece 1's own codes as its last context turn.
+    assert codes.shape[0] == 60
+    assert [s[0] for s in seen] == ["hello world."]  # later pieces need no new prompt
+    # piece 1 is capped by its length (random weights never say EOS) so piece 2 gets frames too.
     first = seen[0][2]
     assert first < 60
-    assert torch.equal(seen[1][1][-1].audio, codes[:first])
-    assert codes.shape[0] == 60
+    cap2 = min(60 - first, int((2 * len("how are you today?") / 15 + 2) * 1000 / 80))
+    monkeypatch.setattr(gen, "max_piece_chars", 300)
+    solo = gen.generate_codes("how are you today?", context=[Segment(0, "hello world.", codes[:first])],
+                              max_audio_length_ms=cap2 * 80, temperature=0)  # fmt: skip
+    assert torch.equal(codes[first : first + cap2], solo)
 
 
 def test_engine_via_registry(tiny_csm_dir):
