@@ -201,7 +201,8 @@ def doctor() -> None:
             advice.append("No GPU: CSM runs on CPU slowly; for real-time speech install a CUDA torch (see README, 'GPU').")
     except ImportError:
         rows.append(("torch", "[red]missing[/]", "pip install torch"))
-    advice += _doctor_csm(settings, rows)
+    notes: list[str] = []
+    advice += _doctor_csm(settings, rows, notes)
     from echoforge.engines.piper import default_voice_path
 
     voice = settings.piper.voice or default_voice_path()
@@ -218,13 +219,15 @@ def doctor() -> None:
         table.add_row(*row)
     console.print(table)
     console.print(f"engine setting: [bold]{settings.engine}[/], data dir: {settings.data_dir.resolve()}")
+    for line in notes:
+        console.print(line, soft_wrap=True)
     for line in advice:
         console.print(f"[yellow]→[/] {line}")
     if not advice:
         console.print("[green]All good.[/]")
 
 
-def _doctor_csm(settings, rows: list[tuple[str, str, str]]) -> list[str]:
+def _doctor_csm(settings, rows: list[tuple[str, str, str]], notes: list[str]) -> list[str]:
     """CSM rows for ``doctor``: would the weights load (headers checked, no tensor read), which
     layout and files, the Mimi codec, the configured device. Returns advice lines."""
     from echoforge.csm.engine import CSMEngine
@@ -273,7 +276,7 @@ def _doctor_csm(settings, rows: list[tuple[str, str, str]]) -> list[str]:
                     f"The {plan.describe().split(':')[0]} needs the Mimi codec separately: `huggingface-cli download {src}` "
                     "or set csm.codec to a local Mimi directory."
                 )
-    console.print(f"CSM: {plan.describe()}", soft_wrap=True)
+    notes.append(f"CSM will load from {plan.path}: {plan.describe()} (headers and shapes checked, no tensor read)")
     return advice
 
 
