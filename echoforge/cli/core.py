@@ -273,7 +273,7 @@ def _doctor_csm(settings, rows: list[tuple[str, str, str]], notes: list[str]) ->
             rows.append(("Mimi codec", "[green]cached[/]" if cached else "[yellow]not found[/]", src))
             if not cached:
                 advice.append(
-                    f"The {plan.describe().split(':')[0]} needs the Mimi codec separately: `huggingface-cli download {src}` "
+                    f"The {plan.describe().split(':')[0]} needs the Mimi codec separately: `hf download {src}` "
                     "or set csm.codec to a local Mimi directory."
                 )
     notes.append(f"CSM will load from {plan.path}: {plan.describe()} (headers and shapes checked, no tensor read)")

@@ -109,7 +109,8 @@ def missing_weights_message(repo_id: str, why: str) -> str:
     """One line for a hub model that is not on this machine: it is gated, how to get it."""
     return (
         f"CSM weights {repo_id!r} are not on this machine ({why}). The repo is gated: accept the licence on "
-        f"https://huggingface.co/{repo_id}, run `huggingface-cli login`, then `huggingface-cli download {repo_id}` "
+        f"https://huggingface.co/{repo_id}, log in (`hf auth login`, older huggingface_hub: `huggingface-cli login`), "
+        f"then `hf download {repo_id}` "
         "(or set csm.model to a local directory); with HF_HUB_OFFLINE unset and the hub reachable, EchoForge "
         "downloads it at start-up"
     )
@@ -202,18 +203,18 @@ def resolve(path_or_repo_id: str | os.PathLike, local_files_only: bool | None = 
     except GatedRepoError as exc:
         raise CheckpointError(
             f"{repo_id!r} is gated: accept the licence on https://huggingface.co/{repo_id} and run "
-            "`huggingface-cli login`, or point csm.model at a local directory / ungated mirror"
+            "log in (`hf auth login` / `huggingface-cli login`), or point csm.model at a local directory / ungated mirror"
         ) from exc
     except RepositoryNotFoundError as exc:
         raise CheckpointError(
-            f"hub repo {repo_id!r} not found (or gated/private and you are not logged in: `huggingface-cli login`)"
+            f"hub repo {repo_id!r} not found (or gated/private and you are not logged in: `hf auth login` / `huggingface-cli login`)"
         ) from exc
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(
             f"could not download {repo_id!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-            f"the repo is gated (accept the licence on its page, `huggingface-cli login`); set HF_HUB_OFFLINE=1 "
+            f"the repo is gated (accept the licence on its page, `hf auth login` / `huggingface-cli login`); set HF_HUB_OFFLINE=1 "
             "to use only the local cache"
         ) from exc
 
@@ -247,7 +248,7 @@ def _index_set(index: Path) -> WeightSet:
         if not f.is_file():
             raise CheckpointError(
                 f"{f}: missing — {index.name} lists {len(shards)} shards and this one is not there; the download is "
-                "incomplete: re-run `huggingface-cli download` for the repo (it resumes) or copy the file"
+                "incomplete: re-run `hf download` for the repo (it resumes) or copy the file"
             )
     n = len(shards)
     return WeightSet(f"{index.name} ({n} shard{'s' if n != 1 else ''})", [index.parent / s for s in shards], index)
