@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -360,12 +359,9 @@ class CSMGenerator:
             text_len = {i: rows[i][0].shape[0] - (segs[i].audio.shape[0] + 1 if segs[i].audio is not None else 0)
                         for i in keep}  # fmt: skip
             audio_len = {i: segs[i].audio.shape[0] if segs[i].audio is not None else None for i in keep}
-
-            def size(cap: int) -> int:
-                return sum(text_len[i] + (min(audio_len[i], cap) + 1 if audio_len[i] is not None else 0) for i in keep)
-
             longest = max((n for n in audio_len.values() if n is not None), default=0)
-            cap = next((c for c in range(longest, _MIN_PROMPT_FRAMES - 1, -1) if size(c) <= budget), None)
+            cap = next((c for c in range(longest, _MIN_PROMPT_FRAMES - 1, -1)
+                        if _pinned_size(text_len, audio_len, c) <= budget), None)  # fmt: skip
             if cap is not None:
                 for i in keep:
                     n = audio_len[i]
@@ -455,6 +451,11 @@ class CSMGenerator:
             frames = list(st)
             codes.append(torch.stack(frames) if frames else torch.zeros(0, self.num_codebooks, dtype=torch.long))
         return [self.decode(c) for c in codes] if decode else codes
+
+
+def _pinned_size(text_len: dict[int, int], audio_len: dict[int, int | None], cap: int) -> int:
+    """Positions the pinned segments take with each one's audio cut to ``cap`` frames (+ its EOS frame)."""
+    return sum(t + (min(audio_len[i], cap) + 1 if audio_len[i] is not None else 0) for i, t in text_len.items())
 
 
 def _is_codes(audio: Any) -> bool:
