@@ -149,7 +149,7 @@ def _cached_dir_usable(d: Path, what: str) -> bool:
     if not (d / "config.json").is_file():
         return False
     try:
-        return bool(_weight_sets(d, _read_json(d / "config.json")))
+        return bool(weight_sets(d, _read_json(d / "config.json")))
     except CheckpointError:
         return False
 
@@ -265,7 +265,7 @@ def _inside(d: Path, name: str) -> Path:
     return p
 
 
-def _weight_sets(d: Path, cfg: dict) -> list[WeightSet]:
+def weight_sets(d: Path, cfg: dict) -> list[WeightSet]:
     """Every weight set in directory ``d``, most preferred first (transformers_weights first).
 
     A set that is named but incomplete (an index whose shard is missing) is an error, not skipped.
@@ -765,7 +765,7 @@ def inspect_checkpoint(
     tok_src = Path(resolve(tokenizer, local_files_only, what="tokenizer")) if tokenizer else d
     tok, bos, eos = load_tokenizer(tok_src, cfg)
     if root.is_dir():
-        sets = _weight_sets(d, cfg)
+        sets = weight_sets(d, cfg)
         if not sets:
             named = cfg.get("transformers_weights")
             raise CheckpointError(

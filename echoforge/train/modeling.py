@@ -369,21 +369,31 @@ def export_checkpoint(state: dict[str, Tensor], args: CSMArgs, out_dir: Path | s
     if src is not None:
         if (src / "config.json").is_file():
             base_cfg = json.loads((src / "config.json").read_text())
-        weights = src / "model.safetensors"
-        if weights.is_file():
-            with safe_open(str(weights), "pt") as f:
-                keys = list(f.keys())
-                # The codec (and anything else we do not train) is copied verbatim.
-                extra = {k: f.get_tensor(k) for k in keys if k.startswith("codec_model.")}
+        # The source's transformers-format weights (e.g. sesame/csm-1b's transformers-0000N-of-00002
+        # shards named by `transformers_weights`, or model.safetensors), every shard of them.
+        from echoforge.csm.loader import layout_of, read_headers, weight_sets
+
+        for ws in weight_sets(src, base_cfg):
+            if ws.files[0].suffix != ".safetensors":
+                continue
+            keys = list(read_headers(ws))
+            if layout_of(keys) != "transformers":
+                continue
+            for file in ws.files:
+                with safe_open(str(file), "pt") as f:
+                    # The codec (and anything else we do not train) is copied verbatim.
+                    extra |= {k: f.get_tensor(k) for k in f.keys() if k.startswith("codec_model.")}
             found = tuple(k for k in ("backbone_model.embed_tokens.embed_audio_tokens.weight",
                                       "depth_decoder.model.embed_tokens.weight") if k in keys)  # fmt: skip
             audio_keys = found or audio_keys
+            break
+        base_cfg.pop("transformers_weights", None)  # the export is one model.safetensors
         for f in src.iterdir():  # tokenizer, generation config, chat template …
             if (
                 f.is_file()
                 and f.name not in _WEIGHT_FILES
                 and f.name != "config.json"
-                and not f.name.endswith(".safetensors")
+                and not f.name.endswith((".safetensors", ".safetensors.index.json"))
             ):
                 shutil.copy2(f, out / f.name)
     if not extra:

@@ -296,3 +296,16 @@ def test_loading_streams_tensors_into_a_meta_model(real_repos, monkeypatch):
     assert not any(p.is_meta for p in ck.model.parameters())
     assert all(p.requires_grad for p in ck.model.parameters())  # training loads through here too
     assert ck.codec_state and ck.codec_config
+
+
+def test_fine_tune_export_from_the_real_layout_loads(real_repos, tmp_path):
+    """Training exports carry the bundled Mimi over from the shards and drop ``transformers_weights``."""
+    from echoforge.train.modeling import export_checkpoint
+
+    ck = load_checkpoint(real_repos["both"])
+    out = export_checkpoint(ck.model.state_dict(), ck.model.args, tmp_path / "tuned", real_repos["both"])
+    assert "transformers_weights" not in json.loads((out / "config.json").read_text())
+    assert not (out / HF_INDEX).exists()
+    plan = inspect_checkpoint(out)
+    assert plan.describe() == "transformers layout: model.safetensors, Mimi bundled"
+    assert torch.equal(load_checkpoint(out).model.audio_head, ck.model.audio_head)
