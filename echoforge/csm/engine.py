@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -121,7 +121,11 @@ class CSMEngine(BaseEngine):
                 compile=csm.compile,
                 max_batch_size=csm.max_batch_size,
                 local_files_only=True,
+                max_waiting=csm.max_waiting,
+                prefill_chunk=csm.prefill_chunk,
             )
+            # Run (on CUDA: capture) the sampled frame step for every batch bucket now, not on a request.
+            log.info("CSM frame step warmed up in %.2f s", generator.warmup())
         except EngineUnavailable:
             raise
         except (ImportError, OSError, RuntimeError, ValueError, KeyError) as exc:
@@ -131,6 +135,17 @@ class CSMEngine(BaseEngine):
         generator.max_reference_s = csm.max_reference_s  # voice prompts longer than this are trimmed
         log.info("CSM engine ready (%s on %s) in %.1f s", csm.model, generator.device, time.perf_counter() - t0)
         return cls(generator, csm.model, csm.watermark, csm.watermark_key, csm.first_chunk_frames, csm.chunk_frames)
+
+    @property
+    def max_concurrency(self) -> int:
+        """Streams generated at once: the scheduler's KV-cache slots (``csm.max_batch_size``)."""
+        return self.generator.scheduler.max_rows
+
+    def scheduler_stats(self) -> dict:
+        """Continuous-batching counters of this device's scheduler (for /api/diagnostic and /api/health)."""
+        sch = self.generator.scheduler
+        return {**sch.stats, "slots": sch.max_rows, "active": sch.active, "waiting": len(sch.waiting),
+                "max_waiting": sch.max_waiting}  # fmt: skip
 
     def voices(self) -> list[VoiceInfo]:
         # CSM has no named voices: speaker ids plus context clips define the voice.
@@ -148,7 +163,7 @@ class CSMEngine(BaseEngine):
 
     def _kwargs(self, r: SynthesisRequest) -> dict:
         return dict(text=r.text, speaker=r.speaker, context=list(r.context), max_audio_length_ms=r.max_audio_length_ms,
-                    temperature=r.temperature, topk=r.topk, seed=r.seed)  # fmt: skip
+                    temperature=r.temperature, topk=r.topk, seed=r.seed, should_stop=r.should_stop)  # fmt: skip
 
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance, watermarked once over its full length."""
@@ -172,11 +187,3 @@ class CSMEngine(BaseEngine):
             offset += audio.size
         if stretch is not None and (tail := stretch.flush()).size:
             yield self._mark(tail, offset)
-
-    def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[np.ndarray]:
-        """Several requests in one forward pass per step (the server's batching entry point)."""
-        outs = self.generator.generate_batch([self._kwargs(r) for r in requests])
-        return [
-            self._mark(change_tempo(a.numpy().astype(np.float32, copy=False), self.sample_rate, r.speed))
-            for a, r in zip(outs, requests, strict=True)
-        ]

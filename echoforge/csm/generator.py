@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,6 +53,7 @@ class Request:
     temperature: float = 0.9
     topk: int = 50
     seed: int | None = None
+    should_stop: Callable[[], bool] | None = None  # polled every frame: True drops the row
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -393,11 +394,12 @@ class CSMGenerator:
     # ------------------------------------------------------------------ public API
 
     def generate_codes(self, text: str, speaker: int = 0, context: Sequence[Segment] = (), max_audio_length_ms: float = 90_000,
-                       temperature: float = 0.9, topk: int = 50, seed: int | None = None) -> Tensor:  # fmt: skip
+                       temperature: float = 0.9, topk: int = 50, seed: int | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> Tensor:  # fmt: skip
         """Mimi codes ``[frames, 32]`` (long, CPU) for ``text``, without the EOS frame."""
-        frames = list(
-            self._codes_iter(Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed))
-        )
+        frames = list(self._codes_iter(
+            Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed, should_stop)
+        ))  # fmt: skip
         if not frames:
             return torch.zeros(0, self.num_codebooks, dtype=torch.long)
         return torch.stack(frames)
@@ -411,13 +413,16 @@ class CSMGenerator:
             return self.codec.decode(codes.clamp(0, 2047)).float().reshape(-1).cpu()
 
     def generate(self, text: str, speaker: int = 0, context: Sequence[Segment] = (), max_audio_length_ms: float = 90_000,
-                 temperature: float = 0.9, topk: int = 50, seed: int | None = None) -> Tensor:  # fmt: skip
+                 temperature: float = 0.9, topk: int = 50, seed: int | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Tensor:  # fmt: skip
         """1-D float audio tensor at 24 kHz for ``text`` spoken by ``speaker`` after ``context``."""
-        return self.decode(self.generate_codes(text, speaker, context, max_audio_length_ms, temperature, topk, seed))
+        return self.decode(
+            self.generate_codes(text, speaker, context, max_audio_length_ms, temperature, topk, seed, should_stop)
+        )
 
     def stream(self, text: str, speaker: int = 0, context: Sequence[Segment] = (), max_audio_length_ms: float = 90_000,
                temperature: float = 0.9, topk: int = 50, seed: int | None = None, first_chunk_frames: int = 2,
-               chunk_frames: int = 8) -> Iterator[Tensor]:  # fmt: skip
+               chunk_frames: int = 8, should_stop: Callable[[], bool] | None = None) -> Iterator[Tensor]:  # fmt: skip
         """Yield 1-D audio chunks: the first after ``first_chunk_frames`` frames, then every ``chunk_frames``.
 
         The Mimi decoder is stateful, so each chunk costs only its own frames.
@@ -425,7 +430,7 @@ class CSMGenerator:
         dec = self.codec.streaming_decoder()
         pending: list[Tensor] = []
         want = first_chunk_frames
-        req = Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed)
+        req = Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed, should_stop)
         with torch.inference_mode():
             for frame in self._codes_iter(req):
                 pending.append(frame)

@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -85,6 +85,7 @@ class _Row:
     counter: int = 0  # frame index for the RNG
     ended_eos: bool = False
     cancelled: bool = False
+    should_stop: Callable[[], bool] | None = None
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
@@ -206,7 +207,9 @@ class FrameScheduler:
         tok, msk, frames = self.gen.build_prompt(pieces[0].text, req.speaker, ctx, pieces[0].budget)
         pieces[0].budget = frames
         topk = max(1, min(int(req.topk), self.model.args.audio_vocab_size))
-        return _Row(next(self._ids), req.speaker, ctx, pieces, float(req.temperature), topk, total, (tok, msk))
+        row = _Row(next(self._ids), req.speaker, ctx, pieces, float(req.temperature), topk, total, (tok, msk))
+        row.should_stop = req.should_stop
+        return row
 
     def _retry_after(self) -> float:
         # Rough: a waiting request needs a running one to finish; assume ~10 s of audio each.
@@ -242,6 +245,9 @@ class FrameScheduler:
             self._decode()
 
     def _reap_cancelled(self) -> None:
+        for r in [*self.waiting, *self.running, *([self.prefilling] if self.prefilling else [])]:
+            if r.should_stop is not None and not r.cancelled and r.should_stop():
+                r.cancelled = True
         for r in [r for r in self.waiting if r.cancelled]:
             self.waiting.remove(r)
             r.out.put(_END)

@@ -11,7 +11,7 @@ engine's ``sample_rate`` (24 kHz for CSM; the fallbacks declare their own rate a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,6 +92,9 @@ class SynthesisRequest:
     max_audio_length_ms: int = 90_000
     speed: float = 1.0
     seed: int | None = None
+    # Polled by engines that can stop mid-utterance (CSM drops the row at the next frame):
+    # the server sets it when a client disconnects or a task is cancelled.
+    should_stop: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():

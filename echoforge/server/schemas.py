@@ -54,11 +54,19 @@ class QueueStatus(BaseModel):
     running: int
 
 
+class StreamStatus(BaseModel):
+    in_use: int = Field(description="Streams holding an engine slot now.")
+    waiting: int = Field(description="Streams waiting for a slot.")
+    capacity: int = Field(description="Slots: CSM's continuous-batching rows, or the fallback's pool size.")
+    scheduler: dict[str, int] | None = Field(None, description="CSM scheduler counters (frames, steps, rows_done, max_rows_seen, ...).")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
     engine: EngineStatus
     queue: QueueStatus
+    streams: StreamStatus | None = None
     auth_required: bool
     uptime_s: float
     model_load_s: float

@@ -41,7 +41,7 @@ from echoforge.csm.model import CSM, CSMArgs, ModelArgs, Transformer
 class PassThroughCache(nn.Module):
     """Stands in for ``KVCache`` during training: no buffers, ``update`` returns ``k, v`` as given."""
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, row0: int = 0) -> tuple[Tensor, Tensor]:
         return k, v
 
 

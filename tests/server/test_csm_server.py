@@ -28,7 +28,7 @@ def csm_server(tmp_path_factory):
         "device": "cpu",
         "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 2},
         "server": {"workers": 1},
-        "generation": {"max_audio_length_ms": 800},
+        "generation": {"max_audio_length_ms": 8000},  # 100 frames: concurrent requests overlap
     }
     server = ServerProcess(tmp_path_factory.mktemp("csm-server"), "csm", settings).start(timeout=180)
     yield server
@@ -58,3 +58,34 @@ def test_tiny_csm_end_to_end(csm_server):
             json={"model": "csm-1b", "input": "good morning", "voice": "alloy", "response_format": "wav"},
         )
         assert speech.status_code == 200 and speech.content[:4] == b"RIFF"
+
+
+def test_concurrent_requests_share_frames_and_disconnect_frees_the_row(csm_server):
+    """Four simultaneous /v1/audio/speech requests run in the scheduler's two slots together; a
+    streaming client that hangs up early has its row removed (far fewer than 100 frames made)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def speak(text):
+        with csm_server.client() as c:
+            r = c.post("/v1/audio/speech", json={"model": "csm-1b", "input": text, "voice": "alloy", "response_format": "pcm"})
+            return r.status_code, len(r.content)
+
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(speak, ["hello world", "good morning", "how are you today", "one two three"]))
+    assert all(code == 200 and size > 0 for code, size in results), results
+    with csm_server.client() as client:
+        sched = client.get("/api/health").json()["streams"]["scheduler"]
+        assert sched["slots"] == 2 and sched["max_rows_seen"] == 2 and sched["active"] == 0
+        before = sched["frames"]
+        body = {"model": "csm-1b", "input": "hello world", "voice": "alloy", "response_format": "pcm", "stream": True}
+        with client.stream("POST", "/v1/audio/speech", json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_bytes())
+        import time
+
+        for _ in range(100):
+            sched = client.get("/api/health").json()["streams"]["scheduler"]
+            if sched["active"] == 0:
+                break
+            time.sleep(0.1)
+        assert sched["active"] == 0 and sched["frames"] - before < 100

@@ -139,12 +139,20 @@ async def test_service_runs_the_engine_concurrency_and_refuses_past_the_wait_que
         service.close()
 
 
-async def test_csm_like_engines_keep_server_workers(tmp_path):
+async def test_csm_like_engines_use_their_scheduler_slots(tmp_path):
+    """CSM declares its scheduler's slots (max_concurrency) and waits in csm.max_waiting."""
     engine = GatedEngine()
     engine.is_fallback = False
+    settings = load_settings(data_dir=tmp_path, server={"workers": 1}, csm={"max_waiting": 5})
+    service = SynthesisService(engine, VoiceStore(tmp_path), settings)
+    try:
+        assert service.concurrency == 2 and service.max_waiting == 5
+    finally:
+        service.close()
+    engine.max_concurrency = 1  # an engine that declares nothing: server.workers
     service = SynthesisService(engine, VoiceStore(tmp_path), load_settings(data_dir=tmp_path, server={"workers": 3}))
     try:
-        assert service.concurrency == 3 and service.max_waiting is None
+        assert service.concurrency == 3
     finally:
         service.close()
 

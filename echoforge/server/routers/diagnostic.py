@@ -81,6 +81,7 @@ async def diagnostic(services: ServicesDep, _: RateLimitedDep) -> dict:
             "batched_requests": s.batched_requests,
             "largest_batch": s.max_batch,
             "streams": s.streams,
+            "scheduler": getattr(services.engine, "scheduler_stats", lambda: None)(),
         },
         "torch": await run_in_threadpool(_torch),
         "memory": _memory(),

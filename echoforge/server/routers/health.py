@@ -31,6 +31,13 @@ async def health(services: ServicesDep) -> dict:
             "description": info.description,
         },
         "queue": {"backend": services.queue.backend, "depth": queued, "running": running},
+        # Streams generating now / waiting for a slot (CSM's continuous-batching scheduler; fallbacks: slots).
+        "streams": {
+            "in_use": services.synthesis._slots.in_use,
+            "waiting": services.synthesis._slots.waiting,
+            "capacity": services.synthesis.concurrency,
+            "scheduler": getattr(services.engine, "scheduler_stats", lambda: None)(),
+        },
         "auth_required": services.keys.required,
         "uptime_s": round(time.time() - services.started_at, 3),
         "model_load_s": round(services.model_load_s, 3),

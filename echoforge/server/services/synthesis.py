@@ -172,11 +172,16 @@ class SynthesisService:
         self.engine = engine
         self.voices = voices
         self.settings = settings
-        # CSM: server.workers (its frame-level scheduler will take over); fallbacks: what the
-        # engine says it can run at once (Piper/espeak: server.fallback_concurrency).
-        self.admission = bool(engine.is_fallback)
-        self.concurrency = engine_concurrency(engine) if self.admission else settings.server.workers
-        self.max_waiting = settings.server.fallback_max_waiting if self.admission else None
+        # Fallbacks: what the engine says it can run at once (Piper/espeak: server.fallback_concurrency).
+        # CSM: its scheduler's slots (it batches every stream frame by frame, csm.max_batch_size) or
+        # server.workers if larger, with csm.max_waiting waiting beyond them.
+        self.admission = True
+        if engine.is_fallback:
+            self.concurrency = engine_concurrency(engine)
+            self.max_waiting = settings.server.fallback_max_waiting
+        else:
+            self.concurrency = max(settings.server.workers, engine_concurrency(engine))
+            self.max_waiting = settings.csm.max_waiting
         self._slots = SlotGate(self.concurrency, self.max_waiting)
         self._batch_fn = getattr(engine, "synthesize_batch", None) or getattr(engine, "generate_batch", None)
         self.max_batch = settings.csm.max_batch_size if self._batch_fn else 1
@@ -302,6 +307,8 @@ class SynthesisService:
             pieces: list[np.ndarray] = []
             produced = 0
             with self.slot(should_stop):
+                if should_stop is not None and request.should_stop is None:
+                    request = dataclasses.replace(request, should_stop=should_stop)
                 for chunk in self.engine.stream(request):
                     if should_stop and should_stop():
                         raise Cancelled("cancelled")
@@ -389,7 +396,8 @@ class SynthesisService:
             try:
                 if stop.is_set():
                     return
-                for chunk in self.engine.stream(request):
+                # The engine polls this too: a disconnect stops CSM at the next frame, not the next chunk.
+                for chunk in self.engine.stream(dataclasses.replace(request, should_stop=stop.is_set)):
                     if stop.is_set():
                         return
                     chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
