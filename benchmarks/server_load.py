@@ -45,7 +45,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def start_server(engine: str, workers: int, data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    engine: str, workers: int, data_dir: Path, fallback_concurrency: int | None = None
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
     env.update(
@@ -55,6 +57,8 @@ def start_server(engine: str, workers: int, data_dir: Path) -> tuple[subprocess.
         ECHOFORGE_SERVER__WORKERS=str(workers),
         ECHOFORGE_LOG_LEVEL="WARNING",
     )
+    if fallback_concurrency:
+        env["ECHOFORGE_SERVER__FALLBACK_CONCURRENCY"] = str(fallback_concurrency)
     cmd = [
         sys.executable,
         "-m",
@@ -194,12 +198,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=5, help="requests per client in each workload")
     parser.add_argument("--engine", default="espeak", help="auto | csm | piper | espeak")
-    parser.add_argument("--workers", type=int, default=2, help="server.workers (concurrent engine jobs)")
+    parser.add_argument("--workers", type=int, default=2, help="server.workers (concurrent CSM engine jobs)")
+    parser.add_argument(
+        "--fallback-concurrency", type=int, default=None,
+        help="server.fallback_concurrency (concurrent Piper/espeak jobs; default: the server's, from the CPU count)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(args.engine, args.workers, Path(tmp))
+        proc, url = start_server(args.engine, args.workers, Path(tmp), args.fallback_concurrency)
         try:
             engine = httpx.get(url + "/api/health").json()["engine"]
             speech = asyncio.run(speech_load(url, args.clients, args.requests))
