@@ -88,11 +88,11 @@ def random_generator(size: str, device: torch.device, weight_std: float) -> tupl
     hf, gen, n_params = build(size, device, torch.float32, False, 1)
     del hf  # gen keeps only the codec
     if weight_std > 0:
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator(device=device).manual_seed(0)  # drawn where the weights live: fast at full size
         with torch.no_grad():
             for name, p in gen.model.named_parameters():
                 if not name.endswith("norm.weight"):
-                    p.copy_((torch.randn(p.shape, generator=g) * weight_std).to(p.device))
+                    p.normal_(0.0, weight_std, generator=g)
     return gen, n_params
 
 
