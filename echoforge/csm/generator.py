@@ -161,6 +161,9 @@ class CSMGenerator:
 
         Sampled, not greedy: that is the path real requests take, so nothing compiles on a request.
         """
+        return self.scheduler.call(self._warmup)  # CUDA graphs are recorded per thread: record on the scheduler's
+
+    def _warmup(self) -> float:
         import time
 
         t0 = time.perf_counter()

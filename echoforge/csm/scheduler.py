@@ -33,7 +33,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -85,6 +86,7 @@ class _Row:
     counter: int = 0  # frame index for the RNG
     ended_eos: bool = False
     cancelled: bool = False
+    epoch: int = 0  # bumped when the row changes piece or leaves: in-flight frames of an old epoch are dropped
     should_stop: Callable[[], bool] | None = None
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     t_submit: float = field(default_factory=time.perf_counter)
@@ -132,8 +134,15 @@ class FrameScheduler:
         prefill_chunk: prompt positions prefilled between two frames of the running rows.
     """
 
-    def __init__(self, gen: CSMGenerator, max_rows: int = 4, max_waiting: int = 32, prefill_chunk: int = 256):
+    def __init__(self, gen: CSMGenerator, max_rows: int = 4, max_waiting: int = 32, prefill_chunk: int = 256,
+                 lag: bool | None = None):  # fmt: skip
         self.gen, self.model, self.device = gen, gen.model, gen.device
+        # One frame in flight (static/CUDA path): frame t+1 is launched before frame t's codes are
+        # read back, so the GPU never idles on the host's EOS checks and queue pushes. A row that
+        # ended at t has its (wasted) frame t+1 dropped. The eager CPU path has nothing to overlap.
+        self.lag = (gen.static and self.device.type == "cuda") if lag is None else lag
+        self._pending: tuple[list[tuple[_Row, int]], Tensor, Any] | None = None
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self.max_rows, self.max_waiting, self.prefill_chunk = max_rows, max_waiting, prefill_chunk
         if self.model.max_batch_size < max_rows:  # caches only grow (several schedulers may share a model in tests)
             self.model.setup_caches(max_rows, gen.dtype)
@@ -173,11 +182,26 @@ class FrameScheduler:
                     retry_after=self._retry_after(),
                 )
             self.waiting.append(row)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="echoforge-csm-scheduler", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
             self._cv.notify()
         return FrameStream(self, row)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the scheduler's thread between two frames and return its result.
+
+        CUDA graphs are recorded per thread, so warm-up must run where the frames will.
+        """
+        fut: Future = Future()
+        with self._cv:
+            self._calls.append((fn, fut))
+            self._ensure_thread()
+            self._cv.notify()
+        return fut.result()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="echoforge-csm-scheduler", daemon=True)
+            self._thread.start()
 
     def cancel(self, row: _Row) -> None:
         with self._cv:
@@ -221,16 +245,26 @@ class FrameScheduler:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._closed and not (self.waiting or self.running or self.prefilling):
+                    while not self._closed and not self._has_work():
                         self._cv.wait()
                     if self._closed:
                         self._fail_all(RuntimeError("the CSM scheduler was shut down"))
                         return
+                    calls = list(self._calls)
+                    self._calls.clear()
+                for fn, fut in calls:
+                    try:
+                        fut.set_result(fn())
+                    except Exception as exc:
+                        fut.set_exception(exc)
                 try:
                     self.step()
                 except Exception as exc:  # a bug or OOM must fail the rows, not hang their clients
                     log.exception("CSM scheduler step failed; failing %d rows", self.active)
                     self._fail_all(exc)
+
+    def _has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.prefilling or self._pending or self._calls)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -243,6 +277,9 @@ class FrameScheduler:
             self._prefill_chunk(self.prefilling)
         if self.running:
             self._decode()
+        elif self._pending is not None:  # the last in-flight frame of rows that all ended
+            prev, self._pending = self._pending, None
+            self._complete(*prev)
 
     def _reap_cancelled(self) -> None:
         for r in [*self.waiting, *self.running, *([self.prefilling] if self.prefilling else [])]:
@@ -308,15 +345,33 @@ class FrameScheduler:
         self._h[:b] = h
         t["pos"] += 1
         t["counter"] += 1
-        host = frame.cpu()  # the one host sync per frame: EOS checks and streaming out need the codes
-        eos = (host == 0).all(-1).tolist()
-        self.stats["steps"] += 1
-        self.stats["frames"] += b
-        now = time.perf_counter()
         for r in rows:  # all first: a row that leaves below may move another row's cache (pos columns)
             r.pos += 1
             r.counter += 1
-        for i, r in enumerate(rows):
+        self.stats["steps"] += 1
+        self.stats["frames"] += b
+        launched = [(r, r.epoch) for r in rows]
+        if not self.lag:
+            self._complete(launched, frame.cpu())  # the host sync: EOS checks and streaming need the codes
+            return
+        host = torch.empty(frame.shape, dtype=frame.dtype, pin_memory=self.device.type == "cuda")
+        host.copy_(frame, non_blocking=True)
+        done = torch.cuda.Event() if self.device.type == "cuda" else None
+        if done is not None:
+            done.record()
+        prev, self._pending = self._pending, (launched, host, done)
+        if prev is not None:  # frame t-1's codes, read while frame t runs
+            self._complete(*prev)
+
+    def _complete(self, launched: list[tuple[_Row, int]], host: Tensor, done: Any = None) -> None:
+        """Hand out one step's frames; rows end at EOS or budget (frames of an old epoch are dropped)."""
+        if done is not None:
+            done.synchronize()
+        eos = (host == 0).all(-1).tolist()
+        now = time.perf_counter()
+        for i, (r, epoch) in enumerate(launched):
+            if r.epoch != epoch:  # the row ended or changed piece after this frame was launched
+                continue
             if r.cancelled:
                 self._finish(r)
             elif eos[i]:
@@ -351,7 +406,10 @@ class FrameScheduler:
             padded(t["temperature"], [0.0] * pad), padded(t["topk"], [1] * pad), padded(t["key"], [0] * pad),
             padded(t["counter"], [0] * pad), kmax, greedy=False, any_greedy=True,
         )  # fmt: skip
-        frame, h = self.gen._decode_frame(self.model, self._h[:bucket], padded(t["pos"], pad_pos), sampler)
+        # With a frame in flight, a row that just used its last column gets one wasted frame more:
+        # clamp it into its own (finished) last column rather than past the window.
+        pos = padded(t["pos"], pad_pos).clamp_max(self.gen.window - 1)
+        frame, h = self.gen._decode_frame(self.model, self._h[:bucket], pos, sampler)
         # CUDA-graph outputs are overwritten by the next replay: copy what we keep.
         return frame[:b].clone(), h[:b].clone()
 
@@ -363,6 +421,9 @@ class FrameScheduler:
             self._finish(r)
             return
         r.piece += 1
+        r.epoch += 1
+        if self._pending is not None and any(row is r for row, _ in self._pending[0]):
+            r.pos -= 1  # the frame launched after this one is dropped: the next prefill overwrites its column
         nxt = r.pieces[r.piece]
         nxt.budget = min(nxt.budget, r.left)
         text_tok, text_msk = self.gen._text_rows(r.speaker, nxt.text)
@@ -381,6 +442,7 @@ class FrameScheduler:
 
     def _finish(self, r: _Row) -> None:
         """Row leaves: close its stream, move the last running row into its slot."""
+        r.epoch += 1
         i = self.running.index(r)
         last = len(self.running) - 1
         if i != last:
@@ -401,6 +463,7 @@ class FrameScheduler:
             self.waiting.clear()
             self.running = []
             self.prefilling = None
+            self._pending = None
             self._dirty = True
         for r in rows:
             r.out.put(exc)

@@ -49,6 +49,7 @@ def drive(sched: FrameScheduler, streams, until=None) -> list[torch.Tensor]:
 
 
 def manual(gen: CSMGenerator, **kw) -> FrameScheduler:
+    """A scheduler the test steps by hand (no background thread)."""
     sched = FrameScheduler(gen, **{"max_rows": 4, "max_waiting": 8, **kw})
     sched._thread = object()  # never start the background thread: the test steps it
     return sched
@@ -173,3 +174,74 @@ def test_background_scheduler_streams_concurrent_requests(tiny_generator):
 
         time.sleep(0.01)
     assert tiny_generator.scheduler.active == 0
+
+
+@pytest.fixture
+def forced_eos(monkeypatch):
+    """Rows say EOS (an all-zero frame) at a frame index that depends only on their own RNG key,
+    so EOS handling is exercised and solo/batched runs must still agree."""
+    from echoforge.csm import generate as G
+
+    real = G.sample_codebooks
+
+    def with_eos(model, h, sampler, slice_kv=True):
+        frame = real(model, h, sampler, slice_kv)
+        at = sampler.key % 5 + 3  # EOS at frame 3..7 of each piece
+        return torch.where((sampler.counter == at)[:, None], torch.zeros_like(frame), frame)
+
+    monkeypatch.setattr(G, "sample_codebooks", with_eos)
+
+
+def test_static_path_with_a_frame_in_flight_equals_eager(tiny_csm_dir, gen, forced_eos, monkeypatch):
+    """The CUDA path's shape (fixed-size sampled step, batch buckets, one frame in flight before the
+    host reads codes back), run on CPU: every row equals its eager solo run, EOS and pieces included."""
+    static = CSMGenerator.from_pretrained(tiny_csm_dir, device="cpu", max_batch_size=4)
+    static.static = True  # what compile=True selects on CUDA (uncompiled here)
+    for g in (static, gen):
+        monkeypatch.setattr(g, "max_piece_chars", 20)
+    rs = reqs(0.9)
+    for r in rs:
+        r.max_audio_length_ms = 12 * 80  # > the latest forced EOS (frame 7)
+    rs[2].text = "hello world. how are you today? i am fine thanks."  # three pieces, EOS in each
+    rs[2].max_audio_length_ms = 40 * 80
+    sched = manual(static, lag=True)
+    assert sched.lag
+    batched = drive(sched, [sched.submit(r) for r in rs[:3]])
+    late = drive(sched, [sched.submit(rs[3])])  # a bucket of 1 after a bucket of 4
+    for r, got in zip(rs, [*batched, *late], strict=True):
+        want = solo(gen, r)
+        assert torch.equal(got, want), r.text
+        assert got.shape[0] < r.max_audio_length_ms // 80  # EOS ended it early
+    sched.step()  # drains the last in-flight frame (of rows that already ended: dropped)
+    assert sched.active == 0 and sched._pending is None
+
+
+def test_sampled_frame_step_traces_as_one_graph_per_bucket():
+    """fullgraph=True: sampling (counter-based RNG, per-row settings as tensors) never breaks the
+    graph, and new temperatures, top-k, seeds and positions reuse the compiled step."""
+    from echoforge.csm import generate as G
+    from echoforge.csm.model import CSM, CSMArgs, ModelArgs
+
+    small = dict(n_layer=1, n_head=2, n_local_heads=1, dim=32, intermediate_size=64, max_seq_len=64, rope_scaling=None)
+    torch.manual_seed(0)
+    m = CSM(CSMArgs(ModelArgs(**small), ModelArgs(**small), text_vocab_size=16, audio_vocab_size=2051,
+                    audio_num_codebooks=4)).eval()  # fmt: skip
+    m.setup_caches(2)
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    step = torch.compile(G.decode_frame, backend=backend, fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        for trial in range(3):
+            g = torch.Generator().manual_seed(trial)
+            h = torch.randn(2, 32, generator=g)
+            pos = torch.randint(0, 60, (2,), generator=g)
+            sampler = G.Sampler(torch.rand(2, generator=g), torch.randint(1, 300, (2,), generator=g),
+                                torch.randint(0, 2**32, (2,), generator=g), torch.randint(0, 99, (2,), generator=g))  # fmt: skip
+            frame, h_next = step(m, h, pos, sampler)
+            ref_frame, ref_h = G.decode_frame(m, h, pos, sampler)
+            assert torch.equal(frame, ref_frame) and torch.allclose(h_next, ref_h)
+    assert len(compiles) == 1
