@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ServerProcess, assert_error, wait_task
+
 from echoforge.config import load_settings
 from echoforge.engines.base import BaseEngine, SynthesisRequest
 from echoforge.server.errors import Unavailable
