@@ -300,14 +300,15 @@ class TTSProcessor(FrameProcessor):
         # A saved voice's reference clip leads the context, pinned: CSM keeps it when the
         # conversation fills its window and drops the oldest turns instead.
         prompt = self.voice_prompt(voice)
+        stop = threading.Event()
         request = SynthesisRequest(
             text=frame.text,
             voice=voice,
             speaker=s.speaker,
             context=([prompt.as_voice_prompt()] if prompt is not None else [])
             + self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
+            should_stop=stop.is_set,  # barge-in: CSM drops this row at the next frame
         )
-        stop = threading.Event()
         try:
             async for chunk in iterate_in_thread(lambda: self.engine.stream(request), stop):
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)

@@ -48,18 +48,22 @@ def seed_key(seed: int) -> int:
     return ((s ^ (s >> 32)) * 0x9E3779B97F4A7C15 >> 32) & _M32
 
 
-def exponential_noise(key: Tensor, counter: Tensor, codebook: int, n: int) -> Tensor:
-    """``[B, n]`` Exp(1) draws that depend only on (key, counter, codebook, column).
+def exponential_noise(key: Tensor, counter: Tensor, codebooks: int, n: int) -> Tensor:
+    """``[B, codebooks, n]`` Exp(1) draws for one frame that depend only on (key, counter, codebook, column).
+
+    Drawn once per frame for all codebooks (one vectorised hash instead of an RNG call per
+    codebook); column ``j`` does not depend on ``n``, so any top-k bound sees the same draws.
 
     Args:
         key: ``[B]`` int64 row keys in [0, 2^32) (see :func:`seed_key`).
         counter: ``[B]`` int64 frame index of each row.
-        codebook: which of the frame's codebooks is being sampled.
-        n: how many candidates.
+        codebooks: how many codebooks the frame has.
+        n: candidates per codebook (the top-k bound).
     """
-    base = _mix32(key ^ _mix32((counter * 64 + codebook) & _M32))  # [B]
+    cb = torch.arange(codebooks, device=key.device, dtype=torch.long)
+    base = _mix32(key[:, None] ^ _mix32((counter[:, None] * 64 + cb[None, :]) & _M32))  # [B, K]
     cols = torch.arange(n, device=key.device, dtype=torch.long) * _GOLDEN
-    x = _mix32((base[:, None] + cols[None, :]) & _M32)  # [B, n]
+    x = _mix32((base[:, :, None] + cols) & _M32)  # [B, K, n]
     u = ((x >> 8).float() + 0.5) * (1.0 / 16_777_216)  # 24 random bits -> (0, 1)
     return -torch.log(u)
 
@@ -80,33 +84,35 @@ class Sampler:
     greedy: bool = False
     any_greedy: bool = True
 
-    def __call__(self, logits: Tensor, codebook: int) -> Tensor:
-        if self.greedy:
+    def frame_noise(self, codebooks: int, vocab: int) -> Tensor | None:
+        """``[B, codebooks, k]`` draws for this frame (None when every row is greedy)."""
+        return None if self.greedy else exponential_noise(self.key, self.counter, codebooks, min(self.kmax, vocab))
+
+    def __call__(self, logits: Tensor, noise: Tensor | None) -> Tensor:
+        """One codebook: ``logits [B, V]`` with that codebook's ``noise [B, k]`` -> ``[B]``."""
+        if noise is None:
             return logits.argmax(-1)
-        return sample(logits, self.temperature, self.topk, self.kmax, self.key, self.counter, codebook, self.any_greedy)
+        return sample(logits, self.temperature, self.topk, noise, self.any_greedy)
 
 
-def sample(
-    logits: Tensor, temperature: Tensor, topk: Tensor, kmax: int, key: Tensor, counter: Tensor, codebook: int,
-    any_greedy: bool = True,
-) -> Tensor:  # fmt: skip
+def sample(logits: Tensor, temperature: Tensor, topk: Tensor, noise: Tensor, any_greedy: bool = True) -> Tensor:
     """Top-k sampling with per-row temperature and k; rows with temperature 0 take the argmax.
 
     Args:
         logits: ``[B, V]``.
-        temperature: ``[B]``; topk: ``[B]`` (<= ``kmax``, a static int); key, counter: ``[B]``.
+        temperature: ``[B]``; topk: ``[B]`` (each <= ``noise.shape[-1]``, the static top-k bound).
+        noise: ``[B, k]`` Exp(1) draws (see :func:`exponential_noise`).
 
     Returns:
         ``[B]`` long token ids.
     """
     logits = logits.float()
-    k = min(kmax, logits.shape[-1])
+    k = noise.shape[-1]
     vals, idx = (logits / temperature.clamp_min(1e-5)[:, None]).topk(k, dim=-1)  # [B, k]
     keep = torch.arange(k, device=vals.device)[None, :] < topk[:, None]
     probs = torch.softmax(vals.masked_fill(~keep, float("-inf")), dim=-1)
     # argmax(p / q) with q ~ Exp(1) is an exact draw from p with no host sync (gpt-fast's trick).
-    q = exponential_noise(key, counter, codebook, k)
-    sampled = idx.gather(-1, (probs / q).argmax(-1, keepdim=True)).squeeze(-1)
+    sampled = idx.gather(-1, (probs / noise).argmax(-1, keepdim=True)).squeeze(-1)
     if not any_greedy:
         return sampled
     return torch.where(temperature > 0, sampled, logits.argmax(-1))
@@ -139,7 +145,8 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     """
     k = model.args.audio_num_codebooks
     b = h.shape[0]
-    c0 = sampler(model.codebook0_head(h), 0)  # [B]
+    noise = sampler.frame_noise(k, model.args.audio_vocab_size)  # [B, K, k]: the whole frame's draws at once
+    c0 = sampler(model.codebook0_head(h), None if noise is None else noise[:, 0])  # [B]
     codes = [c0]
     # Positions 0 and 1: the projected backbone state and codebook 0's embedding.
     x = torch.cat([model.projection(h).unsqueeze(1), model.embed_code(0, c0)], dim=1)  # [B, 2, dec_dim]
@@ -151,7 +158,7 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
             out = model.decoder(x, None, pos, None, i + 1)
         else:  # static shapes: full 32-column cache under the causal mask
             out = model.decoder(x, None, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
-        ci = sampler(out[:, -1] @ model.audio_head[i - 1], i)  # logits [B, vocab] -> [B]
+        ci = sampler(out[:, -1] @ model.audio_head[i - 1], None if noise is None else noise[:, i])  # [B, vocab] -> [B]
         codes.append(ci)
         x = model.embed_code(i, ci)
         pos = positions[i + 1 : i + 2]

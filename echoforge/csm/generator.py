@@ -12,6 +12,7 @@ per-frame step can be compiled with ``torch.compile(mode="reduce-overhead")`` (C
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +23,8 @@ import torch
 from torch import Tensor
 
 from echoforge.csm import generate as G
-from echoforge.csm.scheduler import BUCKETS, FrameScheduler
 from echoforge.csm.loader import Checkpoint, CheckpointError, load_checkpoint
+from echoforge.csm.scheduler import BUCKETS, FrameScheduler
 from echoforge.engines.base import Segment
 from echoforge.text import normalize_text
 
@@ -428,20 +429,28 @@ class CSMGenerator:
                chunk_frames: int = 8, should_stop: Callable[[], bool] | None = None) -> Iterator[Tensor]:  # fmt: skip
         """Yield 1-D audio chunks: the first after ``first_chunk_frames`` frames, then every ``chunk_frames``.
 
-        The Mimi decoder is stateful, so each chunk costs only its own frames.
+        The Mimi decoder is stateful, so each chunk costs only its own frames. Decoding runs in
+        the caller's thread while the scheduler generates the next frames; on CUDA it runs on a
+        side stream of its own, so it overlaps with the frame graphs instead of queueing behind them.
         """
         dec = self.codec.streaming_decoder()
         pending: list[Tensor] = []
         want = first_chunk_frames
         req = Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed, should_stop)
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+        def decode(frames: list[Tensor]) -> Tensor:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                return dec.decode(torch.stack(frames).clamp(0, 2047)).float().reshape(-1).cpu()
+
         with torch.inference_mode():
             for frame in self._codes_iter(req):
                 pending.append(frame)
                 if len(pending) >= want:
-                    yield dec.decode(torch.stack(pending).clamp(0, 2047)).float().reshape(-1).cpu()
+                    yield decode(pending)
                     pending, want = [], chunk_frames
             if pending:
-                yield dec.decode(torch.stack(pending).clamp(0, 2047)).float().reshape(-1).cpu()
+                yield decode(pending)
 
     def generate_batch(self, requests: Sequence[Request | dict], decode: bool = True) -> list[Tensor]:
         """Several requests at once: all are submitted to the scheduler and decode frame by frame together.

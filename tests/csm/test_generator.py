@@ -59,35 +59,36 @@ def test_sampling_is_seeded_and_topk_bounded(tiny_generator):
 
 
 def test_sampler_top1_equals_greedy():
-    from echoforge.csm.generate import sample
+    from echoforge.csm.generate import exponential_noise, sample
 
     logits = torch.randn(3, 2051, generator=torch.Generator().manual_seed(0))
-    key, counter = torch.tensor([1, 2, 3]), torch.zeros(3, dtype=torch.long)
-    top1 = sample(logits, torch.full((3,), 0.7), torch.ones(3, dtype=torch.long), 50, key, counter, 0)
+    noise = exponential_noise(torch.tensor([1, 2, 3]), torch.zeros(3, dtype=torch.long), 1, 50)[:, 0]
+    top1 = sample(logits, torch.full((3,), 0.7), torch.ones(3, dtype=torch.long), noise)
     assert torch.equal(top1, logits.argmax(-1))
-    mixed = sample(logits, torch.tensor([0.0, 1.0, 1.0]), torch.full((3,), 3, dtype=torch.long), 50, key, counter, 0)
+    mixed = sample(logits, torch.tensor([0.0, 1.0, 1.0]), torch.full((3,), 3, dtype=torch.long), noise)
     assert mixed[0] == logits[0].argmax()
     top3 = logits.topk(3, dim=-1).indices
     assert all(mixed[i] in top3[i] for i in (1, 2))
 
 
 def test_counter_based_noise_is_per_row_and_unbiased():
-    """A row's draws depend only on its own (key, counter, codebook): not on its neighbours."""
+    """A row's draws depend only on its own (key, counter, codebook): not on its neighbours or the top-k bound."""
     from echoforge.csm.generate import exponential_noise, sample
 
     key, counter = torch.tensor([7, 8, 9]), torch.tensor([0, 5, 11])
-    full = exponential_noise(key, counter, 3, 64)
-    alone = exponential_noise(key[1:2], counter[1:2], 3, 64)
-    assert torch.equal(full[1:2], alone)
-    assert not torch.equal(full[0], full[1])
-    assert not torch.equal(exponential_noise(key, counter, 4, 64), full)  # codebooks differ
-    # Exp(1) has mean 1; 3*64*50 draws.
-    many = torch.cat([exponential_noise(key, counter + i, 0, 64) for i in range(50)])
+    full = exponential_noise(key, counter, 4, 64)  # [3, 4, 64]
+    assert torch.equal(full[1:2], exponential_noise(key[1:2], counter[1:2], 4, 64))
+    assert torch.equal(full[..., :10], exponential_noise(key, counter, 4, 10))  # prefix-stable in k
+    assert not torch.equal(full[0], full[1]) and not torch.equal(full[:, 0], full[:, 1])  # rows, codebooks differ
+    # Exp(1) has mean 1.
+    many = torch.cat([exponential_noise(key, counter + i, 4, 64) for i in range(20)])
     assert abs(many.mean().item() - 1.0) < 0.05 and many.min() > 0
     # Sampling frequencies follow the distribution (4 tokens, probs .1 .2 .3 .4).
-    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).repeat(4000, 1)
-    draws = sample(logits, torch.ones(4000), torch.full((4000,), 4), 4, torch.arange(4000), torch.zeros(4000, dtype=torch.long), 0)
-    freq = torch.bincount(draws, minlength=4).float() / 4000
+    n = 4000
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).repeat(n, 1)
+    noise = exponential_noise(torch.arange(n), torch.zeros(n, dtype=torch.long), 1, 4)[:, 0]
+    draws = sample(logits, torch.ones(n), torch.full((n,), 4), noise)
+    freq = torch.bincount(draws, minlength=4).float() / n
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.03)
 
 

@@ -19,6 +19,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 
 from echoforge.audio import float_to_pcm16
+from echoforge.engines.base import EngineBusy
 from echoforge.server.errors import ApiError
 from echoforge.text import split_sentences
 
@@ -108,6 +109,10 @@ class SpeechSession:
             raise
         except WebSocketDisconnect:
             raise
+        except ApiError as exc:  # e.g. 503 server_overloaded: every engine slot busy, wait queue full
+            await self.send_error(exc.message, exc.status, exc.code)
+        except EngineBusy as exc:
+            await self.send_error(str(exc), 503, "server_overloaded")
         except Exception as exc:  # the engine failed on this sentence: report it, keep the session
             log.warning("stream synthesis failed: %s", exc, exc_info=not isinstance(exc, (ValueError, RuntimeError)))
             await self.send_error(f"synthesis failed: {exc}", 503, "engine_error")
