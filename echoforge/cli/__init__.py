@@ -30,6 +30,7 @@ _PARTS = (
     "echoforge.cli.agent",
     "echoforge.cli.train",
     "echoforge.cli.eval",
+    "echoforge.cli.wyoming",
 )
 
 for _name in _PARTS:
