@@ -5,11 +5,17 @@ Starts ``echoforge serve`` (fresh data dir, chosen engine) on a free port, then 
 1. streaming speech (``POST /v1/audio/speech``, WAV, chunked): requests/s and time to first
    byte (p50/p95) with N concurrent clients;
 2. the task API: N clients submit tasks concurrently and poll them to completion — every
-   task must finish (``lost`` must be 0).
+   task must finish (``lost`` must be 0);
+3. with ``--compare N``: N speech requests at once against the same N one after another.
+
+``--tiny-csm`` serves a tiny random-weight CSM (built with ``tests/csm/tiny_models.build_tiny_csm``,
+CPU, ``--csm-slots`` scheduler slots, every request exactly ``--max-audio-ms`` of audio): the real
+CSM path (scheduler, streaming, voice prompts) without downloads.
 
 Prints a table and one JSON line, and appends a section to BENCHMARKS.md (``--no-write`` to skip).
 
     .venv/bin/python benchmarks/server_load.py --clients 8 --requests 5 --engine espeak
+    .venv/bin/python benchmarks/server_load.py --tiny-csm --clients 64 --requests 1 --compare 8
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def start_server(
-    engine: str, workers: int, data_dir: Path, fallback_concurrency: int | None = None
+    engine: str, workers: int, data_dir: Path, fallback_concurrency: int | None = None, extra_env: dict | None = None
 ) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
@@ -59,6 +65,7 @@ def start_server(
     )
     if fallback_concurrency:
         env["ECHOFORGE_SERVER__FALLBACK_CONCURRENCY"] = str(fallback_concurrency)
+    env.update(extra_env or {})
     cmd = [
         sys.executable,
         "-m",
@@ -129,6 +136,46 @@ async def speech_load(url: str, clients: int, per_client: int) -> dict:
     }
 
 
+def tiny_csm_env(tmp: Path, slots: int, max_audio_ms: int) -> dict:
+    """Build a tiny random-weight CSM (tests/csm/tiny_models.build_tiny_csm) and the settings serving it on CPU.
+
+    Random weights never emit EOS, so every request makes exactly ``max_audio_ms`` of audio.
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.csm.tiny_models import build_tiny_csm
+
+    model = build_tiny_csm(tmp / "model")
+    return {
+        "ECHOFORGE_DEVICE": "cpu",
+        "ECHOFORGE_CSM__MODEL": str(model),
+        "ECHOFORGE_CSM__COMPILE": "false",
+        "ECHOFORGE_CSM__MAX_BATCH_SIZE": str(slots),
+        "ECHOFORGE_CSM__MAX_WAITING": "4096",
+        "ECHOFORGE_GENERATION__MAX_AUDIO_LENGTH_MS": str(max_audio_ms),
+    }
+
+
+async def concurrent_vs_sequential(url: str, n: int) -> dict:
+    """``n`` speech requests at once vs the same ``n`` one after another (whole WAV bodies)."""
+    body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "wav"}
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n * 2)) as client:
+
+        async def one() -> bool:
+            r = await client.post(url + "/v1/audio/speech", json=body)
+            return r.status_code == 200 and len(r.content) > 44
+
+        await one()  # warm
+        t0 = time.perf_counter()
+        seq_ok = [await one() for _ in range(n)]
+        seq = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        conc_ok = await asyncio.gather(*(one() for _ in range(n)))
+        conc = time.perf_counter() - t0
+    return {"n": n, "sequential_s": round(seq, 3), "concurrent_s": round(conc, 3), "ratio": round(conc / seq, 3),
+            "errors": (n - sum(seq_ok)) + (n - sum(conc_ok))}  # fmt: skip
+
+
 async def task_load(url: str, clients: int, per_client: int) -> dict:
     ids: list[str] = []
     statuses: dict[str, str] = {}
@@ -187,6 +234,13 @@ def append_results(results: dict) -> None:
         f"Task API: {t['submitted']} submitted, {t['done']} done, {t['audio_fetched']} audio fetched, **{t['lost']} lost**, {t['tasks_per_s']} tasks/s.",
         "",
     ]
+    c = results.get("concurrent_vs_sequential")
+    if c:
+        lines += [
+            f"{c['n']} concurrent /v1/audio/speech requests vs the same {c['n']} one after another: "
+            f"{c['concurrent_s']} s vs {c['sequential_s']} s, **ratio {c['ratio']}** ({c['errors']} errors).",
+            "",
+        ]
     if not path.exists():
         path.write_text("# EchoForge benchmarks\n", encoding="utf-8")
     with path.open("a", encoding="utf-8") as f:
@@ -203,13 +257,34 @@ def main() -> int:
         "--fallback-concurrency", type=int, default=None,
         help="server.fallback_concurrency (concurrent Piper/espeak jobs; default: the server's, from the CPU count)",
     )
+    parser.add_argument(
+        "--tiny-csm", action="store_true",
+        help="serve a tiny random-weight CSM built with tests/csm/tiny_models.build_tiny_csm (implies --engine csm, CPU)",
+    )  # fmt: skip
+    parser.add_argument("--csm-slots", type=int, default=16, help="--tiny-csm: csm.max_batch_size (scheduler slots)")
+    parser.add_argument(
+        "--max-audio-ms", type=int, default=2000,
+        help="--tiny-csm: generation.max_audio_length_ms (random weights never stop early: every request makes this much)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare", type=int, default=0,
+        help="also time N concurrent speech requests against the same N sequential ones (0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--machine", default="", help="machine description for BENCHMARKS.md (default: detected)")
     parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(args.engine, args.workers, Path(tmp), args.fallback_concurrency)
+        extra = None
+        if args.tiny_csm:
+            args.engine = "csm"
+            extra = tiny_csm_env(Path(tmp), args.csm_slots, args.max_audio_ms)
+        data = Path(tmp) / "data"
+        data.mkdir()
+        proc, url = start_server(args.engine, args.workers, data, args.fallback_concurrency, extra)
         try:
             engine = httpx.get(url + "/api/health").json()["engine"]
+            compare = asyncio.run(concurrent_vs_sequential(url, args.compare)) if args.compare else None
             speech = asyncio.run(speech_load(url, args.clients, args.requests))
             tasks = asyncio.run(task_load(url, args.clients, args.requests))
         finally:
@@ -220,11 +295,15 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "engine": f"{engine['name']}{' (fallback)' if engine['is_fallback'] else ''} on {engine['device']}",
         "clients": args.clients,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at start), Python {platform.python_version()}",
+        "machine": f"{args.machine or f'{platform.machine()}, {os.cpu_count()} CPUs'} (load average {os.getloadavg()[0]:.1f} at start), Python {platform.python_version()}",
         "command": "python benchmarks/server_load.py " + " ".join(sys.argv[1:]),
         "speech": speech,
         "tasks": tasks,
     }
+    if compare:
+        results["concurrent_vs_sequential"] = compare
+        print(f"{compare['n']} concurrent vs sequential: {compare['concurrent_s']} s vs {compare['sequential_s']} s "
+              f"(ratio {compare['ratio']})")  # fmt: skip
     print(
         f"speech: {speech['ok']}/{speech['requests']} ok, {speech['requests_per_s']} req/s, "
         f"TTFB p50 {speech['ttfb_p50_ms']} ms, p95 {speech['ttfb_p95_ms']} ms"
@@ -233,7 +312,7 @@ def main() -> int:
     print(json.dumps(results))
     if not args.no_write:
         append_results(results)
-    return 1 if tasks["lost"] or speech["errors"] else 0
+    return 1 if tasks["lost"] or speech["errors"] or (compare and compare["errors"]) else 0
 
 
 if __name__ == "__main__":
