@@ -127,7 +127,7 @@ step speed "$T_SPEED" "$PY" benchmarks/csm_speed.py --device "$DEVICE" --sizes "
 step drift "$T_DRIFT" "$PY" benchmarks/precision_drift.py --device "$DEVICE" --sizes "$SIZES" --frames $DRIFT_FRAMES \
   --markdown "$OUTDIR/results.md"
 if [ -f benchmarks/concurrency.py ]; then
-  step concurrency "$T_CONCURRENCY" "$PY" benchmarks/concurrency.py --device "$DEVICE" --sizes "$SIZES"
+  step concurrency "$T_CONCURRENCY" "$PY" benchmarks/concurrency.py --device "$DEVICE" --sizes "$SIZES" --streams "$([ $QUICK = 1 ] && echo 1,4 || echo 1,4,8,16,32)" --frames $FRAMES --full-frames "$([ $QUICK = 1 ] && echo 6 || echo 32)" --budget $((T_CONCURRENCY > 40 ? T_CONCURRENCY - 25 : 15)) --markdown "$OUTDIR/results.md"
 else
   STATUS+=("concurrency: SKIPPED (benchmarks/concurrency.py not there yet)")
 fi
