@@ -94,6 +94,20 @@ class ServerSettings(BaseModel):
         return min(16, max(2, os.cpu_count() or 2))
 
 
+class RaySettings(BaseModel):
+    """``echoforge serve --ray``: the app on Ray Serve, one engine replica per device (``echoforge.deploy``)."""
+
+    address: str | None = Field(None, description="Ray cluster to join: 'auto' (the running one), 'ray://head:10001' or 'host:6379'; none: start a local Ray instance.")
+    replicas: int | None = Field(None, ge=1, le=1024, description="Engine replicas (fixed count); none: one per GPU when replicas use GPUs, else 1.")
+    autoscaling_min: int | None = Field(None, ge=0, le=1024, description="With autoscaling_max: the fewest engine replicas Ray Serve scales down to.")
+    autoscaling_max: int | None = Field(None, ge=1, le=1024, description="Set to autoscale engine replicas between autoscaling_min and this (replaces `replicas`).")
+    max_ongoing_requests: int | None = Field(None, ge=1, le=4096, description="Requests one engine replica runs at once; none: its slots (csm.max_batch_size for CSM, server.fallback_concurrency for the fallbacks).")
+    num_gpus: float | None = Field(None, ge=0, le=64, description="GPUs per engine replica; none: 1 when the cluster has GPUs, else 0 (CPU replicas).")
+    num_cpus: float = Field(1.0, ge=0, le=256, description="CPUs Ray reserves per engine replica (the ingress reserves none).")
+    num_cpus_local: int | None = Field(None, ge=1, le=4096, description="CPUs of the local Ray instance `serve --ray` starts (none: all).")
+    app_name: str = Field("echoforge", min_length=1, max_length=64, description="Ray Serve application name.")
+
+
 class Settings(BaseSettings):
     """All of EchoForge's configuration."""
 
@@ -125,6 +139,7 @@ class Settings(BaseSettings):
     piper: PiperSettings = Field(default_factory=PiperSettings)
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
     # Sections owned by other parts (analysis, agent, train) are plain dicts here and are
     # validated by their own models, so this file stays the single entry point.
     analysis: dict[str, Any] = Field(default_factory=dict)

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -127,15 +127,24 @@ class RequestIdMiddleware:
 
 
 def build_services(
-    settings: Settings, engine: TTSEngine, model_load_s: float, *, start_workers: bool = True
+    settings: Settings,
+    engine: TTSEngine,
+    model_load_s: float,
+    *,
+    start_workers: bool = True,
+    synthesis_factory: Callable[[TTSEngine, VoiceStore, Settings], SynthesisService] = SynthesisService,
 ) -> Services:
-    """Everything but the engine; also used by ``echoforge worker``."""
+    """Everything but the engine; also used by ``echoforge worker``.
+
+    ``synthesis_factory`` builds the synthesis service (``echoforge.deploy`` passes one whose
+    engine runs on Ray Serve replicas; it keeps :class:`SynthesisService`'s interface).
+    """
     s = settings.server
     voices = VoiceStore(
         settings.data_dir, max_upload_seconds=s.max_upload_seconds, max_upload_bytes=int(s.max_upload_mb * 1024 * 1024)
     )
     queue = make_queue(settings)
-    synthesis = SynthesisService(engine, voices, settings)
+    synthesis = synthesis_factory(engine, voices, settings)
     keys = ApiKeyStore(settings.data_dir, [k.get_secret_value() for k in s.api_keys])
     pool = None
     if start_workers:
@@ -173,9 +182,14 @@ def load_engine(settings: Settings, engine_name: str | None = None) -> tuple[TTS
 
 
 def create_app(
-    settings: Settings | None = None, *, engine_name: str | None = None, engine: TTSEngine | None = None
+    settings: Settings | None = None,
+    *,
+    engine_name: str | None = None,
+    engine: TTSEngine | None = None,
+    synthesis_factory: Callable[[TTSEngine, VoiceStore, Settings], SynthesisService] = SynthesisService,
 ) -> FastAPI:
-    """Build the app. ``engine_name`` overrides ``settings.engine``; ``engine`` injects a ready one."""
+    """Build the app. ``engine_name`` overrides ``settings.engine``; ``engine`` injects a ready one;
+    ``synthesis_factory`` replaces the synthesis service (see :func:`build_services`)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -184,7 +198,7 @@ def create_app(
             eng, load_s = engine, 0.0
         else:
             eng, load_s = await asyncio.to_thread(load_engine, settings, engine_name)
-        services = await asyncio.to_thread(build_services, settings, eng, load_s)
+        services = await asyncio.to_thread(build_services, settings, eng, load_s, synthesis_factory=synthesis_factory)
         warm_s = await asyncio.to_thread(services.synthesis.warm_up)
         if observability.metrics is not None:
             observability.metrics.set_model_load_time(eng.name, warm_s, phase="warmup")

@@ -67,6 +67,7 @@ class Health(BaseModel):
     engine: EngineStatus
     queue: QueueStatus
     streams: StreamStatus | None = None
+    replicas: dict[str, Any] | None = Field(None, description="Engine replicas when served on Ray Serve (`echoforge serve --ray`): running/target counts, states, and per replica its id, pid, node and streams.")
     auth_required: bool
     uptime_s: float
     model_load_s: float

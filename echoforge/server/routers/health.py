@@ -38,6 +38,7 @@ async def health(services: ServicesDep) -> dict:
             "capacity": services.synthesis.concurrency,
             "scheduler": getattr(services.engine, "scheduler_stats", lambda: None)(),
         },
+        "replicas": getattr(services.engine, "replicas", lambda: None)(),  # Ray Serve (echoforge.deploy)
         "auth_required": services.keys.required,
         "uptime_s": round(time.time() - services.started_at, 3),
         "model_load_s": round(services.model_load_s, 3),
