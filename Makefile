@@ -37,7 +37,7 @@ $(VENV)/.core-installed: $(PY) pyproject.toml Makefile
 	@touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.core-installed
-	$(PIP) install -e ".[dev,agent,analysis,redis,train,eval,docs,otel,wyoming,pipecat-deps]"
+	$(PIP) install -e ".[dev,agent,analysis,redis,train,eval,docs,otel,wyoming,pipecat-deps,ray]"
 	$(PIP) install --no-deps "pipecat-ai>=1.14"  # its pins would downgrade protobuf (see pyproject, pipecat-deps)
 	@touch $@
 

@@ -21,6 +21,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
     engine: Annotated[str | None, typer.Option(help="auto | csm | piper | espeak")] = None,
     reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve: one engine replica per device (needs the 'ray' extra; sized by the ray.* settings).")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --ray: auto, ray://head:10001 or host:6379 (default: ray.address, else a local Ray instance).")] = None,
 ) -> None:
     """Start the EchoForge server: REST + OpenAI-compatible API, WebSocket streaming, web studio."""
     import uvicorn
@@ -30,6 +32,15 @@ def serve(
     port = port or settings.server.port
     console.print(f"EchoForge on [bold]http://{host}:{port}[/]  (API docs: /docs)")
     with user_errors():
+        if ray or ray_address:
+            try:
+                from echoforge.deploy.app import run as run_on_ray
+            except ImportError as exc:
+                fail(f"--ray needs Ray Serve ({exc.name} is missing): pip install 'echoforge[ray]'")
+            if engine:
+                settings = settings.model_copy(update={"engine": engine})
+            run_on_ray(settings, address=ray_address, host=host, port=port)
+            return
         if reload:
             if engine:
                 os.environ["ECHOFORGE_ENGINE"] = engine

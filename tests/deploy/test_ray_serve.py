@@ -261,3 +261,21 @@ def test_tiny_csm_on_two_replicas(cluster, tmp_path_factory):
         assert list((cluster.tmp / "csm" / "voices" / ".prompts").glob("atlas.*.pkl"))
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------------------------- options
+def test_settings_drive_the_engine_deployment(cluster):
+    from echoforge.deploy.app import engine_options, max_replicas, replica_slots
+
+    fixed = load_settings(engine="espeak", server={"fallback_concurrency": 3}, ray={"replicas": 3, "num_cpus": 2})
+    opts = engine_options(fixed)
+    assert opts["num_replicas"] == 3 and opts["max_ongoing_requests"] == 3 == replica_slots(fixed)
+    assert opts["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0}  # no GPUs here: CPU replicas
+    auto = load_settings(
+        engine="csm", csm={"max_batch_size": 8}, ray={"autoscaling_min": 1, "autoscaling_max": 4, "num_gpus": 1}
+    )
+    opts = engine_options(auto)
+    assert "num_replicas" not in opts and max_replicas(opts) == 4
+    assert opts["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
+    assert opts["ray_actor_options"]["num_gpus"] == 1 and opts["max_ongoing_requests"] == 8
+    assert engine_options(load_settings(ray={"max_ongoing_requests": 16}))["max_ongoing_requests"] == 16
