@@ -7,6 +7,14 @@
   — separate rates for prosodic memory (how it sounds: fast, 0.3) and semantic/identity memory
   (who it is: slow, 0.05) — persisted as JSON under ``data_dir/profiles/``. It detects drift
   (a new turn whose embedding no longer matches the profile) and picks the best reference turn.
+
+Speaker embeddings come from :mod:`echoforge.analysis.speaker` (Resemblyzer d-vectors; the MFCC
+fingerprint only as a labelled fallback). A profile records which backend made its embedding;
+an embedding from another backend is not comparable, so the identity memory restarts from the
+new turn instead of raising drift alarms. Drift threshold (cosine, :data:`DRIFT_THRESHOLD`):
+with Resemblyzer, turns of one voice score 0.82-0.85 against each other (higher against the
+running profile), different voices 0.40-0.61 and a pitch-shifted copy 0.56-0.65
+(Piper + espeak voices, see docs/guide/evaluation.md).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from echoforge.engines.base import Segment
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+DRIFT_THRESHOLD = 0.75
 
 
 class ConversationMemory:
@@ -60,19 +69,30 @@ class VoiceProfile:
     emotions: dict[str, float] = field(default_factory=dict)
     embedding: list[float] = field(default_factory=list)
     best_turn: dict = field(default_factory=dict)
+    embedding_backend: str = ""
     updated_at: float = 0.0
     prosodic_decay: float = 0.3
     semantic_decay: float = 0.05
 
-    def similarity(self, embedding: np.ndarray) -> float:
-        if not self.embedding:
+    def comparable(self, embedding: np.ndarray, backend: str | None = None) -> bool:
+        """The stored embedding exists and was made by the same backend (same size)."""
+        if not self.embedding or len(self.embedding) != np.asarray(embedding).size:
+            return False
+        return not (backend and self.embedding_backend and backend != self.embedding_backend)
+
+    def similarity(self, embedding: np.ndarray, backend: str | None = None) -> float:
+        """Cosine to the profile's identity embedding (1.0 when there is nothing comparable yet)."""
+        if not self.comparable(embedding, backend):
             return 1.0
         a, b = np.asarray(self.embedding), np.asarray(embedding)
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
 
-    def update(self, prosody: dict, emotion: dict | None, embedding: np.ndarray, text: str = "") -> float:
+    def update(self, prosody: dict, emotion: dict | None, embedding: np.ndarray, text: str = "",
+               backend: str | None = None) -> float:  # fmt: skip
         """Fold one turn in; returns the turn's similarity to the profile *before* the update."""
-        sim = self.similarity(embedding)
+        if self.embedding and not self.comparable(embedding, backend):
+            self.embedding, self.best_turn = [], {}  # another encoder: restart the identity memory
+        sim = self.similarity(embedding, backend)
         a, s = (1.0, 1.0) if self.turns == 0 else (self.prosodic_decay, self.semantic_decay)
         self.pitch_mean_hz = (1 - a) * self.pitch_mean_hz + a * prosody.get("pitch_mean_hz", 0.0)
         self.energy_db = (1 - a) * self.energy_db + a * prosody.get("energy_db", 0.0)
@@ -82,15 +102,17 @@ class VoiceProfile:
             self.emotions[emotion["label"]] = self.emotions.get(emotion["label"], 0.0) + a
         old = np.asarray(self.embedding) if self.embedding else np.asarray(embedding)
         self.embedding = ((1 - s) * old + s * np.asarray(embedding)).astype(float).tolist()
+        if backend:
+            self.embedding_backend = backend
         if text and sim >= self.best_turn.get("similarity", -1.0):
             self.best_turn = {"text": text, "similarity": round(sim, 4)}
         self.turns += 1
         self.updated_at = time.time()
         return sim
 
-    def drifted(self, embedding: np.ndarray, threshold: float = 0.75) -> bool:
-        """True when a new turn no longer sounds like this voice."""
-        return self.turns > 0 and self.similarity(embedding) < threshold
+    def drifted(self, embedding: np.ndarray, threshold: float = DRIFT_THRESHOLD, backend: str | None = None) -> bool:
+        """True when a new turn no longer sounds like this voice (same-backend embeddings only)."""
+        return self.turns > 0 and self.comparable(embedding, backend) and self.similarity(embedding, backend) < threshold
 
 
 class ProfileStore:
@@ -106,7 +128,10 @@ class ProfileStore:
 
     def load(self, voice_id: str) -> VoiceProfile | None:
         path = self._path(voice_id)
-        return VoiceProfile(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        known = set(VoiceProfile.__dataclass_fields__)
+        return VoiceProfile(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def save(self, profile: VoiceProfile) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -119,10 +144,11 @@ class ProfileStore:
         """Analyse a turn of ``voice_id`` and update its profile; returns (profile, similarity)."""
         from echoforge.analysis.emotion import estimate_emotion
         from echoforge.analysis.prosody import analyze_prosody
-        from echoforge.eval.speaker import embed_speaker
+        from echoforge.analysis.speaker import backend_name, embed_speaker
 
         prosody = analyze_prosody(audio, sample_rate)
         profile = self.load(voice_id) or VoiceProfile(voice_id)
-        sim = profile.update(prosody.to_dict(), estimate_emotion(prosody, text).to_dict(), embed_speaker(audio, sample_rate), text)
+        sim = profile.update(prosody.to_dict(), estimate_emotion(prosody, text).to_dict(), embed_speaker(audio, sample_rate),
+                             text, backend=backend_name())  # fmt: skip
         self.save(profile)
         return profile, sim
