@@ -340,10 +340,12 @@ class ReplicaHeaderMiddleware:
         served = _Served()
         token = _served.set(served)
         sse = False
+        streaming = False  # the response started before its replica died (an error response did not)
 
         async def send_with_replica(message: Message) -> None:
-            nonlocal sse
+            nonlocal sse, streaming
             if message["type"] == "http.response.start":
+                streaming = served.died is None
                 replica = served.replicas[-1] if served.replicas else self.ingress_id
                 headers = list(message.get("headers") or [])
                 sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
@@ -352,7 +354,7 @@ class ReplicaHeaderMiddleware:
                     (b"x-echoforge-ingress", self.ingress_id.encode()),
                 ]
                 message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body" and served.died is not None:
+            elif message["type"] == "http.response.body" and served.died is not None and streaming:
                 # The router ended the body cleanly after the error; a client must not take the
                 # truncated audio for the whole: say so (SSE) and break the connection instead.
                 if sse:
