@@ -162,15 +162,40 @@ def test_profile_persists_and_detects_drift(tmp_path):
     assert reloaded is not None and reloaded.turns == 2 and reloaded.pitch_mean_hz > 0
     from echoforge.config import load_settings
     from echoforge.engines import create_engine
-    from echoforge.eval.speaker import embed_speaker
+    from echoforge.analysis.speaker import backend_name, cosine, embed_speaker
 
+    assert reloaded.embedding_backend == backend_name()
     piper = create_engine(load_settings(data_dir=tmp_path), "piper")
     other = piper.synthesize(SynthesisRequest(text="Hello, this is a completely different speaker."))
     same = espeak(tmp_path, voice="en-us", text="And a third line from the same speaker.")[0]
-    assert not reloaded.drifted(embed_speaker(same, sr))
-    assert reloaded.drifted(embed_speaker(other, piper.sample_rate))
+    female = espeak(tmp_path, voice="en-us+f3", text="And a third line from another speaker.")[0]
+    e_same, e_other, e_female = embed_speaker(same, sr), embed_speaker(other, piper.sample_rate), embed_speaker(female, sr)
+    assert not reloaded.drifted(e_same)
+    assert reloaded.drifted(e_other) and reloaded.drifted(e_female)
+    # The threshold sits between the two: same voice well above it, other voices well below.
+    assert reloaded.similarity(e_same) > 0.8 > 0.75 > 0.7 > max(reloaded.similarity(e_other), reloaded.similarity(e_female))
+    assert cosine(e_same, e_other) < 0.7
     with pytest.raises(ValueError):
         store.load("../etc/passwd")
+
+
+def test_profile_from_another_encoder_restarts_instead_of_drifting(tmp_path):
+    """A profile saved with the 19-d MFCC fallback is not compared with 256-d d-vectors."""
+    import json
+
+    from echoforge.analysis.memory import VoiceProfile
+    from echoforge.analysis.speaker import backend_name, embed_speaker
+
+    store = ProfileStore(tmp_path)
+    old = VoiceProfile("old", turns=5, embedding=[0.1] * 19)  # an old profile: no embedding_backend field
+    (tmp_path / "profiles").mkdir()
+    d = {k: v for k, v in old.__dict__.items() if k != "embedding_backend"}
+    (tmp_path / "profiles" / "old.json").write_text(json.dumps(d | {"some_future_field": 1}))
+    audio, sr = espeak(tmp_path, voice="en-us", text="Hello, this is my usual voice speaking today.")
+    emb = embed_speaker(audio, sr)
+    assert not store.load("old").drifted(emb)  # not comparable: no false alarm, no crash
+    profile, sim = store.observe("old", audio, sr, "hello")
+    assert sim == 1.0 and len(profile.embedding) == emb.size and profile.embedding_backend == backend_name()
 
 
 def test_stream_analyzer_updates_every_16_frames(tmp_path):
