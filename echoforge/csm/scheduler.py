@@ -271,10 +271,16 @@ class FrameScheduler:
         """One scheduling round: reap cancellations, admit, prefill one chunk, decode one frame."""
         with self._cv:
             self._reap_cancelled()
-            if self.prefilling is None and self.waiting and len(self.running) < self.max_rows:
-                self.prefilling = self.waiting.popleft()
-        if self.prefilling is not None:
-            self._prefill_chunk(self.prefilling)
+        # Prefill up to `prefill_chunk` positions this round: several short prompts join at once
+        # (16 simultaneous arrivals do not wait 16 frames), one long prompt goes in chunks.
+        budget = self.prefill_chunk
+        while budget > 0:
+            with self._cv:
+                if self.prefilling is None and self.waiting and len(self.running) < self.max_rows:
+                    self.prefilling = self.waiting.popleft()
+            if self.prefilling is None:
+                break
+            budget -= self._prefill_chunk(self.prefilling, budget)
         if self.running:
             self._decode()
         elif self._pending is not None:  # the last in-flight frame of rows that all ended
@@ -305,15 +311,17 @@ class FrameScheduler:
         self.stats["prefill_tokens"] += n
         return h[0] if row.filled == tok.shape[0] else None
 
-    def _prefill_chunk(self, row: _Row) -> None:
-        slot = len(self.running)
-        h = self._prefill(row, slot, self.prefill_chunk)
+    def _prefill_chunk(self, row: _Row, limit: int) -> int:
+        """Prefill up to ``limit`` positions of the admitted row; returns how many were fed."""
+        slot, before = len(self.running), row.filled
+        h = self._prefill(row, slot, limit)
         if h is not None:  # prompt complete: the row decodes from the next frame on
             self._h[slot] = h
             self.running.append(row)
             self.prefilling = None
             self._dirty = True
             self.stats["max_rows_seen"] = max(self.stats["max_rows_seen"], len(self.running))
+        return row.filled - before
 
     def _tensors(self) -> dict[str, Tensor]:
         if self._dirty:
