@@ -1,5 +1,6 @@
-"""The server with a tiny random-weight CSM model (tests/csm/tiny_models.py): the real CSM
-engine path — voice prompts as cached Mimi codes, batching, streaming — without downloads."""
+"""The server with a tiny random-weight CSM model (tests/csm/tiny_models.py) laid out like the real
+download: the real CSM engine path — voice prompts as cached Mimi codes, continuous batching,
+streaming — without downloads."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def csm_server(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("echoforge_tiny_models", TINY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    model_dir = module.build_tiny_csm(tmp_path_factory.mktemp("tiny-csm"))
+    # Laid out like the real `sesame/csm-1b` download: transformers shards named by config.json's
+    # `transformers_weights` (Mimi bundled) next to the original-layout model.safetensors and ckpt.pt.
+    model_dir = module.save_real_layout(module.build_tiny_model(), tmp_path_factory.mktemp("tiny-csm") / "csm-1b")
     settings = {
         "device": "cpu",
         "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 2},
