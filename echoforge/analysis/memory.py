@@ -14,7 +14,7 @@ an embedding from another backend is not comparable, so the identity memory rest
 new turn instead of raising drift alarms. Drift threshold (cosine, :data:`DRIFT_THRESHOLD`):
 with Resemblyzer, turns of one voice score 0.82-0.85 against each other (higher against the
 running profile), different voices 0.40-0.61 and a pitch-shifted copy 0.56-0.65
-(Piper + espeak voices, see docs/guide/evaluation.md).
+(Piper + espeak voices, see docs/guide/training.md).
 """
 
 from __future__ import annotations
