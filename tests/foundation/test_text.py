@@ -1,0 +1,64 @@
+"""The text front-end: input rule (one for every entry point) and a table of inputs → spoken words."""
+
+from __future__ import annotations
+
+import pytest
+
+from echoforge.text import TextError, check_text, clean_text, normalize_text
+
+SPOKEN = [
+    ("221B Baker St.", "two hundred and twenty-one B Baker Street"),
+    ("St. Louis is lovely", "Saint Louis is lovely"),
+    ("Meet me on 5th St. tomorrow", "Meet me on fifth Street tomorrow"),
+    ("Call 555-0134 now", "Call five five five, zero one three four now"),
+    ("Call (555) 123-4567", "Call five five five, one two three, four five six seven"),
+    ("Revenue rose in Q2.", "Revenue rose in Q two."),
+    ("at 3:45 PM", "at three forty-five p m"),
+    ("at 9 a.m. sharp", "at nine a m sharp"),
+    ("at 12:00", "at twelve o'clock"),
+    ("the 21st and the 2nd", "the twenty-first and the second"),
+    ("€11 and $12.50", "eleven euros and twelve dollars and fifty cents"),
+    ("£1 and €2 million", "one pound and two million euros"),
+    ("5 km and 10kg", "five kilometres and ten kilograms"),
+    ("1 km at 20°C", "one kilometre at twenty degrees Celsius"),
+    ("60 mph", "sixty miles per hour"),
+    ("The FBI and NASA", "The F B I and NASA"),
+    ("a USB stick", "a U S B stick"),
+    ("10-20 people", "ten to twenty people"),
+    ("-5 degrees", "minus five degrees"),
+    ("the 1990s", "the nineteen nineties"),
+    ("No. 5 said no.", "number five said no."),
+    ("in 1999 at 4:30 & 7:05", "in nineteen ninety-nine at four thirty and seven oh five"),
+    ("10% off", "ten percent off"),
+]
+
+
+@pytest.mark.parametrize(("text", "spoken"), SPOKEN)
+def test_spoken_words(text, spoken):
+    assert normalize_text(text) == spoken
+    assert normalize_text(spoken) == spoken  # idempotent
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "\n\t", "\u200b\u200b", "\ufeff", "...", "!?", "\u200b \u200d"],
+)
+def test_nothing_to_say_is_refused(text):
+    with pytest.raises(TextError, match="nothing to say"):
+        check_text(text, name="input")
+
+
+@pytest.mark.parametrize("text", ["hello\x00world", "\x00", "\x1b[31mred", "a\x7f"])
+def test_control_characters_are_refused(text):
+    with pytest.raises(TextError, match="control character"):
+        check_text(text)
+
+
+def test_clean_text_drops_zero_width_and_keeps_newlines():
+    assert check_text("hel\u200blo\nthere\tfriend") == "hello\nthere\tfriend"
+    assert clean_text("a\u00adb") == "ab"
+
+
+def test_limit_is_named():
+    with pytest.raises(TextError, match="5 characters; the limit is 4"):
+        check_text("hello", limit=4)
