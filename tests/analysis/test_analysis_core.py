@@ -160,9 +160,9 @@ def test_profile_persists_and_detects_drift(tmp_path):
         profile, _ = store.observe("narrator", audio, sr, "text")
     reloaded = ProfileStore(tmp_path).load("narrator")
     assert reloaded is not None and reloaded.turns == 2 and reloaded.pitch_mean_hz > 0
+    from echoforge.analysis.speaker import backend_name, cosine, embed_speaker
     from echoforge.config import load_settings
     from echoforge.engines import create_engine
-    from echoforge.analysis.speaker import backend_name, cosine, embed_speaker
 
     assert reloaded.embedding_backend == backend_name()
     piper = create_engine(load_settings(data_dir=tmp_path), "piper")
