@@ -380,18 +380,45 @@ class _Sink(io.RawIOBase):
         return out
 
 
+class StreamResampler:
+    """Chunk-by-chunk resampling without seams (soxr's streaming resampler): ``process`` / ``flush``."""
+
+    def __init__(self, sr_in: int, sr_out: int) -> None:
+        import soxr
+
+        self.sr_in, self.sr_out = sr_in, sr_out
+        self._stream = soxr.ResampleStream(sr_in, sr_out, 1, dtype="float32", quality="HQ")
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = np.ascontiguousarray(np.asarray(chunk, dtype=np.float32).reshape(-1))
+        return self._stream.resample_chunk(chunk, last=False)
+
+    def flush(self) -> np.ndarray:
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
 class StreamEncoder:
     """Incremental encoder: ``start()`` → header bytes, ``write(chunk)`` → bytes, ``finish()`` → tail.
 
-    wav streams a header with open-ended sizes then raw PCM; pcm is raw s16le; flac, mp3,
-    opus (Ogg) and aac (ADTS) go through PyAV/FFmpeg and are flushed as packets come out.
+    wav streams a header with open-ended sizes then raw PCM; pcm is raw s16le; mp3, opus (Ogg)
+    and aac (ADTS) go through PyAV/FFmpeg and are flushed as packets come out. flac is
+    buffered and written whole at ``finish()``: a streamed FLAC header cannot carry the total
+    length, and libsndfile (soundfile) refuses such files.
+
+    ``output_rate``: resample (seamlessly, across chunks) from ``sample_rate`` to this rate
+    first — e.g. OpenAI's ``pcm`` is 24 kHz whatever the engine's rate.
     """
 
-    def __init__(self, fmt: str, sample_rate: int, bitrate: int | None = None) -> None:
+    def __init__(self, fmt: str, sample_rate: int, bitrate: int | None = None, *, output_rate: int | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unsupported audio format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.fmt = fmt
-        self.sample_rate = sample_rate
+        self.input_rate = sample_rate
+        self.sample_rate = output_rate or sample_rate
+        self._input_resampler = (
+            StreamResampler(sample_rate, self.sample_rate) if self.sample_rate != sample_rate else None
+        )
+        self._flac_parts: list[np.ndarray] = []
         self._bitrate = bitrate
         self._buf: _Sink | None = None
         self._container = None
@@ -402,7 +429,7 @@ class StreamEncoder:
     def start(self) -> bytes:
         if self.fmt == "wav":
             return wav_stream_header(self.sample_rate)
-        if self.fmt == "pcm":
+        if self.fmt in ("pcm", "flac"):
             return b""
         import av
 
@@ -439,8 +466,16 @@ class StreamEncoder:
 
     def write(self, chunk: np.ndarray) -> bytes:
         chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        if self._input_resampler is not None:
+            chunk = self._input_resampler.process(chunk)
+        return self._write(chunk)
+
+    def _write(self, chunk: np.ndarray) -> bytes:
         if self.fmt in ("wav", "pcm"):
             return float_to_pcm16(chunk)
+        if self.fmt == "flac":
+            self._flac_parts.append(chunk)
+            return b""
         if self._rate != self.sample_rate:
             chunk = resample(chunk, self.sample_rate, self._rate)
         pending = np.concatenate([self._pending, chunk])
@@ -452,8 +487,18 @@ class StreamEncoder:
         return self._drain()
 
     def finish(self) -> bytes:
+        tail = b""
+        if self._input_resampler is not None:
+            tail = self._write(self._input_resampler.flush())
         if self.fmt in ("wav", "pcm"):
-            return b""
+            return tail
+        if self.fmt == "flac":
+            audio = np.concatenate(self._flac_parts) if self._flac_parts else np.zeros(0, dtype=np.float32)
+            self._flac_parts = []
+            return encode(audio, self.sample_rate, "flac")
+        return tail + self._finish_av()
+
+    def _finish_av(self) -> bytes:
         if self._pending.size:
             tail = self._pending
             if self._frame_size:

@@ -29,6 +29,7 @@ from echoforge.server.schemas import ERROR_RESPONSES, ModelCard, ModelList, Spee
 log = logging.getLogger("echoforge.server.openai")
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 
+PCM_SAMPLE_RATE = 24_000  # OpenAI's raw pcm: 24 kHz, 16-bit signed little-endian, mono
 MODEL_ALIASES = ("csm-1b", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 _CREATED = 1_735_689_600  # 2025-01-01, a fixed "created" for the model cards
 
@@ -83,13 +84,7 @@ async def speech(body: SpeechRequest, services: ServicesDep, _: RateLimitedDep) 
     voice = body.voice if isinstance(body.voice, str) else body.voice.get("id")
     if not isinstance(voice, str) or not voice.strip():
         raise BadRequest('voice must be a voice name or {"id": name}', param="voice")
-    if len(body.input) > services.settings.server.max_text_chars:
-        raise BadRequest(
-            f"input is {len(body.input)} characters; the limit is {services.settings.server.max_text_chars}",
-            param="input",
-        )
-    if not body.input.strip():
-        raise BadRequest("input must not be blank", param="input")
+    services.synthesis.check_text(body.input, "input", speed=body.speed)  # the same rule as /api
     request = await run_in_threadpool(
         services.synthesis.build_request, text=body.input, voice=voice, speed=body.speed, instructions=body.instructions
     )
@@ -100,7 +95,11 @@ async def speech(body: SpeechRequest, services: ServicesDep, _: RateLimitedDep) 
     except StopAsyncIteration:
         first = np.zeros(0, dtype=np.float32)
     log.info("speech: first audio after %.3f s", time.perf_counter() - t0)
-    audio = _encoded(StreamEncoder(body.response_format, services.engine.sample_rate), first, chunks)
+    # pcm has no header, so it is OpenAI's fixed 24 kHz s16le mono whatever the engine's rate;
+    # every other format carries its rate in its header (the engine's, see /api/health).
+    output_rate = PCM_SAMPLE_RATE if body.response_format == "pcm" else None
+    encoder = StreamEncoder(body.response_format, services.engine.sample_rate, output_rate=output_rate)
+    audio = _encoded(encoder, first, chunks)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if body.stream_format == "sse":
         return StreamingResponse(_sse(audio, body.input), media_type="text/event-stream", headers=headers)
@@ -109,7 +108,13 @@ async def speech(body: SpeechRequest, services: ServicesDep, _: RateLimitedDep) 
 
 @router.get("/audio/voices", response_model=VoiceList)
 def voices(services: ServicesDep) -> dict:
-    """All voices (OpenAI names such as ``alloy`` are aliases of built-ins: see each voice's id)."""
+    """All voices (OpenAI names such as ``alloy`` are aliases of built-ins: see each voice's id).
+
+    Audio formats of ``/v1/audio/speech``: ``pcm`` is always 24 kHz s16le mono (as OpenAI's);
+    ``wav``, ``flac``, ``mp3`` and ``aac`` carry the engine's own rate in their header (24 kHz
+    for CSM, 22.05 kHz for Piper/espeak: ``engine.sample_rate`` in ``/api/health``); ``opus``
+    is 48 kHz.
+    """
     return {"voices": [v.public() for v in services.voices.list()]}
 
 

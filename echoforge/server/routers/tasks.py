@@ -24,12 +24,9 @@ def _created(task: TaskRecord) -> dict:
     }
 
 
-def _check_text(services: Services, text: str, param: str) -> None:
-    limit = services.settings.server.max_text_chars
-    if len(text) > limit:
-        raise BadRequest(f"{param} is {len(text)} characters; the limit is {limit}", param=param)
-    if not text.strip():
-        raise BadRequest(f"{param} must not be blank", param=param)
+def _check_text(services: Services, text: str, param: str, **audio) -> str:
+    """The same rule as /v1 and the WebSocket (SynthesisService.check_text): 400 now, not a failed task later."""
+    return services.synthesis.check_text(text, param, **audio)
 
 
 def _task(services: Services, task_id: str) -> TaskRecord:
@@ -42,10 +39,10 @@ def _task(services: Services, task_id: str) -> TaskRecord:
 @router.post("/generate", status_code=202, response_model=TaskCreated)
 def generate(body: GenerateRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
     """Queue one utterance; poll ``status_url`` and fetch ``audio_url`` when done."""
-    _check_text(services, body.text, "text")
+    body.text = _check_text(services, body.text, "text", speed=body.speed, max_audio_length_ms=body.max_audio_length_ms)
     services.voices.get(body.voice)  # 404 now rather than a failed task later
     for i, turn in enumerate(body.context):
-        _check_text(services, turn.text, f"context.{i}.text")
+        turn.text = _check_text(services, turn.text, f"context.{i}.text", label=f"context turn {i + 1} text", max_audio_length_ms=0)
         if turn.voice:
             services.voices.get(turn.voice)
     task = services.queue.enqueue("generate", body.model_dump(), body.format)
@@ -56,7 +53,7 @@ def generate(body: GenerateRequest, services: ServicesDep, _: RateLimitedDep) ->
 def conversation(body: ConversationRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
     """Queue a multi-speaker script rendered into one clip."""
     for i, turn in enumerate(body.turns):
-        _check_text(services, turn.text, f"turns.{i}.text")
+        turn.text = _check_text(services, turn.text, f"turns.{i}.text", label=f"turn {i + 1} text")
         services.voices.get(turn.voice)
     task = services.queue.enqueue("conversation", body.model_dump(), body.format)
     return _created(task)

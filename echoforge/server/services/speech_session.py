@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from echoforge.audio import float_to_pcm16
 from echoforge.engines.base import EngineBusy
 from echoforge.server.errors import ApiError
-from echoforge.text import split_sentences
+from echoforge.text import clean_text, split_sentences
 
 if TYPE_CHECKING:
     from echoforge.server.deps import Services
@@ -47,6 +47,7 @@ async def receive_message(ws: WebSocket) -> Any:
         raise ValueError("messages must be JSON") from None
 
 
+_SAYABLE = re.compile(r"[^\W_]")
 _SENTENCE_GAP = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"')\]])\s+")
 
 
@@ -56,7 +57,8 @@ def sentences(text: str) -> list[str]:
     for sentence in _SENTENCE_GAP.split(text.strip()):
         if sentence.strip():
             out.extend(split_sentences(sentence) if len(sentence) > 300 else [sentence.strip()])
-    return out
+    # Pieces with nothing to say ("...", a lone emoji) are skipped: streamed LLM text has them.
+    return [s for s in out if _SAYABLE.search(clean_text(s))]
 
 
 def split_complete(buffer: str) -> tuple[list[str], str]:

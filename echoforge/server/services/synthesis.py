@@ -41,6 +41,7 @@ from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine, engine_
 from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Unavailable
 from echoforge.server.services.voices import VoiceStore
+from echoforge.text import TextError, check_text, normalize_text
 
 if TYPE_CHECKING:
     from echoforge.config import Settings
@@ -49,6 +50,9 @@ log = logging.getLogger("echoforge.server.synthesis")
 
 _WORDS_PER_SECOND = 2.6  # only for progress estimates
 BATCH_WINDOW_S = 0.02
+# A brisk speaking rate (characters of normalised text per second at speed 1): text estimated
+# over the audio limit at this rate cannot fit, so it is refused before anything is generated.
+CHARS_PER_SECOND = 17.0
 
 
 class Cancelled(Exception):
@@ -205,6 +209,39 @@ class SynthesisService:
         return bool(self._batch_threads)
 
     # ------------------------------------------------------------------ requests
+    def check_text(
+        self,
+        text: str,
+        param: str,
+        *,
+        label: str | None = None,
+        speed: float | None = None,
+        max_audio_length_ms: int | None = None,
+    ) -> str:
+        """The one input rule of every endpoint (``echoforge.text.check_text``) plus the audio limit.
+
+        Returns the cleaned text; raises :class:`BadRequest` naming ``param``. Text that would
+        clearly make more audio than ``generation.max_audio_length_ms`` (estimated at a brisk
+        speaking rate) is refused rather than cut off: nothing is ever truncated silently. A
+        caller that sets ``max_audio_length_ms`` itself asked for that cap and is not refused.
+        """
+        try:
+            text = check_text(text, limit=self.settings.server.max_text_chars, name=label or param)
+        except TextError as exc:
+            raise BadRequest(str(exc), param=param) from None
+        if max_audio_length_ms is None:
+            limit_s = self.settings.generation.max_audio_length_ms / 1000
+            speed = speed or self.settings.generation.speed or 1.0
+            estimate_s = len(normalize_text(text)) / CHARS_PER_SECOND / max(speed, 0.25)
+            if estimate_s > limit_s:
+                raise BadRequest(
+                    f"{label or param} would be about {estimate_s:.0f} s of speech; the audio limit is {limit_s:g} s "
+                    "per request (generation.max_audio_length_ms): split the text into several requests",
+                    param=param,
+                    code="audio_too_long",
+                )
+        return text
+
     def build_request(
         self,
         *,
@@ -220,12 +257,7 @@ class SynthesisService:
     ) -> SynthesisRequest:
         """API parameters (None = settings default) → engine request with the voice applied."""
         gen = self.settings.generation
-        if len(text) > self.settings.server.max_text_chars:
-            raise BadRequest(
-                f"text is {len(text)} characters; the limit is {self.settings.server.max_text_chars}", param="text"
-            )
-        if not text.strip():
-            raise BadRequest("text must not be empty", param="text")
+        text = self.check_text(text, "text", speed=speed, max_audio_length_ms=max_audio_length_ms)
         v = self.voices.get(voice)
         segments: list[Segment] = []
         prompt = self.voices.prompt(v, self.engine)
