@@ -1,4 +1,13 @@
-"""Retrieval: a folder of .md/.txt/.pdf files → chunks → MiniLM embeddings → a persisted FAISS index.
+"""Retrieval: a folder of .md/.txt/.pdf files → chunks → hybrid search (BM25 + MiniLM embeddings).
+
+Every chunk gets two scores for a question: the cosine similarity of MiniLM embeddings (a
+persisted FAISS index) and a lexical BM25 score, normalised to the share of the question's
+information (IDF-weighted terms, unknown words included) that the chunk matches. The hybrid score
+``dense_weight × cosine + (1 − dense_weight) × lexical`` ranks the chunks, and the best one must
+reach ``relevance_threshold`` — a value calibrated on a labelled question set
+(:func:`calibrate_threshold`, ``echoforge kb calibrate``). Embeddings alone miss spoken questions
+that share the document's words but not its phrasing ("Does any audio leave my machine?" → cosine
+0.30); BM25 alone cannot see paraphrases; together they find what is there.
 
 Layout of the index folder (``<data_dir>/kb_index`` by default)::
 
@@ -28,6 +37,75 @@ import numpy as np
 log = logging.getLogger("echoforge.agent.rag")
 
 SUFFIXES = (".md", ".txt", ".pdf")
+# Calibrated on tests/agent/data/kb_questions.json over knowledge_base/ (see calibrate_threshold).
+DEFAULT_THRESHOLD = 0.165
+DENSE_WEIGHT = 0.5
+_WORD = re.compile(r"[a-z0-9]+(?:[._][a-z0-9]+)*")
+_STOP = frozenset(
+    "a an and are as at be but by can could do does did for from had has have how i if in into is it its "
+    "me my of on or our should so than that the their them then there these they this to was we were what "
+    "when where which while who whom why will with would you your yours about any some tell please".split()
+)
+
+
+def _stem(word: str) -> str:
+    """A light English suffix stripper: leaves/leave → leav, voices/voice → voic, running → run."""
+    for suffix in ("ing", "ies", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+            break
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "aeiouls":  # runn → run
+        word = word[:-1]
+    return word
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased, stop-word-free, lightly stemmed terms (``server.port`` stays one term)."""
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+class BM25:
+    """Okapi BM25 over a small in-memory corpus, with scores normalised to 0..1.
+
+    The normalised score is ``bm25 / Σ_q idf(q)·(k1 + 1)`` over the question's terms, where a
+    term the corpus never uses counts with the largest possible IDF: a question about something
+    absent ("the lighthouse in the harbour") cannot score high just because one common word
+    ("harbour"?) matched.
+    """
+
+    def __init__(self, docs: list[str], k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self.docs = [tokenize(d) for d in docs]
+        self.n = len(self.docs)
+        self.avg_len = (sum(len(d) for d in self.docs) / self.n) if self.n else 1.0
+        df: dict[str, int] = {}
+        self.tf: list[dict[str, int]] = []
+        for doc in self.docs:
+            counts: dict[str, int] = {}
+            for term in doc:
+                counts[term] = counts.get(term, 0) + 1
+            self.tf.append(counts)
+            for term in counts:
+                df[term] = df.get(term, 0) + 1
+        self.idf = {t: self._idf(c) for t, c in df.items()}
+        self.max_idf = self._idf(0)
+
+    def _idf(self, df: int) -> float:
+        return float(np.log(1 + (self.n - df + 0.5) / (df + 0.5)))
+
+    def scores(self, query: str) -> np.ndarray:
+        """(n_docs,) normalised scores in 0..1."""
+        terms = tokenize(query)
+        out = np.zeros(self.n, dtype=np.float32)
+        if not terms or not self.n:
+            return out
+        best = sum(self.idf.get(t, self.max_idf) for t in terms) * (self.k1 + 1)
+        for i, (doc, tf) in enumerate(zip(self.docs, self.tf, strict=True)):
+            norm = self.k1 * (1 - self.b + self.b * len(doc) / self.avg_len)
+            out[i] = sum(self.idf[t] * tf[t] * (self.k1 + 1) / (tf[t] + norm) for t in terms if t in tf)
+        return out / best if best > 0 else out
 
 
 def default_embedding_model() -> str:
@@ -43,12 +121,17 @@ def default_embedding_model() -> str:
 
 @dataclass
 class Passage:
-    """A retrieved chunk: its source file (relative to the KB folder), text and cosine score."""
+    """A retrieved chunk: its source file (relative to the KB folder), text and hybrid score.
+
+    ``dense`` is the embedding cosine and ``lexical`` the normalised BM25 score it was made of.
+    """
 
     source: str
     text: str
     score: float
     chunk_id: int = -1
+    dense: float = 0.0
+    lexical: float = 0.0
 
 
 @dataclass
@@ -174,7 +257,7 @@ class Embedder:
 
 
 class KnowledgeBase:
-    """A persisted, incrementally rebuilt vector index over a folder of documents."""
+    """A persisted, incrementally rebuilt hybrid (BM25 + vector) index over a folder of documents."""
 
     def __init__(
         self,
@@ -183,7 +266,8 @@ class KnowledgeBase:
         embedder: Embedder | None = None,
         chunk_chars: int = 600,
         chunk_overlap: int = 100,
-        relevance_threshold: float = 0.35,
+        relevance_threshold: float = DEFAULT_THRESHOLD,
+        dense_weight: float = DENSE_WEIGHT,
     ) -> None:
         self.kb_dir = Path(kb_dir)
         self.index_dir = Path(index_dir)
@@ -191,6 +275,9 @@ class KnowledgeBase:
         self.chunk_chars = chunk_chars
         self.chunk_overlap = chunk_overlap
         self.relevance_threshold = relevance_threshold
+        self.dense_weight = dense_weight
+        self._bm25: BM25 | None = None
+        self._bm25_ids: list[int] = []
         self._index = None
         self._chunks: dict[int, dict] = {}
         self._manifest: dict = {}
@@ -205,6 +292,7 @@ class KnowledgeBase:
             agent.chunk_chars,
             agent.chunk_overlap,
             agent.relevance_threshold,
+            agent.dense_weight,
         )
 
     # -- persistence ------------------------------------------------------------------------------
@@ -328,19 +416,82 @@ class KnowledgeBase:
         """Load the index, building (incrementally) when it is missing or stale."""
         self.build()
 
+    def _lexical(self) -> tuple[BM25, list[int]]:
+        """The BM25 index over the current chunks (rebuilt when the chunk set changed; ~ms for a KB)."""
+        ids = sorted(self._chunks)
+        if self._bm25 is None or ids != self._bm25_ids:
+            self._bm25 = BM25([self._chunks[i]["text"] for i in ids])
+            self._bm25_ids = ids
+        return self._bm25, self._bm25_ids
+
     def query(self, text: str, top_k: int = 3) -> Retrieval:
-        """Passages most similar to ``text`` (best first), and whether any is relevant enough."""
+        """Passages best matching ``text`` (hybrid score, best first), and whether any is relevant enough."""
         if self._index is None and not self.load():
             self.build()
         if not text.strip() or self._index is None or self._index.ntotal == 0:
             return Retrieval(text, [], False)
         vec = self.embedder.encode([text])
         with self._lock:
-            scores, ids = self._index.search(vec, min(top_k, int(self._index.ntotal)))
+            n = int(self._index.ntotal)
+            # Cosine for every chunk (a knowledge base is small: an exact flat search is cheap).
+            scores, ids = self._index.search(vec, n)
+            bm25, bm25_ids = self._lexical()
+            lexical = dict(zip(bm25_ids, bm25.scores(text).tolist(), strict=True))
+            chunks = dict(self._chunks)
+        w = self.dense_weight
         passages = [
-            Passage(self._chunks[int(i)]["source"], self._chunks[int(i)]["text"], float(s), int(i))
+            Passage(
+                chunks[int(i)]["source"],
+                chunks[int(i)]["text"],
+                w * float(s) + (1 - w) * lexical.get(int(i), 0.0),
+                int(i),
+                dense=float(s),
+                lexical=lexical.get(int(i), 0.0),
+            )
             for s, i in zip(scores[0], ids[0], strict=True)
-            if int(i) >= 0 and int(i) in self._chunks
+            if int(i) >= 0 and int(i) in chunks
         ]
+        passages.sort(key=lambda p: p.score, reverse=True)
+        passages = passages[:top_k]
         relevant = bool(passages) and passages[0].score >= self.relevance_threshold
         return Retrieval(text, passages, relevant)
+
+
+def calibrate_threshold(kb: KnowledgeBase, questions: list[dict], top_k: int = 3) -> dict:
+    """Pick the relevance threshold that best separates answerable from unanswerable questions.
+
+    Args:
+        kb: a built knowledge base.
+        questions: ``{"q": text, "source": file or None}`` items (``None``: not answerable from the KB).
+        top_k: passages per question for recall@k.
+
+    Returns:
+        ``threshold`` (midpoint of the widest gap that maximises balanced accuracy), ``balanced_accuracy``,
+        ``recall_at_k`` (answerable questions whose source is among the top ``k``) and the per-question ``rows``.
+    """
+    rows = []
+    for item in questions:
+        r = kb.query(item["q"], top_k)
+        best = r.passages[0].score if r.passages else 0.0
+        hit = item.get("source") is not None and any(p.source == item["source"] for p in r.passages)
+        rows.append({"q": item["q"], "source": item.get("source"), "best": round(best, 4), "hit": hit,
+                     "top": [p.source for p in r.passages]})  # fmt: skip
+    pos = sorted(r["best"] for r in rows if r["source"] is not None)
+    neg = sorted(r["best"] for r in rows if r["source"] is None)
+    candidates = sorted({*pos, *neg})
+    best_key, threshold = (-1.0, -1.0), kb.relevance_threshold
+    for lo, hi in zip(candidates, candidates[1:], strict=False):
+        t = (lo + hi) / 2
+        tpr = sum(p >= t for p in pos) / max(1, len(pos))
+        tnr = sum(n < t for n in neg) / max(1, len(neg))
+        key = ((tpr + tnr) / 2, hi - lo)  # balanced accuracy, then the widest margin
+        if key > best_key:
+            best_key, threshold = key, t
+    answerable = [r for r in rows if r["source"] is not None]
+    return {
+        "threshold": round(threshold, 4),
+        "balanced_accuracy": round(best_key[0], 4),
+        "recall_at_k": round(sum(r["hit"] for r in answerable) / max(1, len(answerable)), 4),
+        "k": top_k,
+        "rows": rows,
+    }
