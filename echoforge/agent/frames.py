@@ -123,6 +123,7 @@ class AssistantTurnFrame(SystemFrame):
     text: str = ""
     full_text: str = ""
     interrupted: bool = False
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -130,6 +131,14 @@ class MetricsFrame(SystemFrame):
     """Per-turn latency breakdown, seconds from the VAD end of turn (see :class:`TurnLatency`)."""
 
     latency: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class LLMStopFrame(SystemFrame):
+    """Upstream: the reply has enough (length limit, or a piece that was not grounded): stop generating."""
+
+    turn_id: int = 0
+    reason: str = ""
 
 
 @dataclass
@@ -162,6 +171,14 @@ class UserAudioFrame(DataFrame):
 
 
 @dataclass
+class UserPauseAudioFrame(DataFrame):
+    """The user paused inside a turn: the turn's audio so far (16 kHz), for an early transcription."""
+
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sample_rate: int = 16_000
+
+
+@dataclass
 class TranscriptionFrame(DataFrame):
     """The recognised user turn, with word timings ``[(word, start_s, end_s), ...]``."""
 
@@ -174,9 +191,18 @@ class TranscriptionFrame(DataFrame):
 
 @dataclass
 class LLMResponseStartFrame(ControlFrame):
-    """A reply begins (``turn_id`` ties the reply's frames together)."""
+    """A reply begins (``turn_id`` ties the reply's frames together).
+
+    ``known`` is the text the model was given (notes, question, history): a spoken piece may
+    only use numbers and names from it (``strict``: names too, for answers from notes).
+    ``grounded_answer`` replaces a piece that breaks that rule (a sentence quoted from the notes).
+    """
 
     turn_id: int = 0
+    known: str = ""
+    strict: bool = False
+    grounded_answer: str = ""
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -189,10 +215,11 @@ class LLMTextFrame(DataFrame):
 
 @dataclass
 class LLMResponseEndFrame(ControlFrame):
-    """The reply's text is complete."""
+    """The reply's text is complete (``cut``: the token budget ended it, maybe mid-sentence)."""
 
     turn_id: int = 0
     text: str = ""
+    cut: bool = False
 
 
 @dataclass
@@ -234,13 +261,14 @@ def frame_event(frame: Frame) -> dict[str, Any] | None:
         ]
         return {"type": "retrieval", "fallback": frame.fallback, "passages": passages, "emotion": frame.emotion, "t": t}
     if isinstance(frame, LLMResponseStartFrame):
-        return {"type": "llm_start", "turn": frame.turn_id, "t": t}
+        return {"type": "llm_start", "turn": frame.turn_id, "sources": frame.sources, "t": t}
     if isinstance(frame, LLMTextFrame):
         return {"type": "llm_text", "text": frame.text, "turn": frame.turn_id}
     if isinstance(frame, LLMResponseEndFrame):
         return {"type": "llm_end", "turn": frame.turn_id, "text": frame.text, "t": t}
     if isinstance(frame, AssistantTurnFrame):
-        return {"type": "assistant", "text": frame.text, "full_text": frame.full_text, "interrupted": frame.interrupted, "t": t}
+        return {"type": "assistant", "text": frame.text, "full_text": frame.full_text, "interrupted": frame.interrupted,
+                "sources": frame.sources, "t": t}  # fmt: skip
     if isinstance(frame, InterruptionFrame):
         return {"type": "interrupt", "reason": frame.reason, "t": t}
     if isinstance(frame, BotStartedSpeakingFrame):

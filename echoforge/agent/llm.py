@@ -1,5 +1,12 @@
 """The agent's language model: an OpenAI-compatible endpoint, or an embedded SmolLM2 on CPU.
 
+The embedded model runs through llama.cpp (``llama-cpp-python``, the ``agent`` extra) on the
+quantised GGUF as shipped (98 MB Q4_1 for SmolLM2-135M); without llama.cpp it falls back to
+transformers (dequantised to float32, ~5× slower on a small CPU). The prompt is laid out so that
+llama.cpp reuses its KV cache across turns: one fixed system message (persona + rules) and the
+history come first, and everything that changes per turn (retrieved facts, emotion, style) goes
+into the last user message — only that last message and the reply are evaluated each turn.
+
 Both backends expose one synchronous, cancellable generator::
 
     for piece in llm.stream(messages, stop=threading.Event(), max_tokens=96): ...
@@ -17,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,6 +59,50 @@ def default_gguf() -> Path:
 
 def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "echoforge" / "llm"
+
+
+class LlamaCppLLM:
+    """The GGUF chat model on llama.cpp (quantised, CPU), with the prompt prefix cached across turns.
+
+    llama-cpp-python keeps the tokens it evaluated last and re-evaluates only what follows the
+    longest common prefix, so the fixed system message and the earlier history cost nothing on
+    the next turn. ``threads`` serve token-by-token decoding (while the TTS speaks the previous
+    sentence on the other core), ``batch_threads`` the prompt (nothing else runs then).
+    """
+
+    def __init__(self, gguf: str | Path | None = None, threads: int = 1, batch_threads: int = 2, n_ctx: int = 2048) -> None:
+        from llama_cpp import Llama
+
+        self.gguf = Path(gguf) if gguf else default_gguf()
+        self.name = self.gguf.stem
+        self.device = "cpu"
+        self.model = Llama(
+            model_path=str(self.gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=batch_threads,
+            n_batch=256, verbose=False,
+        )  # fmt: skip
+        self._lock = threading.Lock()  # one generation at a time per model (and per KV cache)
+
+    def memory_bytes(self) -> int:
+        return self.gguf.stat().st_size
+
+    def stream(
+        self, messages: list[dict[str, str]], stop: threading.Event, max_tokens: int = 96, temperature: float = 0.3
+    ) -> Iterator[str]:
+        """Yield text pieces (about one per token); stops at the next token once ``stop`` is set."""
+        with self._lock:
+            response = self.model.create_chat_completion(
+                messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=0.9,
+                repeat_penalty=1.1, stream=True, seed=0,
+            )  # fmt: skip
+            try:
+                for event in response:
+                    if stop.is_set():
+                        break
+                    piece = event["choices"][0]["delta"].get("content")
+                    if piece:
+                        yield piece
+            finally:
+                response.close()  # stops generation; the KV cache keeps what was evaluated
 
 
 class EmbeddedLLM:
@@ -182,6 +234,9 @@ def create_llm(agent) -> ChatLLM:
     if agent.llm_base_url:
         key = agent.llm_api_key.get_secret_value() if agent.llm_api_key else None
         return OpenAICompatibleLLM(agent.llm_base_url, agent.llm_model, key, agent.llm_timeout_s)
+    if agent.llm_device != "cuda" and importlib.util.find_spec("llama_cpp") is not None:
+        return LlamaCppLLM(agent.llm_gguf, threads=agent.llm_threads, batch_threads=agent.llm_batch_threads)
+    log.warning("llama-cpp-python is not installed (pip install 'echoforge[agent]'): the embedded LLM runs on transformers, ~5x slower")
     return EmbeddedLLM(agent.llm_gguf, device=agent.llm_device)
 
 
@@ -232,33 +287,111 @@ def build_messages(
     fallback_persona: str,
     style: dict[str, float] | None = None,
     emotion: dict[str, Any] | None = None,
+    max_notes: int = 2,
 ) -> list[dict[str, str]]:
-    """Chat messages for one turn.
+    """Chat messages for one turn, laid out for prefix caching.
 
     Args:
         user_text: what the user just said.
         history: earlier ``(role, text)`` turns, oldest first (role ``user`` / ``assistant``).
         passages: retrieved passages (``.source``, ``.text``); used only when ``relevant``.
-        relevant: whether retrieval found something good enough; otherwise the fallback persona.
-        persona: the normal system persona.
-        fallback_persona: the light conversational persona.
+        relevant: whether retrieval found something good enough; otherwise ``fallback_persona``
+            tells the model that no notes match (chat lightly, state no facts).
+        persona: the system message: fixed across turns, so its KV cache is reused.
+        fallback_persona: the instruction for a turn without notes.
         style: emotion slider values (0..1).
         emotion: the user's detected emotion (``label``, ``confidence``, optional ``reply_style``).
+        max_notes: sentences of the passages given as notes (those sharing most terms with the question).
 
     Returns:
-        OpenAI-style messages: system, history…, user.
+        OpenAI-style messages: system, history…, user (notes or the no-notes instruction, then
+        the emotion and style lines, then the question).
     """
-    system = [persona if relevant else fallback_persona]
-    for extra in (emotion_instructions(emotion), style_instructions(style)):
-        if extra:
-            system.append(extra)
-    messages = [{"role": "system", "content": " ".join(system)}]
+    messages = [{"role": "system", "content": persona}]
     messages += [{"role": role, "content": text} for role, text in history if text]
+    parts = []
     if relevant and passages:
         # Facts go next to the question, not into the system prompt: small models (SmolLM2-135M)
-        # copy facts from the last message far more faithfully than from a long system prompt.
-        facts = "\n".join(f"[{p.source}] {p.text}" for p in passages)
-        messages.append({"role": "user", "content": f"Facts:\n{facts}\n\nQuestion: {user_text}"})
+        # copy facts from the last message far more faithfully, and the system prefix stays cached.
+        # Only the sentences that share the question's terms go in: every prompt token costs
+        # ~10 ms of prefill on a busy 2-core CPU.
+        parts.append("Notes:\n" + "\n".join(f"[{src}] {text}" for src, text in note_sentences(user_text, passages, max_notes)))
     else:
-        messages.append({"role": "user", "content": user_text})
+        parts.append(fallback_persona)
+    for extra in (emotion_instructions(emotion), style_instructions(style)):
+        if extra:
+            parts.append(extra)
+    parts.append(f"Question: {user_text}" if relevant and passages else user_text)
+    messages.append({"role": "user", "content": "\n\n".join(parts)})
     return messages
+
+
+# --- truthfulness ----------------------------------------------------------------------------------
+
+DONT_KNOW = "I don't know that, and it isn't in my notes."
+_SMALL_TALK = re.compile(
+    r"^(hi|hello|hey|thanks|thank you|good (morning|evening|night|afternoon)|bye|goodbye|how are you|"
+    r"how's it going|what's up|who are you|what('s| is) your name|nice to meet you)\b"
+)
+_FACT_START = re.compile(
+    r"^(who|what|when|where|which|whose|why|how (many|much|long|old|far|big|tall|fast|do|does|did|can|is|are)|"
+    r"(is|are|was|were|does|do|did|can|could|will|has|have) \w+|tell me about|explain|describe|define|name)\b"
+)
+_CAPITAL_OK = {"i", "echo", "echoforge", "ok", "okay", "yes", "no"}
+
+
+def asks_for_fact(text: str) -> bool:
+    """Whether an utterance asks for information (a question or "tell me about…"), not small talk.
+
+    Requests such as "tell me a story" or "tell me a joke" are not fact questions: the model may
+    answer them freely. Greetings and "how are you" are small talk.
+    """
+    t = " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+    t = re.sub(r"^(so|and|but|ok|okay|well|um|uh|please|hey echo|echo)\s+", "", t)
+    if not t or _SMALL_TALK.match(t):
+        return False
+    return bool(_FACT_START.match(t))
+
+
+def ungrounded(piece: str, known: str, names: bool = True) -> list[str]:
+    """Numbers (and, with ``names``, capitalised words after the first) in ``piece`` that ``known`` lacks.
+
+    ``known`` is what the model was given (notes, question, history). An invented port, year or
+    person shows up here; the caller drops the piece instead of speaking it.
+    """
+    low = known.lower()
+    found = []
+    for n in re.findall(r"\d+(?:[.,:]\d+)*", piece):
+        if n not in low:
+            found.append(n)
+    if names:
+        words = re.findall(r"[A-Za-z][\w'-]*", piece)
+        for w in words[1:]:
+            if w[0].isupper() and w.lower() not in _CAPITAL_OK and w.lower().strip("'s") not in low:
+                found.append(w)
+    return found
+
+
+def _sentences(passage: Any) -> list[str]:
+    text = passage.text.split(": ", 1)[1] if re.match(r"^[^.:]{1,60}: ", passage.text) else passage.text  # drop "Heading: "
+    return [x.strip() for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
+
+
+def note_sentences(question: str, passages: Sequence[Any], limit: int = 3) -> list[tuple[str, str]]:
+    """``(source, sentence)`` of the passages' sentences sharing most terms with the question, in text order."""
+    from echoforge.agent.rag import tokenize
+
+    q = set(tokenize(question))
+    scored = []
+    for rank, p in enumerate(passages):
+        for pos, sentence in enumerate(_sentences(p)):
+            overlap = len(q & set(tokenize(sentence)))
+            scored.append((-(overlap - 0.5 * rank), rank, pos, p.source, sentence))
+    best = sorted(scored)[:limit]
+    return [(src, sentence) for _, _, _, src, sentence in sorted(best, key=lambda x: (x[1], x[2]))]
+
+
+def extractive_answer(question: str, passages: Sequence[Any]) -> str:
+    """The sentence of the retrieved passages that shares most terms with the question (the grounded fallback)."""
+    notes = note_sentences(question, passages, 1)
+    return notes[0][1] if notes else ""

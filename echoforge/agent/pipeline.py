@@ -41,6 +41,7 @@ from echoforge.agent.frames import (
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
+    LLMStopFrame,
     LLMTextFrame,
     LogFrame,
     MetricsFrame,
@@ -51,10 +52,11 @@ from echoforge.agent.frames import (
     TTSAudioFrame,
     TTSTextFrame,
     UserAudioFrame,
+    UserPauseAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from echoforge.agent.llm import build_messages
+from echoforge.agent.llm import DONT_KNOW, asks_for_fact, build_messages, extractive_answer, ungrounded
 from echoforge.agent.processors import DOWN, UP, Direction, FrameProcessor, Pipeline, iterate_in_thread
 from echoforge.agent.sentences import SentenceSplitter
 from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
@@ -140,6 +142,9 @@ class VADProcessor(FrameProcessor):
                 if event.kind == "started":
                     await self.push_frame(UserStartedSpeakingFrame(during_bot_speech=event.during_bot_speech))
                     await self.push_frame(InterruptionFrame(reason="barge-in" if event.during_bot_speech else "user"))
+                elif event.kind == "pause":
+                    assert event.audio is not None
+                    await self.push_frame(UserPauseAudioFrame(audio=event.audio))
                 else:
                     assert event.audio is not None
                     await self.push_frame(UserStoppedSpeakingFrame(speech_seconds=event.audio.size / SAMPLE_RATE))
@@ -153,23 +158,48 @@ class VADProcessor(FrameProcessor):
 
 
 class STTProcessor(FrameProcessor):
-    """Transcribes each user turn in a worker thread."""
+    """Transcribes each user turn in a worker thread, starting at the user's pauses.
+
+    At a pause (:class:`UserPauseAudioFrame`) the audio since the last transcribed point is
+    recognised and kept; at the end of the turn only the tail after it is left — nothing at all
+    when the user said nothing after the pause (the usual case: the pause *was* the end of the
+    turn, and the VAD's remaining silence hides the recogniser's time).
+    """
 
     def __init__(self, stt: Any) -> None:
         super().__init__()
         self.stt = stt
+        self._reset()
+
+    def _reset(self) -> None:
+        self._done = 0  # samples of this turn already transcribed
+        self._texts: list[str] = []
+        self._words: list[tuple[str, float, float]] = []
+
+    async def _transcribe_until(self, audio: np.ndarray, end: int, sample_rate: int) -> None:
+        piece = audio[self._done : end]
+        if piece.size < sample_rate // 10:  # < 100 ms: silence the VAD kept, nothing to recognise
+            return
+        offset = self._done / sample_rate
+        transcript = await asyncio.to_thread(self.stt.transcribe, piece, sample_rate)
+        if transcript.text:
+            self._texts.append(transcript.text)
+        self._words += [(w, s + offset, e + offset) for w, s, e in transcript.words]
+        self._done = end
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, UserAudioFrame):
-            transcript = await asyncio.to_thread(self.stt.transcribe, frame.audio, frame.sample_rate)
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._reset()
+        elif isinstance(frame, UserPauseAudioFrame):
+            await self._transcribe_until(frame.audio, frame.audio.size, frame.sample_rate)
+            return
+        elif isinstance(frame, UserAudioFrame):
+            if frame.audio.size > self._done:
+                await self._transcribe_until(frame.audio, frame.audio.size, frame.sample_rate)
+            text, words = " ".join(self._texts).strip(), self._words
+            self._reset()
             await self.push_frame(
-                TranscriptionFrame(
-                    text=transcript.text,
-                    words=transcript.words,
-                    audio=frame.audio,
-                    sample_rate=frame.sample_rate,
-                    vad_end=frame.vad_end,
-                )
+                TranscriptionFrame(text=text, words=words, audio=frame.audio, sample_rate=frame.sample_rate, vad_end=frame.vad_end)
             )
             return
         await self.push_frame(frame, direction)
@@ -197,6 +227,7 @@ class LLMProcessor(FrameProcessor):
         self.turn_id = 0
         self.cancelled = 0  # replies cut short by an interruption
         self.generating = False
+        self._stop: threading.Event | None = None
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, TranscriptionFrame):
@@ -204,6 +235,8 @@ class LLMProcessor(FrameProcessor):
             if frame.text.strip():
                 await self._respond(frame)
             return
+        if isinstance(frame, LLMStopFrame) and frame.turn_id == self.turn_id and self._stop is not None:
+            self._stop.set()  # the reply has what it needs: stop generating (the text frames already out stay)
         await self.push_frame(frame, direction)
 
     async def _respond(self, frame: TranscriptionFrame) -> None:
@@ -215,6 +248,7 @@ class LLMProcessor(FrameProcessor):
             retrieval = await asyncio.to_thread(self.kb.query, frame.text, s.top_k)
             relevant = retrieval.relevant
             passages = [p for p in retrieval.passages if p.score >= s.relevance_threshold] if relevant else []
+        relevant = relevant and bool(passages)
         emotion = None
         if self.emotion_detector is not None and frame.audio is not None:
             with contextlib.suppress(Exception):  # analysis is optional: never let it break a turn
@@ -222,54 +256,115 @@ class LLMProcessor(FrameProcessor):
         await self.push_frame(
             RetrievalFrame(query=frame.text, passages=passages, fallback=not relevant, emotion=emotion), DOWN
         )
+        self.turn_id += 1
+        turn_id = self.turn_id
+        sources = list(dict.fromkeys(p.source for p in passages))
+        known = " ".join([frame.text, *(t for _, t in history), *(p.text for p in passages)])
+        grounded = extractive_answer(frame.text, passages) if relevant else ""
+        if sources:
+            log.info("turn %d answers from %s", turn_id, ", ".join(sources))
+        await self.push_frame(
+            LLMResponseStartFrame(turn_id=turn_id, known=known, strict=relevant, grounded_answer=grounded, sources=sources)
+        )
+        if not relevant and asks_for_fact(frame.text):
+            # Nothing in the notes and a question of fact: no model can answer that truthfully.
+            await self.push_frame(LLMTextFrame(text=DONT_KNOW, turn_id=turn_id))
+            await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=DONT_KNOW))
+            return
         messages = build_messages(
             frame.text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), emotion
         )
-        self.turn_id += 1
-        turn_id = self.turn_id
-        await self.push_frame(LLMResponseStartFrame(turn_id=turn_id))
         stop = threading.Event()
-        text = ""
+        self._stop = stop
+        text, pieces = "", 0
         self.generating = True
         try:
             async for piece in iterate_in_thread(
                 lambda: self.llm.stream(messages, stop, s.llm_max_tokens, s.llm_temperature), stop
             ):
                 text += piece
+                pieces += 1
                 await self.push_frame(LLMTextFrame(text=piece, turn_id=turn_id))
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
+            cut = pieces >= s.llm_max_tokens and not stop.is_set()
             stop.set()
+            self._stop = None
             self.generating = False
-        await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=text.strip()))
+        await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=text.strip(), cut=cut))
 
 
 class SentenceProcessor(FrameProcessor):
-    """Streamed LLM text → whole sentences for the TTS (the text frames pass through too)."""
+    """Streamed LLM text → short pieces for the TTS, each checked before it is spoken.
 
-    def __init__(self) -> None:
+    * The first piece is a few words (the first audio starts early), then whole sentences.
+    * A piece with a number (or, for answers from notes, a name) that the model was not given is
+      not spoken: the answer is replaced by the notes' own sentence, and generation stops.
+    * After ``max_sentences`` sentences the reply is complete: generation stops (the persona's
+      length limit). A reply the token budget cut mid-sentence loses its unfinished tail.
+    """
+
+    def __init__(self, max_sentences: int = 2, first_words: int = 4) -> None:
         super().__init__()
-        self.splitter = SentenceSplitter()
+        self.splitter = SentenceSplitter(first_clause_chars=12, first_words=first_words)
+        self.max_sentences = max_sentences
         self.index = 0
+        self._start: LLMResponseStartFrame | None = None
+        self._sentences = 0
+        self._done = False
+        self.rejected: list[str] = []  # pieces not spoken because they were not grounded
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, InterruptionFrame | LLMResponseStartFrame):
             self.splitter.reset()
-            self.index = 0
-        if isinstance(frame, LLMResponseEndFrame):
-            # The last (maybe unpunctuated) sentence goes out before the end marker.
-            for sentence in self.splitter.flush():
-                await self._emit(sentence, frame.turn_id)
+            self.index = self._sentences = 0
+            self._done = False
+            self._start = frame if isinstance(frame, LLMResponseStartFrame) else None
+        if isinstance(frame, LLMResponseEndFrame) and not self._done:
+            # The last (maybe unpunctuated) sentence goes out before the end marker, unless the token
+            # budget cut it mid-sentence: then the reply ends at its last whole sentence.
+            for piece in self.splitter.flush():
+                if frame.cut and not _ends_sentence(piece) and self.index:
+                    log.info("dropped the unfinished end of a reply cut by the token budget: %r", piece)
+                    continue
+                await self._accept(piece if _ends_sentence(piece) else piece + ".", frame.turn_id)
         await self.push_frame(frame, direction)
-        if isinstance(frame, LLMTextFrame):
-            for sentence in self.splitter.push(frame.text):
-                await self._emit(sentence, frame.turn_id)
+        if isinstance(frame, LLMTextFrame) and not self._done:
+            for piece in self.splitter.push(frame.text):
+                if self._done:
+                    break
+                await self._accept(piece, frame.turn_id)
+
+    async def _accept(self, piece: str, turn_id: int) -> None:
+        start = self._start
+        if start is not None and start.known:
+            bad = ungrounded(piece, start.known, names=start.strict)
+            if bad:
+                self.rejected.append(piece)
+                log.warning("not spoken (not in the notes: %s): %r", ", ".join(bad), piece)
+                replacement = start.grounded_answer if start.strict and start.grounded_answer else DONT_KNOW
+                await self._emit(replacement, turn_id)
+                await self._finish(turn_id, "ungrounded")
+                return
+        await self._emit(piece, turn_id)
+        if _ends_sentence(piece):
+            self._sentences += 1
+            if self._sentences >= self.max_sentences:
+                await self._finish(turn_id, "length")
+
+    async def _finish(self, turn_id: int, reason: str) -> None:
+        self._done = True
+        await self.push_frame(LLMStopFrame(turn_id=turn_id, reason=reason), UP)
 
     async def _emit(self, sentence: str, turn_id: int) -> None:
         await self.push_frame(TTSTextFrame(text=sentence, turn_id=turn_id, index=self.index))
         self.index += 1
+
+
+def _ends_sentence(piece: str) -> bool:
+    return piece.rstrip("\"')] ").endswith((".", "!", "?", "…"))
 
 
 class TTSProcessor(FrameProcessor):
@@ -351,6 +446,7 @@ class _Reply:
     audio: list[np.ndarray] = field(default_factory=list)
     sample_rate: int = 24_000
     full_text: str = ""
+    sources: list[str] = field(default_factory=list)
 
 
 class OutputProcessor(FrameProcessor):
@@ -395,7 +491,7 @@ class OutputProcessor(FrameProcessor):
         if isinstance(frame, UserStartedSpeakingFrame):
             self._hold = True
         elif isinstance(frame, LLMResponseStartFrame):
-            self._reply = _Reply(frame.turn_id)
+            self._reply = _Reply(frame.turn_id, sources=list(frame.sources))
         elif isinstance(frame, TTSAudioFrame):
             self._enqueue_audio(frame)
             return
@@ -462,7 +558,7 @@ class OutputProcessor(FrameProcessor):
         self._reply = None
         text = " ".join(reply.sentences[i].text for i in sorted(reply.sentences)) or reply.full_text
         self._commit(reply, text, interrupted=False)
-        await self.push_frame(AssistantTurnFrame(text=text, full_text=reply.full_text, interrupted=False))
+        await self.push_frame(AssistantTurnFrame(text=text, full_text=reply.full_text, interrupted=False, sources=reply.sources))
         if self.speaking:
             self.speaking = False
             await self._announce(BotStoppedSpeakingFrame(interrupted=False))
@@ -508,7 +604,7 @@ class OutputProcessor(FrameProcessor):
         if reply is not None:
             self._reply = None
             self._commit(reply, heard, interrupted=True)
-            await self.push_frame(AssistantTurnFrame(text=heard, full_text=reply.full_text, interrupted=True))
+            await self.push_frame(AssistantTurnFrame(text=heard, full_text=reply.full_text, interrupted=True, sources=reply.sources))
         if self.speaking:
             self.speaking = False
             await self._announce(BotStoppedSpeakingFrame(interrupted=True))
@@ -613,7 +709,7 @@ class VoiceAgent:
         self.vad = VADProcessor(detector)
         self.stt = STTProcessor(stt)
         self.llm = LLMProcessor(llm, self.conversation, settings, kb, emotion_detector, lambda: self.style)
-        self.sentences = SentenceProcessor()
+        self.sentences = SentenceProcessor(settings.reply_max_sentences)
         self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice, voice_prompt)
         self.output = OutputProcessor(self.conversation, settings, detector)
         self.pipeline = Pipeline([self.vad, self.stt, self.llm, self.sentences, self.tts, self.output], self._observe)
@@ -751,4 +847,5 @@ def vad_params(s: AgentSettings) -> VADParams:
         min_rms=s.min_rms,
         preroll_ms=s.preroll_ms,
         max_turn_s=s.max_turn_s,
+        partial_ms=s.stt_partial_ms if s.stt_partial_ms < s.silence_ms else 0,
     )

@@ -4,7 +4,8 @@ The TTS should start on the first sentence while the LLM is still writing the se
 cut as soon as a sentence is certainly complete: end punctuation followed by whitespace. Common
 abbreviations ("e.g.", "Dr.") and decimals ("3.5") do not end a sentence. A very long clause is
 cut at a comma or space so that the first audio is never held back by a run-on sentence, and the
-reply's first piece may end at a comma once it is long enough (the first audio starts sooner).
+reply's first piece is short: it ends at a comma once it is long enough, or after
+``first_words`` words — the TTS starts on a few words while the LLM writes the rest.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ class SentenceSplitter:
         max_chars: a sentence longer than this is cut at the last comma (or space) before it.
         first_clause_chars: the reply's *first* piece may end at a comma once it is this long, so
             the first audio starts a clause earlier (0 disables).
+        first_words: the reply's first piece ends after this many words at the latest, when no
+            sentence end or comma came first (0 disables).
     """
 
-    def __init__(self, min_chars: int = 12, max_chars: int = 220, first_clause_chars: int = 30) -> None:
+    def __init__(
+        self, min_chars: int = 12, max_chars: int = 220, first_clause_chars: int = 30, first_words: int = 0
+    ) -> None:
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.first_clause_chars = first_clause_chars
+        self.first_words = first_words
         self._buf = ""
         self._emitted = 0
 
@@ -67,6 +73,13 @@ class SentenceSplitter:
                 cut = self.first_clause_chars + m.start() + 1
                 out.append(self._buf[:cut].strip())
                 self._buf = self._buf[cut:].lstrip()
+        if not out and not self._emitted and self.first_words:
+            # A word is complete once whitespace follows it: cut after the first_words-th one.
+            words = list(re.finditer(r"\S+\s+", self._buf))
+            if len(words) >= self.first_words and len(self._buf[: words[self.first_words - 1].end()].strip()) >= self.min_chars:
+                cut = words[self.first_words - 1].end()
+                out.append(self._buf[:cut].strip())
+                self._buf = self._buf[cut:]
         out = [clean_for_speech(s) for s in out if clean_for_speech(s)]
         self._emitted += len(out)
         return out

@@ -73,7 +73,12 @@ class SileroVAD:
 
 @dataclass
 class VADEvent:
-    """``kind`` is ``started`` or ``stopped``; ``audio`` (16 kHz) is the whole turn on ``stopped``."""
+    """``kind`` is ``started``, ``pause`` or ``stopped``.
+
+    ``audio`` (16 kHz): the turn so far on ``pause`` (a short silence inside the turn: the
+    recogniser can start on it), the whole turn on ``stopped``. A ``pause``'s audio is a prefix of
+    the turn's audio, so what was transcribed at the pause stays valid.
+    """
 
     kind: str
     time_s: float
@@ -93,6 +98,7 @@ class VADParams:
     min_rms: float = 0.003
     preroll_ms: int = 300
     max_turn_s: float = 30.0
+    partial_ms: int = 0  # a "pause" event after this much silence inside a turn (0: none)
 
 
 @dataclass
@@ -255,6 +261,9 @@ class TurnDetector:
             self._turn.speech_windows += 1
         else:
             self._silence += 1
+        pause_windows = int(np.ceil(p.partial_ms / win_ms)) if p.partial_ms else 0
+        if pause_windows and self._silence == pause_windows and self._silence * win_ms < p.silence_ms:
+            return VADEvent("pause", now, audio=np.concatenate(self._turn.audio))
         too_long = len(self._turn.audio) * WINDOW / SAMPLE_RATE >= p.max_turn_s
         if self._silence * win_ms >= p.silence_ms or too_long:
             # Keep ~200 ms of the trailing silence: Whisper likes a little room after the last word.

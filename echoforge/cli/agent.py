@@ -107,17 +107,23 @@ def kb_query(
 
 
 class _Player:
-    """A sounddevice output stream fed from a buffer that an interruption empties at once."""
+    """A sounddevice output stream fed from a buffer that an interruption empties at once.
 
-    def __init__(self, sd: Any, sample_rate: int) -> None:
+    With an :class:`~echoforge.agent.aec.EchoCanceller`, every buffer the device takes is handed to
+    it with the time the device says it will be heard (``outputBufferDacTime``): the echo reference
+    is what was really played, when it was played — not what the agent sent.
+    """
+
+    def __init__(self, sd: Any, sample_rate: int, aec: Any = None) -> None:
         self.sample_rate = sample_rate
+        self.aec = aec
         self._chunks: collections.deque[np.ndarray] = collections.deque()
         self._lock = threading.Lock()
         self._current = np.zeros(0, np.float32)
         self.stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32", callback=self._callback)
         self.stream.start()
 
-    def _callback(self, outdata, frames, _time, _status) -> None:
+    def _callback(self, outdata, frames, time_info, _status) -> None:
         out = np.zeros(frames, np.float32)
         filled = 0
         with self._lock:
@@ -131,6 +137,9 @@ class _Player:
                 self._current = self._current[n:]
                 filled += n
         outdata[:, 0] = out
+        if self.aec is not None:
+            dac = time_info.outputBufferDacTime or (time_info.currentTime + self.stream.latency)
+            self.aec.play(out, self.sample_rate, dac)
 
     def play(self, audio: np.ndarray) -> None:
         with self._lock:
@@ -199,7 +208,8 @@ def _describe(frame: Any, display: _Display) -> None:
         display.reply += frame.text
     elif isinstance(frame, F.AssistantTurnFrame):
         cut = " [red](interrupted)[/]" if frame.interrupted else ""
-        display.add(f"[cyan]agent:[/] {frame.text}{cut}")
+        cite = f" [dim](source: {', '.join(frame.sources)})[/]" if frame.sources else ""
+        display.add(f"[cyan]agent:[/] {frame.text}{cut}{cite}")
         display.reply = ""
     elif isinstance(frame, F.MetricsFrame):
         display.latency = frame.latency
@@ -249,9 +259,16 @@ async def _run_agent(
     agent = VoiceAgent(engine, agent_cfg, models.stt, models.llm, models.kb, models.emotion_detector,
                        vad=models.new_detector(), voice_prompt=prompts)  # fmt: skip
     recorded: list[np.ndarray] = []
-    player = None
+    player = aec = None
     if sd is not None and output_file is None:
-        player = _Player(sd, engine.sample_rate)
+        from echoforge.agent import aec as aec_mod
+
+        if agent_cfg.echo_cancellation == "webrtc" or (agent_cfg.echo_cancellation == "auto" and aec_mod.available()):
+            aec = aec_mod.EchoCanceller()
+            console.print("[dim]echo cancellation: WebRTC AEC3 (reference: the audio the speaker plays)[/]")
+        else:
+            console.print("[yellow]no echo cancellation[/] (pip install 'echoforge[agent]' for livekit's WebRTC AEC); prefer headphones")
+        player = _Player(sd, engine.sample_rate, aec)
     turns: list[dict[str, Any]] = []
 
     async def consume() -> None:
@@ -264,7 +281,7 @@ async def _run_agent(
             if isinstance(frame, F.InterruptionFrame) and player is not None:
                 player.flush()
             if isinstance(frame, F.AssistantTurnFrame):
-                turns.append({"text": frame.text, "interrupted": frame.interrupted})
+                turns.append({"text": frame.text, "interrupted": frame.interrupted, "sources": frame.sources})
             _describe(frame, display)
 
     await agent.start()
@@ -310,10 +327,15 @@ async def _run_agent(
             loop = asyncio.get_running_loop()
             mic: asyncio.Queue[np.ndarray] = asyncio.Queue()
 
-            def on_audio(indata, _frames, _time, _status) -> None:
-                loop.call_soon_threadsafe(mic.put_nowait, indata[:, 0].copy())
+            def on_audio(indata, _frames, time_info, _status) -> None:
+                chunk = indata[:, 0].copy()
+                if aec is not None:  # echo removed before the VAD ever sees it
+                    adc = time_info.inputBufferAdcTime or (time_info.currentTime - stream.latency)
+                    chunk = aec.capture(chunk, adc)
+                loop.call_soon_threadsafe(mic.put_nowait, chunk)
 
-            with sd.InputStream(samplerate=16_000, channels=1, dtype="float32", blocksize=512, callback=on_audio):
+            stream = sd.InputStream(samplerate=16_000, channels=1, dtype="float32", blocksize=480, callback=on_audio)
+            with stream:
                 while True:
                     chunk = await mic.get()
                     display.level = float(np.sqrt(np.mean(np.square(chunk))))
