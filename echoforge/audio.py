@@ -47,6 +47,10 @@ class AudioDecodeError(ValueError):
     """The bytes are not audio we can decode, or they break a limit (duration, rate)."""
 
 
+class AudioTooLong(AudioDecodeError):
+    """The audio is longer than the caller's ``max_seconds`` (found before decoding it all)."""
+
+
 MAX_CHANNELS = 8
 
 
@@ -120,26 +124,48 @@ def cut_at_pause(audio: np.ndarray, sample_rate: int, max_seconds: float, search
     return a[: lo + best]
 
 
-def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:
+def _too_long(seconds: float, max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s")
+
+
+def _decode_with_av(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode with PyAV; with ``max_seconds``, refuse by the container's declared duration
+    before decoding and stop decoding as soon as the limit is passed (a hard cap either way)."""
     import av
 
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.audio:
-                raise AudioDecodeError("file contains no audio stream")
+                raise AudioDecodeError("the file contains no audio stream")
             stream = container.streams.audio[0]
+            if max_seconds is not None:
+                declared = None
+                if stream.duration is not None and stream.time_base is not None:
+                    declared = float(stream.duration * stream.time_base)
+                elif container.duration is not None:
+                    declared = container.duration / 1_000_000
+                if declared is not None and declared > max_seconds:
+                    raise _too_long(declared, max_seconds)
             resampler = av.AudioResampler(format="flt", layout="mono")
             parts: list[np.ndarray] = []
             rate = stream.codec_context.sample_rate or stream.rate
+            cap = int(max_seconds * rate) + 1 if max_seconds is not None and rate else None
+            decoded = 0
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     parts.append(out.to_ndarray().reshape(-1))
+                    decoded += parts[-1].size
+                if cap is not None and decoded > cap:
+                    raise _too_long(decoded / rate, max_seconds)  # type: ignore[arg-type]
             for out in resampler.resample(None):
                 parts.append(out.to_ndarray().reshape(-1))
     except AudioDecodeError:
         raise
-    except Exception as exc:  # PyAV raises many error types for garbage input
-        raise AudioDecodeError(f"could not decode audio: {exc}") from None
+    except Exception:  # PyAV raises many error types (with internal codes) for garbage input
+        raise AudioDecodeError(
+            "could not decode the audio: the file is damaged or not in a supported audio format "
+            "(wav, flac, ogg, mp3, m4a, webm…)"
+        ) from None
     if not parts or not rate:
         raise AudioDecodeError("audio stream is empty")
     return np.concatenate(parts).astype(np.float32), int(rate)
@@ -177,17 +203,30 @@ def load_audio(
     if not data:
         raise AudioDecodeError("audio is empty (0 bytes)")
     try:
-        raw, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-        audio = to_mono_float32(raw)
+        info = sf.info(io.BytesIO(data))
     except Exception:
-        audio, sr = _decode_with_av(data)
+        info = None
+    if info is not None and info.samplerate > 0 and 0 < info.frames < 2**62:
+        # The header's length (WAV, FLAC STREAMINFO, …): refuse before decoding anything.
+        if max_seconds is not None and info.frames / info.samplerate > max_seconds:
+            raise _too_long(info.frames / info.samplerate, max_seconds)
+    try:
+        frames = -1
+        if max_seconds is not None and info is not None and info.samplerate > 0:
+            frames = int(max_seconds * info.samplerate) + 2  # a hard cap when the header has no length
+        raw, sr = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=False)
+        audio = to_mono_float32(raw)
+    except AudioDecodeError:
+        raise
+    except Exception:
+        audio, sr = _decode_with_av(data, max_seconds)
     if audio.size == 0 or sr <= 0:
         raise AudioDecodeError("audio contains no samples")
     if not np.all(np.isfinite(audio)):
         raise AudioDecodeError("audio contains NaN or infinite samples")
     duration = audio.size / sr
     if max_seconds is not None and duration > max_seconds:
-        raise AudioDecodeError(f"audio is {duration:.1f} s long; the limit is {max_seconds:g} s")
+        raise _too_long(duration, max_seconds)
     if min_seconds is not None and duration < min_seconds:
         raise AudioDecodeError(f"audio is {duration:.2f} s long; at least {min_seconds:g} s is needed")
     if target_sr is not None and target_sr != sr:

@@ -86,6 +86,8 @@ class ServerSettings(BaseModel):
     result_ttl_hours: float = Field(24.0, gt=0, description="Finished results older than this are deleted.")
     result_max_mb: float = Field(2048.0, gt=0, description="Oldest results are deleted beyond this total size.")
     metrics_require_key: bool = Field(True, description="/metrics needs an API key when keys are configured.")
+    docs_require_key: bool = Field(False, description="/docs, /redoc and /openapi.json need an API key when keys are configured (default: open; they hold no data). The studio's static files are always open; every /api and /v1 route but /api/health needs a key.")
+    auth_failures_per_minute: int = Field(10, ge=0, description="Wrong or missing API keys allowed per client IP per minute before `429` + `Retry-After`; 0 disables.")
 
     def fallback_pool_size(self) -> int:
         """``fallback_concurrency``, or its default from the CPU count (2–16)."""

@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -132,12 +133,15 @@ def build_services(
     model_load_s: float,
     *,
     start_workers: bool = True,
+    defer_workers: bool = False,
     synthesis_factory: Callable[[TTSEngine, VoiceStore, Settings], SynthesisService] = SynthesisService,
 ) -> Services:
     """Everything but the engine; also used by ``echoforge worker``.
 
     ``synthesis_factory`` builds the synthesis service (``echoforge.deploy`` passes one whose
     engine runs on Ray Serve replicas; it keeps :class:`SynthesisService`'s interface).
+    ``defer_workers``: build the worker pool but let the caller start it (the app starts it
+    after the warm-up, so tasks re-queued after a crash never hold the engine slot first).
     """
     s = settings.server
     voices = VoiceStore(
@@ -152,7 +156,8 @@ def build_services(
         # the fallbacks); batch-capable engines get more so requests can meet in a batch.
         threads = synthesis.concurrency * (synthesis.max_batch if synthesis.batching else 1)
         pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), threads)
-        pool.start()
+        if not defer_workers:
+            pool.start()
     return Services(
         settings=settings,
         engine=engine,
@@ -161,6 +166,7 @@ def build_services(
         synthesis=synthesis,
         keys=keys,
         limiter=RateLimiter(s.rate_limit_per_minute),
+        auth_failures=RateLimiter(s.auth_failures_per_minute),
         pool=pool,
         model_load_s=model_load_s,
     )
@@ -198,8 +204,15 @@ def create_app(
             eng, load_s = engine, 0.0
         else:
             eng, load_s = await asyncio.to_thread(load_engine, settings, engine_name)
-        services = await asyncio.to_thread(build_services, settings, eng, load_s, synthesis_factory=synthesis_factory)
+        services = await asyncio.to_thread(
+            build_services, settings, eng, load_s, defer_workers=True, synthesis_factory=synthesis_factory
+        )
+        observability.redact_keys_in_logs()
+        # Warm up before the workers claim anything: after a crash the re-queued tasks would
+        # otherwise take the engine slot first and the port would open only when they finish.
         warm_s = await asyncio.to_thread(services.synthesis.warm_up)
+        if services.pool is not None:
+            services.pool.start()
         if observability.metrics is not None:
             observability.metrics.set_model_load_time(eng.name, warm_s, phase="warmup")
         log.info(
@@ -219,12 +232,18 @@ def create_app(
             if engine is None and callable(close):
                 close()
 
+    docs_open = not settings.server.docs_require_key
     app = FastAPI(
         title="EchoForge",
         version=__version__,
         description="Local-first conversational voice server (CSM-1B): EchoForge task API, OpenAI-compatible speech API, WebSocket streaming.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if docs_open else None,
+        docs_url="/docs" if docs_open else None,
+        redoc_url="/redoc" if docs_open else None,
     )
+    if not docs_open:  # server.docs_require_key: the schema and docs pages need a key (when keys exist)
+        _add_private_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.server.max_upload_mb * 1024 * 1024) + 64 * 1024)
     if settings.server.cors_origins:
@@ -250,5 +269,63 @@ def create_app(
             app.include_router(module.router, dependencies=[Authenticated] if needs_key else [])
 
     if (STATIC_DIR / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="studio")
+        app.mount("/", StudioFiles(app, StaticFiles(directory=STATIC_DIR, html=True)), name="studio")
     return app
+
+
+def _add_private_docs(app: FastAPI) -> None:
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import JSONResponse
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Authenticated])
+    def _openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Authenticated])
+    def _docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="EchoForge - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=[Authenticated])
+    def _redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title="EchoForge - ReDoc")
+
+
+API_PREFIXES = ("/api/", "/v1/", "/metrics")
+
+
+class StudioFiles:
+    """The studio's static files at ``/``, except under the API prefixes: there a path that
+    matches a route with other methods is ``405`` with its real ``Allow`` header, and any
+    other path a JSON ``404`` (never the static mount's answers)."""
+
+    def __init__(self, app: FastAPI, files: ASGIApp) -> None:
+        self.api = app
+        self.files = files
+        self._table: list[tuple[re.Pattern[str], set[str]]] | None = None
+
+    def _routes(self) -> list[tuple[re.Pattern[str], set[str]]]:
+        """(path regex, methods) of every documented route, from the OpenAPI schema."""
+        if self._table is None:
+            table = []
+            for template, ops in self.api.openapi().get("paths", {}).items():
+                regex = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+                table.append((re.compile(regex), {m.upper() for m in ops if m.isalpha()}))
+            self._table = table
+        return self._table
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith(API_PREFIXES) or path == "/api"):
+            await self.files(scope, receive, send)
+            return
+        allowed = {m for pattern, methods in self._routes() if pattern.fullmatch(path) for m in methods}
+        if allowed:
+            status, message, code = 405, f"{scope['method']} is not allowed on {path}; use {', '.join(sorted(allowed))}", "method_not_allowed"
+        else:
+            status, message, code = 404, f"no API route {path}; see /docs", "not_found"
+        body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if allowed:
+            headers.append((b"allow", ", ".join(sorted(allowed)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -37,6 +37,7 @@ class Services:
     pool: WorkerPool | None
     model_load_s: float = 0.0
     started_at: float = field(default_factory=time.time)
+    auth_failures: RateLimiter | None = None  # wrong/missing keys per client IP (server.auth_failures_per_minute)
 
 
 def get_services(request: Request) -> Services:
@@ -62,6 +63,13 @@ def check_key(services: Services, key: str | None, client: str, route: str) -> P
     key_id = services.keys.verify(key)
     if key_id is None:
         security_log.warning("auth failure: %s key from %s on %s", "invalid" if key else "missing", client, route)
+        wait = services.auth_failures.hit(f"ip:{client}") if services.auth_failures is not None else None
+        if wait is not None:  # guessing keys: slow the client down
+            security_log.warning("auth failures rate-limited: %s on %s", client, route)
+            raise RateLimited(
+                f"too many requests with a missing or wrong API key from this address; retry in {wait:.0f} s",
+                retry_after=wait,
+            )
         raise Unauthorized(
             "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
             if not key

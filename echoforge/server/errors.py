@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from echoforge.audio import AudioDecodeError
+from echoforge.audio import AudioDecodeError, AudioTooLong
 from echoforge.engines.base import EngineBusy, EngineError, EngineUnavailable
 
 log = logging.getLogger("echoforge.server")
@@ -87,6 +87,21 @@ class Unavailable(ApiError):
     code = "service_unavailable"
 
 
+QUEUE_RETRY_AFTER_S = 5.0
+
+
+def _queue_outage_errors() -> list[type[Exception]]:
+    """Exceptions that mean the task queue's store is down (Redis unreachable, SQLite locked/unavailable)."""
+    import sqlite3
+
+    types: list[type[Exception]] = [sqlite3.OperationalError]
+    try:
+        import redis.exceptions as rex
+    except ImportError:  # the redis extra is not installed
+        return types
+    return [*types, rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError]
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -100,16 +115,51 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers)
 
 
+_SINGULAR = {"turns": "turn", "context": "context turn", "voices": "voice", "tasks": "task"}
+
+
+def _label(loc: list[Any]) -> str:
+    """A field path in the user's terms: ``turns.3.text`` → ``turn 4 text`` (1-based)."""
+    words: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            if words and i > 0 and isinstance(loc[i - 1], str):
+                words[-1] = _SINGULAR.get(str(loc[i - 1]), str(loc[i - 1]))
+            words.append(str(part + 1))
+        else:
+            words.append(str(part).replace("_", " "))
+    return " ".join(words)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    msg = str(error.get("msg", "invalid value"))
+    kind = error.get("type", "")
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    return msg[:1].lower() + msg[1:]
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid value"))
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return (f"{param}: {msg}{more}" if param else msg + more), param
+    if first.get("type") == "json_invalid":  # loc is a byte offset, msg pydantic's: say it plainly
+        reason = (first.get("ctx") or {}).get("error", "")
+        offset = next((p for p in first.get("loc", ()) if isinstance(p, int)), None)
+        where = f" at character {offset + 1}" if offset is not None else ""
+        return f"the request body is not valid JSON{where}" + (f" ({reason[:1].lower()}{reason[1:]})" if reason else ""), None
+    raw = [p for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+    param = ".".join(str(p) for p in raw) or None
+    msg = _describe(first)
+    if len(errors) > 1:
+        others = sorted({_label([p for p in e.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]) for e in errors[1:]} - {""})
+        more = f"; also check {', '.join(others[:4])}" if others else f" (and {len(errors) - 1} more problem(s))"
+    else:
+        more = ""
+    return (f"{_label(raw)} {msg}{more}" if raw else msg + more), param
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -137,7 +187,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AudioDecodeError)
     async def _audio(request: Request, exc: AudioDecodeError) -> JSONResponse:
+        if isinstance(exc, AudioTooLong):
+            return error_response(PayloadTooLarge(f"audio: {exc}", param="audio", code="audio_too_long"))
         return JSONResponse(error_body(str(exc), "invalid_request_error", "audio", "invalid_audio"), status_code=400)
+
+    for exc_type in _queue_outage_errors():
+
+        @app.exception_handler(exc_type)
+        async def _queue_down(request: Request, exc: Exception) -> JSONResponse:
+            log.warning("task queue unreachable on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(
+                Unavailable(
+                    "the task queue is unreachable right now; retry after the time in Retry-After",
+                    code="queue_unavailable",
+                    retry_after=QUEUE_RETRY_AFTER_S,
+                )
+            )
 
     @app.exception_handler(EngineBusy)
     async def _engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:

@@ -52,6 +52,8 @@ class QueueStatus(BaseModel):
     backend: str
     depth: int
     running: int
+    reachable: bool = Field(True, description="False when the queue's store (Redis, SQLite) cannot be reached.")
+    error: str | None = None
 
 
 class StreamStatus(BaseModel):
@@ -62,7 +64,7 @@ class StreamStatus(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     version: str
     engine: EngineStatus
     queue: QueueStatus

@@ -36,8 +36,14 @@ class ServerProcess:
     """``python serve_app.py`` on a free port; logs go to ``log_path``."""
 
     def __init__(
-        self, data_dir: Path, engine: str = "espeak", settings: dict | None = None, env: dict | None = None
+        self,
+        data_dir: Path,
+        engine: str = "espeak",
+        settings: dict | None = None,
+        env: dict | None = None,
+        log_level: str | None = None,
     ) -> None:
+        self.log_level = log_level
         self.data_dir = Path(data_dir)
         self.engine = engine
         self.settings = {"data_dir": str(self.data_dir), **(settings or {})}
@@ -50,7 +56,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        spec = json.dumps({"port": self.port, "engine": self.engine, "settings": self.settings})
+        spec = json.dumps(
+            {"port": self.port, "engine": self.engine, "settings": self.settings, "log_level": self.log_level}
+        )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "serve_app.py"), spec],

@@ -26,9 +26,12 @@ register_engine("espeak_probe", "probe_engine:ProbeEspeakEngine.from_settings")
 def main() -> None:
     spec = json.loads(sys.argv[1])
     settings = load_settings(**spec.get("settings", {}))
-    setup_logging("INFO")
+    level = spec.get("log_level")  # e.g. "DEBUG": everything, uvicorn and websockets included
+    setup_logging(level or "INFO")
     app = create_app(settings, engine_name=spec.get("engine"))
-    uvicorn.run(app, host="127.0.0.1", port=spec["port"], log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app, host="127.0.0.1", port=spec["port"], log_level=(level or "warning").lower(), timeout_graceful_shutdown=10
+    )
 
 
 if __name__ == "__main__":

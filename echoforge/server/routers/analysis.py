@@ -9,16 +9,18 @@ from fastapi.concurrency import run_in_threadpool
 
 from echoforge.analysis import analyze_audio
 from echoforge.analysis.memory import ProfileStore
-from echoforge.audio import AudioDecodeError, load_audio
-from echoforge.server.deps import ServicesDep
-from echoforge.server.errors import BadRequest, NotFound
+from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio
+from echoforge.server.deps import RateLimitedDep, ServicesDep
+from echoforge.server.errors import BadRequest, NotFound, PayloadTooLarge
+from echoforge.server.schemas import ERROR_RESPONSES
 
-router = APIRouter(tags=["analysis"])
+router = APIRouter(tags=["analysis"], responses=ERROR_RESPONSES)
 
 
 @router.post("/api/analyze")
 async def analyze(
     services: ServicesDep,
+    _: RateLimitedDep,
     audio: Annotated[UploadFile, File(description="A clip to analyse: wav, flac, ogg, mp3, …")],
     transcript: Annotated[str, Form(max_length=4000)] = "",
 ) -> dict:
@@ -26,9 +28,13 @@ async def analyze(
     limits = services.settings.server
     data = await audio.read(int(limits.max_upload_mb * 1024 * 1024) + 1)
     if len(data) > limits.max_upload_mb * 1024 * 1024:
-        raise BadRequest(f"audio file is larger than the {limits.max_upload_mb:g} MB limit", param="audio")
-    try:
+        raise PayloadTooLarge(f"audio file is larger than the {limits.max_upload_mb:g} MB limit", param="audio")
+    if not data:
+        raise BadRequest("audio file is empty", param="audio")
+    try:  # the duration limit is checked from the header/stream before decoding
         samples, sr = await run_in_threadpool(load_audio, data, max_seconds=limits.max_upload_seconds)
+    except AudioTooLong as exc:
+        raise PayloadTooLarge(f"audio: {exc}", param="audio", code="audio_too_long") from None
     except AudioDecodeError as exc:
         raise BadRequest(f"audio: {exc}", param="audio") from None
     report = await run_in_threadpool(analyze_audio, samples, sr, transcript or None)

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from echoforge import __version__
 from echoforge.server.deps import ServicesDep
 from echoforge.server.schemas import Health
 
+log = logging.getLogger("echoforge.server")
 router = APIRouter(tags=["health"])
 
 
-@router.get("/api/health", response_model=Health)
-async def health(services: ServicesDep) -> dict:
-    """Engine in use (CSM or a fallback), queue depth, whether API keys are required."""
+@router.get(
+    "/api/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Degraded: the task queue is unreachable (see queue.error, Retry-After)"}},
+)
+async def health(services: ServicesDep, response: Response) -> dict:
+    """Engine in use (CSM or a fallback), queue depth, whether API keys are required.
+
+    ``503`` with ``status: "degraded"`` when the task queue (Redis, SQLite) cannot be reached:
+    streaming still works, queued generation does not.
+    """
     info = services.engine.info()
-    queued, running = await run_in_threadpool(services.queue.counts)
+    queue: dict = {"backend": services.queue.backend, "reachable": True}
+    try:
+        queued, running = await run_in_threadpool(services.queue.counts)
+        queue.update(depth=queued, running=running)
+    except Exception as exc:  # Redis down, SQLite unavailable: say so instead of a 500
+        log.warning("health: the %s task queue is unreachable: %s", services.queue.backend, exc)
+        queue.update(depth=0, running=0, reachable=False, error=f"the {services.queue.backend} task queue is unreachable")
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
     return {
-        "status": "ok",
+        "status": "ok" if queue["reachable"] else "degraded",
         "version": __version__,
         "engine": {
             "name": info.name,
@@ -30,7 +48,7 @@ async def health(services: ServicesDep) -> dict:
             "sample_rate": services.engine.sample_rate,
             "description": info.description,
         },
-        "queue": {"backend": services.queue.backend, "depth": queued, "running": running},
+        "queue": queue,
         # Streams generating now / waiting for a slot (CSM's continuous-batching scheduler; fallbacks: slots).
         "streams": {
             "in_use": services.synthesis._slots.in_use,
@@ -46,5 +64,6 @@ async def health(services: ServicesDep) -> dict:
             "max_text_chars": services.settings.server.max_text_chars,
             "max_upload_mb": services.settings.server.max_upload_mb,
             "max_upload_seconds": services.settings.server.max_upload_seconds,
+            "max_audio_s": services.settings.generation.max_audio_length_ms / 1000,
         },
     }

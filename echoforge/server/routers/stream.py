@@ -23,6 +23,21 @@ log = logging.getLogger("echoforge.server.stream")
 router = APIRouter(tags=["stream"])
 
 START_TIMEOUT_S = 30.0
+# With API keys on and no key in the handshake, the key must come in the start message, soon.
+UNAUTHENTICATED_START_TIMEOUT_S = 5.0
+
+
+def _handshake_key(ws: WebSocket) -> str | None:
+    key = ws.query_params.get("api_key") or ws.headers.get("x-api-key")
+    auth = ws.headers.get("authorization", "")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    return key or None
+
+
+async def _refuse(ws: WebSocket, exc: ApiError) -> None:
+    await ws.send_json({"type": "error", "message": exc.message, "status": exc.status, "code": exc.code})
+    await ws.close(1008 if exc.status in (401, 403, 429) else 1000, exc.message[:120])
 
 
 @router.websocket("/api/stream")
@@ -31,8 +46,18 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept()
     client = ws.client.host if ws.client else "unknown"
     try:
+        handshake_key = _handshake_key(ws)
+        if services.keys.required and handshake_key is not None:
+            try:  # a wrong key in the handshake is refused at once, not after the start message
+                check_key(services, handshake_key, client, "/api/stream")
+            except ApiError as exc:
+                await _refuse(ws, exc)
+                return
+        timeout = START_TIMEOUT_S
+        if services.keys.required and handshake_key is None:
+            timeout = UNAUTHENTICATED_START_TIMEOUT_S
         try:
-            msg = await asyncio.wait_for(receive_message(ws), START_TIMEOUT_S)
+            msg = await asyncio.wait_for(receive_message(ws), timeout)
         except (TimeoutError, ValueError):
             await ws.send_json(
                 {
@@ -55,17 +80,13 @@ async def stream(ws: WebSocket) -> None:
             )
             await ws.close(1008, "expected a start message")
             return
-        key = ws.query_params.get("api_key") or msg.get("api_key") or ws.headers.get("x-api-key")
-        auth = ws.headers.get("authorization", "")
-        if not key and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
+        key = handshake_key or msg.get("api_key")
         try:
             principal = check_key(services, key if isinstance(key, str) else None, client, "/api/stream")
             check_rate(services, principal, "/api/stream")
             params = start_params(msg, services)
         except ApiError as exc:
-            await ws.send_json({"type": "error", "message": exc.message, "status": exc.status, "code": exc.code})
-            await ws.close(1008 if exc.status in (401, 403) else 1000, exc.message[:120])
+            await _refuse(ws, exc)
             return
         await ws.send_json({"type": "ready", "sample_rate": services.engine.sample_rate, "format": "pcm"})
         await SpeechSession(ws, services, params).run()

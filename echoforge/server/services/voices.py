@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from echoforge.audio import AudioDecodeError, load_audio, resample, save_audio
+from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio, resample, save_audio
 from echoforge.engines.base import Segment, TTSEngine
 from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
@@ -138,6 +138,15 @@ class VoiceStore:
         self._builtin = {v.id: v for v in load_builtin_voices(builtin_dir)}
         self._aliases = {a: v.id for v in self._builtin.values() for a in v.aliases}
         self._reference_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._remove_incomplete()
+
+    def _remove_incomplete(self) -> None:
+        """Remove what an interrupted upload left: staging folders and voice folders without meta.json."""
+        for d in self.root.iterdir():
+            incomplete = d.name.startswith(".staging-") or (d.name.startswith("v_") and not (d / "meta.json").is_file())
+            if d.is_dir() and incomplete:
+                shutil.rmtree(d, ignore_errors=True)
+                log.warning("removed an incomplete voice folder left by an interrupted upload: %s", d.name)
 
     # ---------------------------------------------------------------- reading
     def _user_voice(self, voice_id: str) -> Voice | None:
@@ -199,7 +208,11 @@ class VoiceStore:
                 f"audio file is larger than the {self.max_upload_bytes // (1024 * 1024)} MB limit", param="audio"
             )
         try:
-            samples, sr = load_audio(audio, min_seconds=MIN_REFERENCE_SECONDS)
+            # The duration limit is checked from the header/stream before decoding (a hard cap otherwise).
+            samples, sr = load_audio(audio, min_seconds=MIN_REFERENCE_SECONDS, max_seconds=self.max_upload_seconds)
+        except AudioTooLong as exc:
+            security_log.warning("rejected upload: %s", exc)
+            raise PayloadTooLarge(f"audio: {exc}", param="audio", code="audio_too_long") from None
         except AudioDecodeError as exc:
             security_log.warning("rejected upload: %s", exc)
             raise BadRequest(f"audio: {exc}", param="audio", code="invalid_audio") from None
@@ -222,9 +235,12 @@ class VoiceStore:
             if speaker is None:
                 used = {v.speaker for v in self.list()}
                 speaker = next((s for s in range(32) if s not in used), 0)
+            # Written into a hidden staging folder and renamed when complete: a crash mid-way
+            # leaves no half-made voice (stale staging folders are removed at start-up).
             folder = self.root / voice_id
-            folder.mkdir(parents=True)
-            save_audio(folder / "reference.flac", samples, sr)
+            staging = self.root / f".staging-{voice_id}"
+            staging.mkdir(parents=True)
+            save_audio(staging / "reference.flac", samples, sr)
             voice = Voice(
                 id=voice_id,
                 name=name,
@@ -236,17 +252,19 @@ class VoiceStore:
                 fallback_voice=None,
                 audio_path=folder / "reference.flac",
             )
-            self._write_meta(voice)
+            self._write_meta(voice, staging)
+            staging.rename(folder)
         log.info("created voice %s (%s, %.1f s at %d Hz)", voice.id, voice.name, duration, sr)
         return voice
 
-    def _write_meta(self, voice: Voice) -> None:
+    def _write_meta(self, voice: Voice, folder: Path | None = None) -> None:
         data = asdict(voice)
         for k in ("audio_path", "builtin", "aliases"):
             data.pop(k)
-        tmp = self.root / voice.id / "meta.json.tmp"
+        folder = folder or self.root / voice.id
+        tmp = folder / "meta.json.tmp"
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        tmp.replace(self.root / voice.id / "meta.json")
+        tmp.replace(folder / "meta.json")
 
     def update(self, voice_id: str, changes: dict[str, Any]) -> Voice:
         voice = self.get(voice_id)
