@@ -6,6 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from echoforge.text import TEXT_PATTERN
+
+# The one text rule (echoforge.text.check_text), documented; checked in code for a clear 400.
+_SAYABLE = {"pattern": TEXT_PATTERN}
+
 AudioFormatName = Literal["wav", "mp3", "opus", "flac", "aac", "pcm"]
 TaskStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
@@ -114,14 +119,14 @@ class VoicePatch(BaseModel):
 # ------------------------------------------------------------------ generation / tasks
 class ContextTurn(BaseModel):
     speaker: int = Field(0, ge=0, le=31)
-    text: str = Field(..., min_length=1, max_length=4096)
+    text: str = Field(..., min_length=1, max_length=4096, json_schema_extra=_SAYABLE)
     voice: str | None = Field(None, max_length=120)
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(..., min_length=1, description="What to say (limit: server.max_text_chars).")
+    text: str = Field(..., min_length=1, description="What to say (limit: server.max_text_chars).", json_schema_extra=_SAYABLE)
     voice: str = Field("alloy", min_length=1, max_length=120, description="Voice id, name or OpenAI voice name.")
     context: list[ContextTurn] = Field(default_factory=list, max_length=16)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -135,7 +140,7 @@ class GenerateRequest(BaseModel):
 
 class ConversationTurn(BaseModel):
     voice: str = Field(..., min_length=1, max_length=120)
-    text: str = Field(..., min_length=1, max_length=4096)
+    text: str = Field(..., min_length=1, max_length=4096, json_schema_extra=_SAYABLE)
 
 
 class ConversationRequest(BaseModel):
@@ -186,7 +191,7 @@ class SpeechRequest(BaseModel):
     """``POST /v1/audio/speech`` as OpenAI defines it."""
 
     model: str = Field(..., min_length=1, max_length=100)
-    input: str = Field(..., min_length=1, max_length=4096)
+    input: str = Field(..., min_length=1, max_length=4096, json_schema_extra=_SAYABLE)
     voice: str | dict[str, Any] = Field(..., description='A voice name/id, or {"id": ...}.')
     instructions: str | None = Field(None, max_length=4096)
     response_format: AudioFormatName = "mp3"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Path, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from echoforge.analysis import analyze_audio
@@ -42,7 +42,9 @@ async def analyze(
 
 
 @router.get("/api/voices/{voice_id}/profile")
-def voice_profile(voice_id: str, services: ServicesDep) -> dict:
+def voice_profile(
+    voice_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,120}$", description="A voice id")], services: ServicesDep
+) -> dict:
     """The long-term profile of a voice (running pitch/energy/rate, emotion mix, drift reference)."""
     try:
         profile = ProfileStore(services.settings.data_dir).load(voice_id)
