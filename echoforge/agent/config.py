@@ -53,7 +53,7 @@ class AgentSettings(BaseModel):
     llm_batch_threads: int = Field(2, ge=1, le=64, description="Embedded LLM (llama.cpp): threads for the prompt.")
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
     llm_timeout_s: float = Field(60.0, gt=0)
-    history_turns: int = Field(4, ge=0, le=64, description="Past user+assistant turns sent to the LLM (each costs prefill time).")
+    history_turns: int = Field(2, ge=0, le=64, description="Past user+assistant turns sent to the LLM (each costs prefill time).")
 
     # --- STT -------------------------------------------------------------------------------
     stt_model: str | None = Field(

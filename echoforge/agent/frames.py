@@ -179,6 +179,13 @@ class UserPauseAudioFrame(DataFrame):
 
 
 @dataclass
+class InterimTranscriptionFrame(DataFrame):
+    """The turn's words so far, recognised at a pause (the turn may still go on)."""
+
+    text: str = ""
+
+
+@dataclass
 class TranscriptionFrame(DataFrame):
     """The recognised user turn, with word timings ``[(word, start_s, end_s), ...]``."""
 

@@ -85,6 +85,15 @@ class LlamaCppLLM:
     def memory_bytes(self) -> int:
         return self.gguf.stat().st_size
 
+    def prefill(self, messages: list[dict[str, str]]) -> None:
+        """Evaluate the prompt of ``messages`` into the KV cache now (speculatively, at a pause).
+
+        When the turn ends with the same words, :meth:`stream` finds the whole prompt cached and
+        samples its first token at once. One token is sampled here and thrown away (not evaluated).
+        """
+        with self._lock:
+            self.model.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
+
     def stream(
         self, messages: list[dict[str, str]], stop: threading.Event, max_tokens: int = 96, temperature: float = 0.3
     ) -> Iterator[str]:
@@ -370,6 +379,32 @@ def ungrounded(piece: str, known: str, names: bool = True) -> list[str]:
             if w[0].isupper() and w.lower() not in _CAPITAL_OK and w.lower().strip("'s") not in low:
                 found.append(w)
     return found
+
+
+_GENERIC = {"answer", "echo", "assistant", "sure", "yes", "note", "question", "help", "great", "well", "just", "also", "know"}
+
+
+def support(piece: str, known: str) -> float:
+    """Share of the piece's content terms that occur in ``known`` (1.0 for a piece with none).
+
+    For answers from notes: a piece built from other words than the notes' ("The answer is: Echo,
+    the voice assistant") is not an answer from them, whatever it says.
+    """
+    from echoforge.agent.rag import tokenize
+
+    terms = [t for t in tokenize(piece) if t not in _GENERIC]
+    if not terms:
+        return 1.0
+    have = set(tokenize(known))
+    return sum(t in have for t in terms) / len(terms)
+
+
+def answers(reply: str, grounded: str, question: str) -> bool:
+    """Whether ``reply`` shares a term of the notes' answer sentence that the question does not have."""
+    from echoforge.agent.rag import tokenize
+
+    new = set(tokenize(grounded)) - set(tokenize(question)) - _GENERIC
+    return not new or bool(new & set(tokenize(reply)))
 
 
 def _sentences(passage: Any) -> list[str]:

@@ -38,6 +38,7 @@ from echoforge.agent.frames import (
     ErrorFrame,
     Frame,
     InputAudioFrame,
+    InterimTranscriptionFrame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -56,7 +57,7 @@ from echoforge.agent.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from echoforge.agent.llm import DONT_KNOW, asks_for_fact, build_messages, extractive_answer, ungrounded
+from echoforge.agent.llm import DONT_KNOW, answers, asks_for_fact, build_messages, extractive_answer, support, ungrounded
 from echoforge.agent.processors import DOWN, UP, Direction, FrameProcessor, Pipeline, iterate_in_thread
 from echoforge.agent.sentences import SentenceSplitter
 from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
@@ -192,6 +193,8 @@ class STTProcessor(FrameProcessor):
             self._reset()
         elif isinstance(frame, UserPauseAudioFrame):
             await self._transcribe_until(frame.audio, frame.audio.size, frame.sample_rate)
+            if self._texts:
+                await self.push_frame(InterimTranscriptionFrame(text=" ".join(self._texts).strip()))
             return
         elif isinstance(frame, UserAudioFrame):
             if frame.audio.size > self._done:
@@ -228,6 +231,7 @@ class LLMProcessor(FrameProcessor):
         self.cancelled = 0  # replies cut short by an interruption
         self.generating = False
         self._stop: threading.Event | None = None
+        self._speculation: tuple[str, list, bool] | None = None  # (words at a pause, passages, relevant)
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, TranscriptionFrame):
@@ -235,20 +239,49 @@ class LLMProcessor(FrameProcessor):
             if frame.text.strip():
                 await self._respond(frame)
             return
+        if isinstance(frame, InterimTranscriptionFrame):
+            await self._prepare(frame.text)
+            return
         if isinstance(frame, LLMStopFrame) and frame.turn_id == self.turn_id and self._stop is not None:
             self._stop.set()  # the reply has what it needs: stop generating (the text frames already out stay)
         await self.push_frame(frame, direction)
+
+    async def _retrieve(self, text: str) -> tuple[list, bool]:
+        """Passages over the threshold and whether there are any (reused from a pause's speculation)."""
+        if self._speculation is not None and self._speculation[0] == text:
+            return self._speculation[1], self._speculation[2]
+        s = self.settings
+        passages, relevant = [], False
+        if self.kb is not None:
+            retrieval = await asyncio.to_thread(self.kb.query, text, s.top_k)
+            relevant = retrieval.relevant
+            passages = [p for p in retrieval.passages if p.score >= s.relevance_threshold] if relevant else []
+        return passages, relevant and bool(passages)
+
+    async def _prepare(self, text: str) -> None:
+        """At a pause: retrieve and evaluate the prompt for the words so far, before the turn ends.
+
+        If the user says nothing more (the usual case: the VAD is only waiting out its silence), the
+        reply then starts from a prompt already in the LLM's KV cache.
+        """
+        prefill = getattr(self.llm, "prefill", None)
+        if not text.strip() or self.generating:
+            return
+        s = self.settings
+        passages, relevant = await self._retrieve(text)
+        self._speculation = (text, passages, relevant)
+        if prefill is None or (not relevant and asks_for_fact(text)):
+            return
+        history = self.conversation.history(s.history_turns)
+        messages = build_messages(text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), None)
+        await asyncio.to_thread(prefill, messages)
 
     async def _respond(self, frame: TranscriptionFrame) -> None:
         s = self.settings
         history = self.conversation.history(s.history_turns)
         self.conversation.add(Turn("user", frame.text, frame.audio, frame.sample_rate))
-        passages, relevant = [], False
-        if self.kb is not None:
-            retrieval = await asyncio.to_thread(self.kb.query, frame.text, s.top_k)
-            relevant = retrieval.relevant
-            passages = [p for p in retrieval.passages if p.score >= s.relevance_threshold] if relevant else []
-        relevant = relevant and bool(passages)
+        passages, relevant = await self._retrieve(frame.text)
+        self._speculation = None
         emotion = None
         if self.emotion_detector is not None and frame.audio is not None:
             with contextlib.suppress(Exception):  # analysis is optional: never let it break a turn
@@ -259,7 +292,7 @@ class LLMProcessor(FrameProcessor):
         self.turn_id += 1
         turn_id = self.turn_id
         sources = list(dict.fromkeys(p.source for p in passages))
-        known = " ".join([frame.text, *(t for _, t in history), *(p.text for p in passages)])
+        known = "  ".join([frame.text, " ".join([*(t for _, t in history), *(p.text for p in passages)])])
         grounded = extractive_answer(frame.text, passages) if relevant else ""
         if sources:
             log.info("turn %d answers from %s", turn_id, ", ".join(sources))
@@ -300,8 +333,9 @@ class SentenceProcessor(FrameProcessor):
     """Streamed LLM text → short pieces for the TTS, each checked before it is spoken.
 
     * The first piece is a few words (the first audio starts early), then whole sentences.
-    * A piece with a number (or, for answers from notes, a name) that the model was not given is
-      not spoken: the answer is replaced by the notes' own sentence, and generation stops.
+    * A piece with a number (or, for answers from notes, a name) that the model was not given, or an
+      answer from notes made mostly of other words than theirs, is not spoken: the notes' own
+      sentence replaces it, and generation stops.
     * After ``max_sentences`` sentences the reply is complete: generation stops (the persona's
       length limit). A reply the token budget cut mid-sentence loses its unfinished tail.
     """
@@ -314,6 +348,7 @@ class SentenceProcessor(FrameProcessor):
         self._start: LLMResponseStartFrame | None = None
         self._sentences = 0
         self._done = False
+        self._first = ""  # the reply's first sentence so far
         self.rejected: list[str] = []  # pieces not spoken because they were not grounded
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
@@ -321,6 +356,7 @@ class SentenceProcessor(FrameProcessor):
             self.splitter.reset()
             self.index = self._sentences = 0
             self._done = False
+            self._first = ""
             self._start = frame if isinstance(frame, LLMResponseStartFrame) else None
         if isinstance(frame, LLMResponseEndFrame) and not self._done:
             # The last (maybe unpunctuated) sentence goes out before the end marker, unless the token
@@ -341,6 +377,13 @@ class SentenceProcessor(FrameProcessor):
         start = self._start
         if start is not None and start.known:
             bad = ungrounded(piece, start.known, names=start.strict)
+            if start.strict and support(piece, start.known) < 0.5:
+                bad.append("words not from the notes")
+            if start.strict and start.grounded_answer and not self._sentences and _ends_sentence(piece):
+                # The first sentence must carry something of the notes' answer beyond the question's words.
+                first = self._first + " " + piece
+                if not answers(first, start.grounded_answer, start.known.split("  ", 1)[0]):
+                    bad.append("no answer from the notes")
             if bad:
                 self.rejected.append(piece)
                 log.warning("not spoken (not in the notes: %s): %r", ", ".join(bad), piece)
@@ -349,6 +392,8 @@ class SentenceProcessor(FrameProcessor):
                 await self._finish(turn_id, "ungrounded")
                 return
         await self._emit(piece, turn_id)
+        if not self._sentences:
+            self._first += " " + piece
         if _ends_sentence(piece):
             self._sentences += 1
             if self._sentences >= self.max_sentences:

@@ -15,6 +15,7 @@ import re
 _END = re.compile(r"([.!?…]+)([\"')\]]*)(\s+)")
 _ABBREV = {"e.g", "i.e", "etc", "dr", "mr", "mrs", "ms", "vs", "st", "no", "fig", "approx", "inc", "ltd"}
 _MARKUP = re.compile(r"[*_`#>]+")
+_SOURCE_TAG = re.compile(r"\[[^\]\s]+\.(?:md|txt|pdf)\]\s*", re.IGNORECASE)  # "[notes.md]" copied from the prompt
 
 
 class SentenceSplitter:
@@ -93,5 +94,5 @@ class SentenceSplitter:
 
 
 def clean_for_speech(text: str) -> str:
-    """Strip markdown symbols an LLM may emit and collapse whitespace."""
-    return " ".join(_MARKUP.sub(" ", text).split())
+    """Strip markdown symbols and copied source tags an LLM may emit, and collapse whitespace."""
+    return " ".join(_MARKUP.sub(" ", _SOURCE_TAG.sub("", text)).split())

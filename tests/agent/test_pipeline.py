@@ -61,7 +61,7 @@ async def test_spoken_question_gets_a_spoken_answer_from_the_kb(make_agent, say,
 async def test_barge_in_stops_audio_and_cancels_generation(make_agent, say, helpers):
     # A question with nothing in the KB and room for a long reply: the LLM is still writing
     # while the first sentence plays.
-    agent = make_agent(llm_max_tokens=120)
+    agent = make_agent(llm_max_tokens=120, reply_max_sentences=10)
     await agent.start()
     try:
         await helpers.feed(agent, helpers.with_silence(say("Tell me a long story about a dragon.")))

@@ -27,6 +27,14 @@ def test_splitter_emits_sentences_as_tokens_arrive():
     assert sp.flush() == ["Bye"] and sp.flush() == []
 
 
+def test_splitter_first_piece_is_a_few_words():
+    sp = SentenceSplitter(first_clause_chars=12, first_words=4)
+    out = [sp.push(t) for t in ["The", " server", " listens", " on", " port", " 8000", " by", " default.", " Then", " more."]]
+    assert out[4] == ["The server listens on"]  # the TTS starts after four words
+    assert out[8] == ["port 8000 by default."]  # then whole sentences
+    assert sp.flush() == ["Then more."]
+
+
 def test_splitter_first_piece_may_end_at_a_comma():
     sp = SentenceSplitter(min_chars=5, first_clause_chars=20)
     assert sp.push("Sure, the server") == []  # too short to cut at this comma
@@ -42,17 +50,37 @@ def test_splitter_cuts_run_on_text_and_strips_markdown():
     assert out and all(len(s) <= 60 for s in out) and "*" not in "".join(out)
 
 
-def test_prompt_uses_passages_or_fallback_persona():
-    passages = [Passage("server.md", "The server listens on port 8000.", 0.6)]
+def test_prompt_keeps_a_fixed_prefix_and_puts_the_turn_last():
+    passages = [Passage("server.md", "The server listens on port 8000. Voices live in data.", 0.6)]
     msgs = build_messages("What port?", [("user", "hi"), ("assistant", "Hello!")], passages, True, "PERSONA", "FALLBACK",
-                          style={"warmth": 0.9, "energy": 0.1}, emotion={"label": "frustrated", "confidence": 0.8})
-    assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("PERSONA")
-    assert "frustrated" in msgs[0]["content"] and "warm and caring" in msgs[0]["content"] and "calm" in msgs[0]["content"]
+                          style={"warmth": 0.9, "energy": 0.1}, emotion={"label": "frustrated", "confidence": 0.8}, max_notes=1)
+    # The system message is the persona alone, on every turn (its KV cache is reused); what changes
+    # per turn (notes, emotion, style) goes into the last message, next to the question.
+    assert msgs[0] == {"role": "system", "content": "PERSONA"}
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
-    assert "[server.md] The server listens on port 8000." in msgs[-1]["content"] and msgs[-1]["content"].endswith("What port?")
+    last = msgs[-1]["content"]
+    assert "[server.md] The server listens on port 8000." in last and "Voices live" not in last  # only the sentences that match
+    assert "frustrated" in last and "warm and caring" in last and last.endswith("Question: What port?")
     fallback = build_messages("Tell me a joke", [], passages, False, "PERSONA", "FALLBACK")
-    assert fallback[0]["content"] == "FALLBACK" and fallback[-1]["content"] == "Tell me a joke"
+    assert fallback[0]["content"] == "PERSONA" and fallback[-1]["content"] == "FALLBACK\n\nTell me a joke"
     assert style_instructions({"warmth": 0.5}) == ""  # neutral sliders add nothing
+
+
+def test_fact_questions_small_talk_and_grounding():
+    from echoforge.agent.llm import asks_for_fact, extractive_answer, ungrounded
+
+    for q in ("Who founded the lighthouse in the harbour?", "What port does the server use?", "Does any audio leave my machine?",
+              "so how tall is mount everest", "tell me about the voices"):
+        assert asks_for_fact(q), q
+    for q in ("Hello there!", "How are you today?", "Tell me a joke about penguins.", "Tell me a long story about a dragon.", "Thanks!"):
+        assert not asks_for_fact(q), q
+    known = "What port does the server use? The server listens on 127.0.0.1 at port 8000."
+    assert ungrounded("It listens on port 3000.", known) == ["3000"]
+    assert ungrounded("The server listens on port 8000.", known) == []
+    assert ungrounded("It was founded by Captain James Cook in 1789.", "who founded the lighthouse", names=True) == [
+        "1789", "Captain", "James", "Cook"]  # fmt: skip
+    passages = [Passage("running.md", "Starting the server: Run make serve. By default the server listens on port 8000.", 0.5)]
+    assert extractive_answer("what port does the server use", passages) == "By default the server listens on port 8000."
 
 
 def test_embedded_llm_streams_and_stops_on_event(models):

@@ -1,0 +1,99 @@
+"""Retrieval and truthfulness on the real knowledge_base/ with a labelled question set.
+
+``tests/agent/data/kb_questions.json``: spoken-style questions, each with the file that answers it
+(``source``; ``null`` when the knowledge base does not) and a word the answer must contain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from echoforge.agent.frames import LLMStopFrame, TranscriptionFrame, TTSTextFrame
+from echoforge.agent.llm import DONT_KNOW
+from echoforge.agent.rag import DEFAULT_THRESHOLD, KnowledgeBase, calibrate_threshold
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTIONS = json.loads((ROOT / "tests/agent/data/kb_questions.json").read_text())["questions"]
+
+
+@pytest.fixture(scope="module")
+def project_kb(models, tmp_path_factory):
+    kb = KnowledgeBase(ROOT / "knowledge_base", tmp_path_factory.mktemp("project_kb"), models.kb.embedder)
+    kb.build()
+    return kb
+
+
+def test_labelled_set_is_big_enough():
+    answerable = [q for q in QUESTIONS if q["source"]]
+    assert len(answerable) >= 20 and len(QUESTIONS) - len(answerable) >= 8
+    assert all((ROOT / "knowledge_base" / q["source"]).is_file() for q in answerable)
+
+
+def test_recall_at_3_and_the_calibrated_threshold(project_kb):
+    result = calibrate_threshold(project_kb, QUESTIONS, top_k=3)
+    misses = [r for r in result["rows"] if r["source"] and not r["hit"]]
+    assert result["recall_at_k"] >= 0.9, misses
+    # The shipped default still separates answerable from unanswerable questions here (re-run
+    # `echoforge kb calibrate` after changing knowledge_base/ and update DEFAULT_THRESHOLD).
+    rows = result["rows"]
+    tpr = sum(r["best"] >= DEFAULT_THRESHOLD for r in rows if r["source"]) / sum(1 for r in rows if r["source"])
+    tnr = sum(r["best"] < DEFAULT_THRESHOLD for r in rows if not r["source"]) / sum(1 for r in rows if not r["source"])
+    assert tpr >= 0.9 and tnr >= 0.9, (tpr, tnr, rows)
+
+
+def test_privacy_question_finds_the_privacy_file(project_kb):
+    r = project_kb.query("Does any audio leave my machine?", 3)
+    assert r.relevant and r.passages[0].source == "what-is-echoforge.md", r.passages
+    assert "no audio" in r.passages[0].text and r.passages[0].lexical > 0 and r.passages[0].dense > 0
+
+
+async def _reply(models, kb, question: str) -> tuple[str, list]:
+    """The real LLM + sentence stages on one transcript: the pieces that would be spoken."""
+    from echoforge.agent.pipeline import Conversation, LLMProcessor, Pipeline, SentenceProcessor
+
+    cfg = models.settings
+    spoken: list[str] = []
+    upstream: list = []
+
+    async def observe(frame, _direction) -> None:
+        if isinstance(frame, TTSTextFrame):
+            spoken.append(frame.text)
+        elif isinstance(frame, LLMStopFrame):
+            upstream.append(frame)
+
+    llm = LLMProcessor(models.llm, Conversation(), cfg, kb)
+    pipeline = Pipeline([llm, SentenceProcessor(cfg.reply_max_sentences)], observe)
+    await pipeline.start()
+    try:
+        await pipeline.queue_frame(TranscriptionFrame(text=question))
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            if llm._queue.empty() and not llm.generating and llm.turn_id:
+                break
+        await asyncio.sleep(0.1)
+    finally:
+        await pipeline.stop()
+    return " ".join(spoken), upstream
+
+
+@pytest.mark.parametrize(
+    "item", [q for q in QUESTIONS if q["q"] in (
+        "what port does the server use", "does any audio leave my machine", "which language model runs by default",
+        "is there a British voice", "can piper clone my voice",
+    )], ids=lambda q: q["q"],
+)  # fmt: skip
+async def test_answers_contain_the_fact_and_end_at_a_sentence(models, project_kb, item):
+    reply, _ = await _reply(models, project_kb, item["q"] + "?")
+    assert item["fact"].lower() in reply.lower(), reply
+    assert reply.rstrip().endswith((".", "!", "?")), reply
+    assert "3000" not in reply
+
+
+@pytest.mark.parametrize("question", ["Who founded the lighthouse in the harbour?", "What is the capital of Australia?"])
+async def test_unanswerable_facts_get_i_dont_know(models, project_kb, question):
+    reply, _ = await _reply(models, project_kb, question)
+    assert reply == DONT_KNOW
