@@ -206,7 +206,8 @@ class CSMGenerator:
         Args:
             path_or_repo_id: local directory / weights file, or a hub repo id (cache first).
             device: ``auto`` (CUDA > MPS > CPU), ``cuda``, ``mps`` or ``cpu``.
-            dtype: None/``auto`` (bf16 on CUDA, else fp32) or an explicit dtype. Mimi stays fp32.
+            dtype: None/``auto`` (bf16 on CUDA, else fp32), ``exact`` (fp32 weights and exact fp32 math: TF32 off;
+                token-exact with transformers) or an explicit dtype. Mimi stays fp32.
             codec: Mimi repo/path; default: the codec bundled in a transformers checkpoint, else kyutai/mimi.
             tokenizer: tokenizer dir/repo; default: the checkpoint directory.
             compile: on CUDA, compile the per-frame step (CUDA graphs).
