@@ -39,11 +39,11 @@ def tiny_tokenizer():
     return tok
 
 
-def tiny_mimi_config():
+def tiny_mimi_config(**overrides):
     """A Mimi config with the real 1920-sample hop (12.5 Hz, 32 codebooks) but tiny widths."""
     from transformers import MimiConfig
 
-    return MimiConfig(
+    kw = dict(
         hidden_size=32,
         num_filters=4,
         num_residual_layers=1,
@@ -51,7 +51,7 @@ def tiny_mimi_config():
         codebook_dim=8,
         vector_quantization_hidden_dimension=8,
         num_quantizers=32,
-        upsample_groups=32,  # must equal hidden_size for the tiny model
+        upsample_groups=32,  # must equal hidden_size for the tiny model (grouped upsampling conv)
         num_hidden_layers=1,
         intermediate_size=32,
         num_attention_heads=2,
@@ -59,8 +59,11 @@ def tiny_mimi_config():
         head_dim=16,
         sliding_window=250,
     )
+    kw.update(overrides)
+    return MimiConfig(**kw)
 
 
+@torch.no_grad()
 def randomize_mimi_codebooks(codec: torch.nn.Module, generator: torch.Generator) -> None:
     """Random Mimi has all-zero codebooks (everything encodes to 0); give them random centroids."""
     for m in codec.modules():
