@@ -48,6 +48,11 @@ class AgentSettings(BaseModel):
     llm_max_tokens: int = Field(
         64, ge=1, le=4096, description="Token budget of a reply; a reply cut by it ends at its last whole sentence."
     )
+    answer_style: Literal["auto", "generate", "quote"] = Field(
+        "auto",
+        description="Answers from the knowledge base: quote the notes' best sentence, or let the LLM write them "
+        "(checked against the notes). auto: quote with the embedded 135M model, generate with an endpoint.",
+    )
     reply_max_sentences: int = Field(2, ge=1, le=50, description="The persona's length limit: sentences spoken per reply.")
     llm_threads: int = Field(1, ge=1, le=64, description="Embedded LLM (llama.cpp): threads for decoding tokens.")
     llm_batch_threads: int = Field(2, ge=1, le=64, description="Embedded LLM (llama.cpp): threads for the prompt.")

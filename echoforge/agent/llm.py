@@ -76,6 +76,7 @@ class LlamaCppLLM:
         self.gguf = Path(gguf) if gguf else default_gguf()
         self.name = self.gguf.stem
         self.device = "cpu"
+        self.embedded = True
         self.model = Llama(
             model_path=str(self.gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=batch_threads,
             n_batch=256, verbose=False,
@@ -126,6 +127,7 @@ class EmbeddedLLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.gguf = Path(gguf) if gguf else default_gguf()
+        self.embedded = True
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
@@ -297,6 +299,7 @@ def build_messages(
     style: dict[str, float] | None = None,
     emotion: dict[str, Any] | None = None,
     max_notes: int = 2,
+    kb: Any = None,
 ) -> list[dict[str, str]]:
     """Chat messages for one turn, laid out for prefix caching.
 
@@ -324,7 +327,7 @@ def build_messages(
         # copy facts from the last message far more faithfully, and the system prefix stays cached.
         # Only the sentences that share the question's terms go in: every prompt token costs
         # ~10 ms of prefill on a busy 2-core CPU.
-        parts.append("Notes:\n" + "\n".join(f"[{src}] {text}" for src, text in note_sentences(user_text, passages, max_notes)))
+        parts.append("Notes:\n" + "\n".join(f"[{src}] {text}" for src, text in note_sentences(user_text, passages, max_notes, kb)))
     else:
         parts.append(fallback_persona)
     for extra in (emotion_instructions(emotion), style_instructions(style)):
@@ -407,26 +410,14 @@ def answers(reply: str, grounded: str, question: str) -> bool:
     return not new or bool(new & set(tokenize(reply)))
 
 
-def _sentences(passage: Any) -> list[str]:
-    text = passage.text.split(": ", 1)[1] if re.match(r"^[^.:]{1,60}: ", passage.text) else passage.text  # drop "Heading: "
-    return [x.strip() for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
+def note_sentences(question: str, passages: Sequence[Any], limit: int = 2, kb: Any = None) -> list[tuple[str, str]]:
+    """``(source, sentence)``: the passages' sentences that answer the question best, in text order."""
+    from echoforge.agent.rag import best_sentences
+
+    return best_sentences(kb, question, list(passages), limit)
 
 
-def note_sentences(question: str, passages: Sequence[Any], limit: int = 3) -> list[tuple[str, str]]:
-    """``(source, sentence)`` of the passages' sentences sharing most terms with the question, in text order."""
-    from echoforge.agent.rag import tokenize
-
-    q = set(tokenize(question))
-    scored = []
-    for rank, p in enumerate(passages):
-        for pos, sentence in enumerate(_sentences(p)):
-            overlap = len(q & set(tokenize(sentence)))
-            scored.append((-(overlap - 0.5 * rank), rank, pos, p.source, sentence))
-    best = sorted(scored)[:limit]
-    return [(src, sentence) for _, _, _, src, sentence in sorted(best, key=lambda x: (x[1], x[2]))]
-
-
-def extractive_answer(question: str, passages: Sequence[Any]) -> str:
-    """The sentence of the retrieved passages that shares most terms with the question (the grounded fallback)."""
-    notes = note_sentences(question, passages, 1)
+def extractive_answer(question: str, passages: Sequence[Any], kb: Any = None) -> str:
+    """The sentence of the retrieved passages that answers the question best (the grounded answer)."""
+    notes = note_sentences(question, passages, 1, kb)
     return notes[0][1] if notes else ""

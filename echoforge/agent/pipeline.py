@@ -270,11 +270,20 @@ class LLMProcessor(FrameProcessor):
         s = self.settings
         passages, relevant = await self._retrieve(text)
         self._speculation = (text, passages, relevant)
-        if prefill is None or (not relevant and asks_for_fact(text)):
+        if prefill is None or (not relevant and asks_for_fact(text)) or (relevant and self._quotes()):
             return
         history = self.conversation.history(s.history_turns)
-        messages = build_messages(text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), None)
+        messages = build_messages(text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), None, kb=self.kb)
         await asyncio.to_thread(prefill, messages)
+
+    def _quotes(self) -> bool:
+        """Whether answers from notes are quoted (not generated): see ``agent.answer_style``."""
+        style = self.settings.answer_style
+        return style == "quote" or (style == "auto" and getattr(self.llm, "embedded", False))
+
+    async def _say(self, turn_id: int, text: str) -> None:
+        await self.push_frame(LLMTextFrame(text=text, turn_id=turn_id))
+        await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=text))
 
     async def _respond(self, frame: TranscriptionFrame) -> None:
         s = self.settings
@@ -293,7 +302,7 @@ class LLMProcessor(FrameProcessor):
         turn_id = self.turn_id
         sources = list(dict.fromkeys(p.source for p in passages))
         known = "  ".join([frame.text, " ".join([*(t for _, t in history), *(p.text for p in passages)])])
-        grounded = extractive_answer(frame.text, passages) if relevant else ""
+        grounded = await asyncio.to_thread(extractive_answer, frame.text, passages, self.kb) if relevant else ""
         if sources:
             log.info("turn %d answers from %s", turn_id, ", ".join(sources))
         await self.push_frame(
@@ -301,11 +310,14 @@ class LLMProcessor(FrameProcessor):
         )
         if not relevant and asks_for_fact(frame.text):
             # Nothing in the notes and a question of fact: no model can answer that truthfully.
-            await self.push_frame(LLMTextFrame(text=DONT_KNOW, turn_id=turn_id))
-            await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=DONT_KNOW))
+            await self._say(turn_id, DONT_KNOW)
+            return
+        if relevant and grounded and self._quotes():
+            # The embedded 135M model paraphrases notes unreliably: the answer is their own sentence.
+            await self._say(turn_id, grounded)
             return
         messages = build_messages(
-            frame.text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), emotion
+            frame.text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), emotion, kb=self.kb
         )
         stop = threading.Event()
         self._stop = stop

@@ -435,7 +435,7 @@ class KnowledgeBase:
             n = int(self._index.ntotal)
             # Cosine for every chunk (a knowledge base is small: an exact flat search is cheap).
             scores, ids = self._index.search(vec, n)
-            bm25, bm25_ids = self._lexical()
+            bm25, bm25_ids = self._lexical()  # also kept for best_sentences (the KB-wide IDF)
             lexical = dict(zip(bm25_ids, bm25.scores(text).tolist(), strict=True))
             chunks = dict(self._chunks)
         w = self.dense_weight
@@ -455,6 +455,40 @@ class KnowledgeBase:
         passages = passages[:top_k]
         relevant = bool(passages) and passages[0].score >= self.relevance_threshold
         return Retrieval(text, passages, relevant)
+
+
+def split_sentences(passage_text: str) -> tuple[str, list[str]]:
+    """``(heading, sentences)`` of a chunk (chunks carry their Markdown heading as ``"Heading: "``)."""
+    m = re.match(r"^([^.:]{1,60}): ", passage_text)
+    heading, body = (m.group(1), passage_text[m.end() :]) if m else ("", passage_text)
+    return heading, [x.strip() for x in re.split(r"(?<=[.!?])\s+", body) if x.strip()]
+
+
+def best_sentences(kb: KnowledgeBase | None, question: str, passages: list[Passage], k: int = 1) -> list[tuple[str, str]]:
+    """The ``k`` sentences of ``passages`` that answer ``question`` best, as ``(source, sentence)``.
+
+    Each sentence is scored like a chunk (hybrid: MiniLM cosine + BM25 normalised with the knowledge
+    base's IDF), with its heading as context, plus a little for its passage's rank. Without a
+    knowledge base (tests) only the lexical part is used.
+    """
+    rows = []
+    for rank, p in enumerate(passages):
+        heading, sentences = split_sentences(p.text)
+        rows += [(rank, p.source, s, f"{heading}: {s}" if heading else s) for s in sentences]
+    if not rows:
+        return []
+    bm25 = BM25([r[3] for r in rows])
+    if kb is not None and kb._bm25 is not None:  # the whole KB's IDF: "server" is common, "port" is not
+        bm25.idf, bm25.max_idf = kb._bm25.idf, kb._bm25.max_idf
+    lexical = bm25.scores(question)
+    dense = np.zeros(len(rows), np.float32)
+    w = 0.0
+    if kb is not None:
+        vecs = kb.embedder.encode([question] + [r[3] for r in rows])
+        dense, w = vecs[1:] @ vecs[0], kb.dense_weight
+    scores = w * dense + (1 - w) * lexical - 0.02 * np.asarray([r[0] for r in rows])
+    order = np.argsort(-scores)[:k]
+    return [(rows[i][1], rows[i][2]) for i in sorted(order)]
 
 
 def calibrate_threshold(kb: KnowledgeBase, questions: list[dict], top_k: int = 3) -> dict:
