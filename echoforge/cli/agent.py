@@ -103,6 +103,31 @@ def kb_query(
     console.print(table)
 
 
+@kb_app.command("calibrate")
+def kb_calibrate(
+    questions: Path = typer.Argument(..., exists=True, dir_okay=False, help='JSON: {"questions": [{"q": ..., "source": file or null}]}'),
+    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
+) -> None:
+    """Suggest agent.relevance_threshold from labelled questions (answerable ones name their file)."""
+    from echoforge.agent.rag import KnowledgeBase, calibrate_threshold
+
+    settings = settings_from_cli()
+    agent = _agent_settings(settings, knowledge_base=kb_dir)
+    with user_errors():
+        items = json.loads(questions.read_text())
+        items = items["questions"] if isinstance(items, dict) else items
+        if not Path(agent.knowledge_base).is_dir():
+            raise FileNotFoundError(f"knowledge base folder not found: {agent.knowledge_base}")
+        kb = KnowledgeBase.from_settings(agent, settings.data_dir)
+        kb.build()
+        result = calibrate_threshold(kb, items, agent.top_k)
+    console.print(
+        f"relevance_threshold [bold]{result['threshold']}[/] (now {agent.relevance_threshold}): balanced accuracy "
+        f"{result['balanced_accuracy']:.0%}, recall@{result['k']} {result['recall_at_k']:.0%} over {len(items)} questions"
+    )
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+
+
 # --- agent ------------------------------------------------------------------------------------------
 
 
