@@ -272,8 +272,9 @@ class FrameScheduler:
         with self._cv:
             self._reap_cancelled()
         # Prefill up to `prefill_chunk` positions this round: several short prompts join at once
-        # (16 simultaneous arrivals do not wait 16 frames), one long prompt goes in chunks.
-        budget = self.prefill_chunk
+        # (16 simultaneous arrivals do not wait 16 frames), one long prompt goes in chunks. With no
+        # stream running there is nobody to stall: admit a burst (up to every slot) before decoding.
+        budget = self.prefill_chunk if self.running else self.prefill_chunk * self.max_rows
         while budget > 0:
             with self._cv:
                 if self.prefilling is None and self.waiting and len(self.running) < self.max_rows:
