@@ -69,7 +69,7 @@ class ServerSettings(BaseModel):
     queue_backend: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite: embedded, one process; redis: shared by `echoforge worker` processes.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for queue_backend=redis.")
     queue_max_pending: int = Field(100, ge=1, description="Queued tasks beyond this get 429 + Retry-After.")
-    workers: int = Field(1, ge=1, le=64, description="Concurrent CSM engine jobs per process (the fallbacks use `fallback_concurrency`).")
+    workers: int = Field(1, ge=1, le=64, description="Minimum concurrent CSM streams per process; CSM runs max(workers, csm.max_batch_size) at once, batched frame by frame (the fallbacks use `fallback_concurrency`).")
     fallback_concurrency: int | None = Field(
         None,
         ge=1,
