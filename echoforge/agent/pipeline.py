@@ -231,7 +231,7 @@ class LLMProcessor(FrameProcessor):
         self.cancelled = 0  # replies cut short by an interruption
         self.generating = False
         self._stop: threading.Event | None = None
-        self._speculation: tuple[str, list, bool] | None = None  # (words at a pause, passages, relevant)
+        self._speculation: tuple[str, list, bool, str] | None = None  # (words at a pause, passages, relevant, answer)
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, TranscriptionFrame):
@@ -246,17 +246,22 @@ class LLMProcessor(FrameProcessor):
             self._stop.set()  # the reply has what it needs: stop generating (the text frames already out stay)
         await self.push_frame(frame, direction)
 
-    async def _retrieve(self, text: str) -> tuple[list, bool]:
-        """Passages over the threshold and whether there are any (reused from a pause's speculation)."""
+    async def _retrieve(self, text: str) -> tuple[list, bool, str]:
+        """Passages over the threshold, whether there are any, and the notes' answer sentence.
+
+        Reused when the words are those of a pause's speculation.
+        """
         if self._speculation is not None and self._speculation[0] == text:
-            return self._speculation[1], self._speculation[2]
+            return self._speculation[1:]
         s = self.settings
         passages, relevant = [], False
         if self.kb is not None:
             retrieval = await asyncio.to_thread(self.kb.query, text, s.top_k)
             relevant = retrieval.relevant
             passages = [p for p in retrieval.passages if p.score >= s.relevance_threshold] if relevant else []
-        return passages, relevant and bool(passages)
+        relevant = relevant and bool(passages)
+        grounded = await asyncio.to_thread(extractive_answer, text, passages, self.kb) if relevant else ""
+        return passages, relevant, grounded
 
     async def _prepare(self, text: str) -> None:
         """At a pause: retrieve and evaluate the prompt for the words so far, before the turn ends.
@@ -268,8 +273,8 @@ class LLMProcessor(FrameProcessor):
         if not text.strip() or self.generating:
             return
         s = self.settings
-        passages, relevant = await self._retrieve(text)
-        self._speculation = (text, passages, relevant)
+        passages, relevant, grounded = await self._retrieve(text)
+        self._speculation = (text, passages, relevant, grounded)
         if prefill is None or (not relevant and asks_for_fact(text)) or (relevant and self._quotes()):
             return
         history = self.conversation.history(s.history_turns)
@@ -289,7 +294,7 @@ class LLMProcessor(FrameProcessor):
         s = self.settings
         history = self.conversation.history(s.history_turns)
         self.conversation.add(Turn("user", frame.text, frame.audio, frame.sample_rate))
-        passages, relevant = await self._retrieve(frame.text)
+        passages, relevant, grounded = await self._retrieve(frame.text)
         self._speculation = None
         emotion = None
         if self.emotion_detector is not None and frame.audio is not None:
@@ -302,7 +307,6 @@ class LLMProcessor(FrameProcessor):
         turn_id = self.turn_id
         sources = list(dict.fromkeys(p.source for p in passages))
         known = "  ".join([frame.text, " ".join([*(t for _, t in history), *(p.text for p in passages)])])
-        grounded = await asyncio.to_thread(extractive_answer, frame.text, passages, self.kb) if relevant else ""
         if sources:
             log.info("turn %d answers from %s", turn_id, ", ".join(sources))
         await self.push_frame(

@@ -468,7 +468,7 @@ def best_sentences(kb: KnowledgeBase | None, question: str, passages: list[Passa
     """The ``k`` sentences of ``passages`` that answer ``question`` best, as ``(source, sentence)``.
 
     Each sentence is scored like a chunk (hybrid: MiniLM cosine + BM25 normalised with the knowledge
-    base's IDF), with its heading as context, plus a little for its passage's rank. Without a
+    base's IDF), with its heading as context, less 0.05 per rank of its passage. Without a
     knowledge base (tests) only the lexical part is used.
     """
     rows = []
@@ -486,7 +486,7 @@ def best_sentences(kb: KnowledgeBase | None, question: str, passages: list[Passa
     if kb is not None:
         vecs = kb.embedder.encode([question] + [r[3] for r in rows])
         dense, w = vecs[1:] @ vecs[0], kb.dense_weight
-    scores = w * dense + (1 - w) * lexical - 0.02 * np.asarray([r[0] for r in rows])
+    scores = w * dense + (1 - w) * lexical - 0.05 * np.asarray([r[0] for r in rows])
     order = np.argsort(-scores)[:k]
     return [(rows[i][1], rows[i][2]) for i in sorted(order)]
 
