@@ -57,7 +57,15 @@ from echoforge.agent.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from echoforge.agent.llm import DONT_KNOW, answers, asks_for_fact, build_messages, extractive_answer, support, ungrounded
+from echoforge.agent.llm import (
+    DONT_KNOW,
+    answers,
+    asks_for_fact,
+    build_messages,
+    extractive_answer,
+    support,
+    ungrounded,
+)
 from echoforge.agent.processors import DOWN, UP, Direction, FrameProcessor, Pipeline, iterate_in_thread
 from echoforge.agent.sentences import SentenceSplitter
 from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams

@@ -105,7 +105,9 @@ def kb_query(
 
 @kb_app.command("calibrate")
 def kb_calibrate(
-    questions: Path = typer.Argument(..., exists=True, dir_okay=False, help='JSON: {"questions": [{"q": ..., "source": file or null}]}'),
+    questions: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help='JSON: {"questions": [{"q": ..., "source": file or null}]}')
+    ],
     kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
 ) -> None:
     """Suggest agent.relevance_threshold from labelled questions (answerable ones name their file)."""

@@ -38,6 +38,23 @@ def test_kb_build_and_query(kb_dirs, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "not found" in result.output
 
 
+def test_kb_calibrate_suggests_a_threshold(kb_dirs, tmp_path, monkeypatch):
+    kb, _ = kb_dirs
+    monkeypatch.setenv("ECHOFORGE_DATA_DIR", str(tmp_path / "data"))
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps({"questions": [
+        {"q": "what port does the server use", "source": "server.md"},
+        {"q": "how long do I bake the loaf", "source": "bread.txt"},
+        {"q": "how big is the telescope mirror", "source": "telescope.pdf"},
+        {"q": "who won the world cup in 1998", "source": None},
+        {"q": "what is the capital of australia", "source": None},
+    ]}))  # fmt: skip
+    result = runner.invoke(app, ["kb", "calibrate", str(questions), "--kb", str(kb)])
+    assert result.exit_code == 0, result.output
+    data = last_json(result.output)
+    assert data["recall_at_k"] == 1.0 and data["balanced_accuracy"] == 1.0 and 0 < data["threshold"] < 1
+
+
 def test_agent_with_input_and_output_files(kb_dirs, say, tmp_path, monkeypatch):
     kb, _ = kb_dirs
     monkeypatch.setenv("ECHOFORGE_DATA_DIR", str(tmp_path / "data"))
