@@ -34,6 +34,7 @@ from echoforge.server import observability
 from echoforge.server.deps import Authenticated, Services
 from echoforge.server.errors import error_body, install_error_handlers
 from echoforge.server.routers import diagnostic, health, openai, stream, tasks, voices
+from echoforge.server.schemas import document_limits
 from echoforge.server.services.auth import ApiKeyStore, RateLimiter
 from echoforge.server.services.queue import make_queue
 from echoforge.server.services.synthesis import SynthesisService
@@ -267,6 +268,9 @@ def create_app(
         if (HERE / "routers" / f"{name}.py").is_file():
             module = importlib.import_module(f"echoforge.server.routers.{name}")
             app.include_router(module.router, dependencies=[Authenticated] if needs_key else [])
+
+    _openapi = app.openapi  # the schema says the configured text limit (server.max_text_chars)
+    app.openapi = lambda: document_limits(_openapi(), settings.server.max_text_chars)  # type: ignore[method-assign]
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/", StudioFiles(app, StaticFiles(directory=STATIC_DIR, html=True)), name="studio")

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from echoforge.text import TEXT_PATTERN
 
 # The one text rule (echoforge.text.check_text), documented; checked in code for a clear 400.
 _SAYABLE = {"pattern": TEXT_PATTERN}
+
+
+# Numbers are strict: JSON `false`/`true` or "7" are not 0/1/7 (the schema says integer/number).
+# Integer fields still take 2.0 (JSON Schema's "integer" is any number with a zero fraction)
+# and number fields take 2.
+def _is_numeric(annotation: Any) -> bool:
+    return annotation in (int, float) or any(a in (int, float) for a in get_args(annotation))
+
+
+class StrictNumbers(BaseModel):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool | str) and _is_numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a JSON number, not a string or true/false")
+        return value
+
 
 AudioFormatName = Literal["wav", "mp3", "opus", "flac", "aac", "pcm"]
 TaskStatus = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -41,6 +58,29 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "Engine unavailable (see Retry-After)",
     }.items()
 }
+
+
+def error(description: str) -> dict[str, Any]:
+    """One documented error response with a route-specific description."""
+    return {"model": ErrorResponse, "description": description}
+
+
+# The 400s the schema cannot express as JSON Schema, said per route.
+TEXT_400 = error(
+    "The text breaks the text rule (control characters, nothing to say, over server.max_text_chars) "
+    "or would need more audio than the audio limit (generation.max_audio_length_ms; never cut short)"
+)
+UPLOAD_400 = error("The upload is empty, is not decodable audio, or is longer than server.max_upload_seconds")
+
+
+def document_limits(openapi: dict[str, Any], max_text_chars: int) -> dict[str, Any]:
+    """Say the server's real text limit in the schema: every field under the text rule gets
+    ``maxLength`` = ``server.max_text_chars`` (when lower than its static limit)."""
+    for schema in openapi.get("components", {}).get("schemas", {}).values():
+        for prop in schema.get("properties", {}).values():
+            if prop.get("pattern") == TEXT_PATTERN:
+                prop["maxLength"] = min(prop.get("maxLength", max_text_chars), max_text_chars)
+    return openapi
 
 
 # ------------------------------------------------------------------ health / diagnostic
@@ -104,7 +144,7 @@ class VoiceList(BaseModel):
     voices: list[Voice]
 
 
-class VoicePatch(BaseModel):
+class VoicePatch(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, min_length=1, max_length=80)
@@ -117,13 +157,13 @@ class VoicePatch(BaseModel):
 
 
 # ------------------------------------------------------------------ generation / tasks
-class ContextTurn(BaseModel):
+class ContextTurn(StrictNumbers):
     speaker: int = Field(0, ge=0, le=31)
     text: str = Field(..., min_length=1, max_length=4096, json_schema_extra=_SAYABLE)
     voice: str | None = Field(None, max_length=120)
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., min_length=1, description="What to say (limit: server.max_text_chars).", json_schema_extra=_SAYABLE)
@@ -143,7 +183,7 @@ class ConversationTurn(BaseModel):
     text: str = Field(..., min_length=1, max_length=4096, json_schema_extra=_SAYABLE)
 
 
-class ConversationRequest(BaseModel):
+class ConversationRequest(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
 
     turns: list[ConversationTurn] = Field(..., min_length=1, max_length=64)
@@ -187,7 +227,7 @@ class TaskList(BaseModel):
 
 
 # ------------------------------------------------------------------ OpenAI-compatible
-class SpeechRequest(BaseModel):
+class SpeechRequest(StrictNumbers):
     """``POST /v1/audio/speech`` as OpenAI defines it."""
 
     model: str = Field(..., min_length=1, max_length=100)

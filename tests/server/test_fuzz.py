@@ -1,10 +1,18 @@
-"""Schemathesis fuzzes the whole OpenAPI schema of a live server: no request may cause a 5xx.
+"""Schemathesis fuzzes the whole OpenAPI schema of a live server.
 
-Runs each operation's Hypothesis strategy directly (schemathesis' pytest plugin does not
-support pytest 9 yet); bounded to a few examples per operation so it stays well under a minute.
+``test_schemathesis_all_checks`` is ``schemathesis run`` with every check (``--checks all``,
+set in ``schemathesis.toml`` next to this file, which also says why the few inapplicable
+checks are configured per operation) and every phase, bounded to a few examples per
+operation (~15 s). ``test_no_server_errors_anywhere_in_the_api`` runs each operation's
+Hypothesis strategy directly for EchoForge's own rule: no 5xx, every 4xx OpenAI-shaped.
 """
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
@@ -14,6 +22,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
 EXAMPLES_PER_OPERATION = 8
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture(scope="module")
@@ -63,4 +72,19 @@ def test_no_server_errors_anywhere_in_the_api(fuzz_target):
         except Unsatisfiable:  # no invalid input exists for this operation (e.g. GET without parameters)
             assert mode == schemathesis.GenerationMode.NEGATIVE
     assert not problems, "\n".join(problems[:20])
+    assert "Traceback" not in fuzz_target.log()
+
+
+def test_schemathesis_all_checks(fuzz_target):
+    cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    if cli is None:
+        pytest.skip("the schemathesis CLI is not installed")
+    proc = subprocess.run(
+        [
+            cli, "--config-file", str(CONFIG), "run", fuzz_target.url + "/openapi.json",
+            "--seed", "1", "--workers", "2", "--suppress-health-check", "all", "--no-color",
+        ],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "Traceback" not in fuzz_target.log()

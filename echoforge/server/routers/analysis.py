@@ -12,12 +12,12 @@ from echoforge.analysis.memory import ProfileStore
 from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound, PayloadTooLarge
-from echoforge.server.schemas import ERROR_RESPONSES
+from echoforge.server.schemas import ERROR_RESPONSES, UPLOAD_400, error
 
 router = APIRouter(tags=["analysis"], responses=ERROR_RESPONSES)
 
 
-@router.post("/api/analyze")
+@router.post("/api/analyze", responses={400: UPLOAD_400})
 async def analyze(
     services: ServicesDep,
     _: RateLimitedDep,
@@ -41,9 +41,12 @@ async def analyze(
     return report.to_dict()
 
 
-@router.get("/api/voices/{voice_id}/profile")
+@router.get(
+    "/api/voices/{voice_id}/profile",
+    responses={404: error("No profile for this voice yet (profiles grow as the voice speaks)")},
+)
 def voice_profile(
-    voice_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,120}$", description="A voice id")], services: ServicesDep
+    voice_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A voice id (as the profile store names files)")], services: ServicesDep
 ) -> dict:
     """The long-term profile of a voice (running pitch/energy/rate, emotion mix, drift reference)."""
     try:

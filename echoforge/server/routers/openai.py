@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from echoforge.audio import MIME_TYPES, StreamEncoder
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound
-from echoforge.server.schemas import ERROR_RESPONSES, ModelCard, ModelList, SpeechRequest, VoiceList
+from echoforge.server.schemas import ERROR_RESPONSES, TEXT_400, ModelCard, ModelList, SpeechRequest, VoiceList
 
 log = logging.getLogger("echoforge.server.openai")
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
@@ -71,7 +71,7 @@ async def _sse(audio: AsyncIterator[bytes], text: str) -> AsyncIterator[bytes]:
 @router.post(
     "/audio/speech",
     response_class=StreamingResponse,
-    responses={200: {"content": {mime: {} for mime in {*MIME_TYPES.values(), "text/event-stream"}}}},
+    responses={200: {"content": {mime: {} for mime in {*MIME_TYPES.values(), "text/event-stream"}}}, 400: TEXT_400},
 )
 async def speech(body: SpeechRequest, services: ServicesDep, _: RateLimitedDep) -> StreamingResponse:
     """Text → speech, streamed while it is generated (drop-in for OpenAI's endpoint)."""

@@ -8,8 +8,16 @@ from fastapi import APIRouter, Query, Response
 
 from echoforge.audio import MIME_TYPES
 from echoforge.server.deps import RateLimitedDep, Services, ServicesDep
-from echoforge.server.errors import BadRequest, Conflict, NotFound
-from echoforge.server.schemas import ERROR_RESPONSES, ConversationRequest, GenerateRequest, Task, TaskCreated, TaskList
+from echoforge.server.errors import Conflict, NotFound
+from echoforge.server.schemas import (
+    ERROR_RESPONSES,
+    TEXT_400,
+    ConversationRequest,
+    GenerateRequest,
+    Task,
+    TaskCreated,
+    TaskList,
+)
 from echoforge.server.services.queue import TaskRecord
 
 router = APIRouter(prefix="/api", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -36,7 +44,7 @@ def _task(services: Services, task_id: str) -> TaskRecord:
     return task
 
 
-@router.post("/generate", status_code=202, response_model=TaskCreated)
+@router.post("/generate", status_code=202, response_model=TaskCreated, responses={400: TEXT_400})
 def generate(body: GenerateRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
     """Queue one utterance; poll ``status_url`` and fetch ``audio_url`` when done."""
     body.text = _check_text(services, body.text, "text", speed=body.speed, max_audio_length_ms=body.max_audio_length_ms)
@@ -49,7 +57,7 @@ def generate(body: GenerateRequest, services: ServicesDep, _: RateLimitedDep) ->
     return _created(task)
 
 
-@router.post("/conversations", status_code=202, response_model=TaskCreated)
+@router.post("/conversations", status_code=202, response_model=TaskCreated, responses={400: TEXT_400})
 def conversation(body: ConversationRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
     """Queue a multi-speaker script rendered into one clip."""
     for i, turn in enumerate(body.turns):
@@ -90,9 +98,17 @@ def task_audio(task_id: str, services: ServicesDep) -> Response:
     )
 
 
-@router.delete("/tasks/{task_id}", response_model=Task)
+@router.delete(
+    "/tasks/{task_id}",
+    response_model=Task,
+    responses={200: {"description": "The task after cancelling: `cancelled`, or unchanged when it had already finished"}},
+)
 def cancel_task(task_id: str, services: ServicesDep, _: RateLimitedDep) -> dict:
-    """Cancel a queued or running task; a finished task is returned unchanged."""
+    """Cancel a queued or running task; a finished task is returned unchanged.
+
+    DELETE cancels, it does not remove: the task stays readable at ``GET /api/tasks/{task_id}``
+    (status ``cancelled``) until it expires with the other results.
+    """
     _task(services, task_id)
     task = services.queue.cancel(task_id)
     assert task is not None

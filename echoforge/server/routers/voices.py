@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound, PayloadTooLarge
-from echoforge.server.schemas import ERROR_RESPONSES, Voice, VoiceList, VoicePatch
+from echoforge.server.schemas import ERROR_RESPONSES, UPLOAD_400, Voice, VoiceList, VoicePatch
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=ERROR_RESPONSES)
 
@@ -35,7 +35,7 @@ def voice_sample(voice_id: str, services: ServicesDep) -> FileResponse:
     return FileResponse(voice.audio_path, media_type=voice.sample_mime, filename=f"{voice.id}{voice.audio_path.suffix}")
 
 
-@router.post("", response_model=Voice, status_code=201)
+@router.post("", response_model=Voice, status_code=201, responses={400: UPLOAD_400})
 async def create_voice(
     services: ServicesDep,
     _: RateLimitedDep,
