@@ -111,7 +111,12 @@ def test_bad_input_shows_the_api_error(page, console, case):
     text = "" if case == "empty" else "a" * (int(limit) + 1)
     page.fill("#gen-text", text)
     if case == "too_long":
+        # Over the server's limit: Generate is disabled and the page says why (no request sent).
         assert "over" in page.get_attribute("#gen-count", "class")
+        assert page.is_disabled("#gen-submit")
+        assert "limit" in page.inner_text("#gen-over")
+        shot(page, "studio-error")
+        return
     with page.expect_response(lambda r: r.url.endswith("/api/generate")) as resp:
         page.click("#gen-submit")
     response = resp.value
@@ -124,8 +129,6 @@ def test_bad_input_shows_the_api_error(page, console, case):
         assert message in shown
     assert "Request rejected" in shown or "rejected" in shown.lower()
     assert page.is_hidden("#gen-result")
-    if case == "too_long":
-        shot(page, "studio-error")
 
 
 def test_dark_mode_toggles_and_persists(page):

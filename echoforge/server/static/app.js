@@ -12,6 +12,8 @@ const state = {
   voices: [],
   voicesLoaded: false,
   limit: 4096,
+  offline: false,
+  healthEveryMs: Number(new URLSearchParams(location.search).get("health_ms")) || 5000,
 };
 session.apiKey = store.get("apiKey", "");
 
@@ -36,6 +38,31 @@ function toast(message, kind = "info") {
   el.hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { el.hidden = true; }, 4000);
+}
+
+// Where a server error's `param` points in the page: the field gets aria-invalid and focus.
+function fieldForParam(param) {
+  if (!param) return null;
+  const turn = /^turns\.(\d+)\./.exec(param);
+  if (turn) return $$("#turns textarea")[Number(turn[1])] || null;
+  const map = { text: "#gen-text", input: "#gen-text", voice: "#gen-voice", seed: "#gen-seed", temperature: "#gen-temperature",
+    topk: "#gen-topk", speed: "#gen-speed", name: "#cv-name", audio: "#cv-file", transcript: "#cv-transcript",
+    description: "#cv-description", gender: "#cv-gender", style: "#cv-style", language: "#cv-language" };
+  return map[param] ? $(map[param]) : null;
+}
+
+function clearInvalid(root) {
+  for (const el of $$("[aria-invalid=true]", root)) el.removeAttribute("aria-invalid");
+}
+
+function markInvalid(err, root) {
+  const field = fieldForParam(err?.param);
+  if (!field || (root && !root.contains(field))) return;
+  field.setAttribute("aria-invalid", "true");
+  const box = field.id === "cv-file" ? $("#dropzone") : null;
+  if (box) box.setAttribute("aria-invalid", "true");
+  field.addEventListener("input", () => { field.removeAttribute("aria-invalid"); box?.removeAttribute("aria-invalid"); }, { once: true });
+  field.focus({ preventScroll: false });
 }
 
 function showError(el, err) {
@@ -151,10 +178,38 @@ function initKeyBar() {
   });
 }
 
+const isFallback = () => Boolean(state.health?.engine?.is_fallback);
+const engineName = () => state.health?.engine?.name || "the fallback";
+
+// Fallback engines (Piper, espeak) ignore temperature, top-k and seed, and speak every
+// character with their own voice: say so, and disable what does nothing.
+function applyEngineMode() {
+  const fallback = isFallback();
+  for (const id of ["gen-temperature", "gen-topk", "gen-seed", "conv-temperature", "conv-topk", "conv-seed"]) {
+    const el = $(`#${id}`);
+    el.disabled = fallback;
+    if (fallback) el.setAttribute("aria-describedby", `${id.split("-")[0]}-sampling-hint`);
+    else el.removeAttribute("aria-describedby");
+  }
+  for (const id of ["#gen-sampling-hint", "#conv-sampling-hint"]) {
+    $(id).hidden = !fallback;
+    $(id).textContent = `The running engine (${engineName()}) ignores temperature, top-k and seed: they only apply to CSM.`;
+  }
+  const note = $("#gen-engine-note");
+  note.hidden = !fallback;
+  note.textContent = `Fallback mode: ${engineName()} speaks every character with its own voice, so results sound different from the character's sample (recorded for CSM).`;
+}
+
+let healthTimer = 0;
+function scheduleHealth() {
+  clearTimeout(healthTimer);
+  healthTimer = setTimeout(async () => { await loadHealth(); scheduleHealth(); }, state.healthEveryMs);
+}
+
 async function loadHealth() {
   const badge = $("#engine-badge");
   try {
-    const health = await api("/api/health");
+    const health = await api("/api/health", { quiet: true });
     state.health = health;
     const limit = health.max_text_chars ?? health.limits?.max_text_chars;
     if (Number.isFinite(limit) && limit > 0) state.limit = limit;
@@ -175,8 +230,14 @@ async function loadHealth() {
       $("#key-toggle").hidden = false;
       if (!session.apiKey) showKeyBar(true);
     }
+    const wasOffline = state.offline;
+    state.offline = false;
+    applyEngineMode();
     updateCounter();
+    if (wasOffline) { toast("The server is reachable again."); if (!state.voicesLoaded) loadVoices(); }
   } catch (err) {
+    if (err.status === 503 && err.body?.engine) return; // degraded (queue down) but running: keep the engine shown
+    state.offline = true;
     badge.dataset.state = "offline";
     badge.textContent = "Server offline";
     badge.title = err.message;
@@ -314,6 +375,8 @@ function voiceCard(v) {
       h("div", { class: "who" }, h("h3", {}, v.name), h("span", { class: "kind" }, v.builtin ? "Built-in voice" : "Your voice"))),
     tags.length ? h("div", { class: "tags" }, tags) : null,
     h("p", { class: "desc", title: v.description || null }, v.description || (v.transcript ? `“${v.transcript}”` : "No description.")),
+    isFallback() && v.sample_url ? h("p", { class: "fallback-note small" },
+      `The sample is the character's real voice; the running fallback engine (${engineName()}) will not sound like it.`) : null,
     h("div", { class: "card-actions" }, actions));
 }
 
@@ -428,13 +491,15 @@ class TaskPanel {
   }
   el(name) { return $(`#${this.p}-${name}`); }
   busy(on) {
+    this.running = on;
     const submit = this.el("submit");
-    submit.disabled = on;
+    submit.disabled = on || (this.p === "gen" && overLimit());
     submit.classList.toggle("busy", on);
     this.el("cancel").hidden = !on;
   }
   reset() {
     showError(this.el("error"), null);
+    clearInvalid($(`#${this.p}-form`));
     this.el("result").hidden = true;
     this.el("progress").hidden = true;
   }
@@ -444,12 +509,14 @@ class TaskPanel {
     if (err.name === "AbortError") { this.status("Cancelled."); return; }
     this.status("Not generated.");
     showError(this.el("error"), err);
+    markInvalid(err, $(`#${this.p}-form`));
   }
-  async showAudio(blob, url, meta, filename) {
+  async showAudio(blob, url, meta, filename, label) {
     if (this.objectUrl) URL.revokeObjectURL(this.objectUrl);
     this.objectUrl = url;
     const audio = this.el("audio");
     audio.src = url;
+    if (label) audio.setAttribute("aria-label", label);
     const dl = this.el("download");
     dl.href = url;
     dl.download = filename;
@@ -466,7 +533,8 @@ class TaskPanel {
     }
   }
   /** Submit a task and show its result; returns {task, blob, url} or null. */
-  async run(path, payload, { noun, filenameBase, format }) {
+  async run(path, payload, { noun, filenameBase, format, label }) {
+    if (this.running) return null; // one generation at a time per panel
     this.reset();
     this.busy(true);
     this.controller = new AbortController();
@@ -486,7 +554,7 @@ class TaskPanel {
       const { url, blob } = await fetchAudioUrl(audioUrl, signal);
       const rtf = task.timings?.rtf;
       const meta = [format.toUpperCase(), Number.isFinite(rtf) ? `RTF ${rtf.toFixed(2)}` : ""].filter(Boolean).join(" · ");
-      await this.showAudio(blob, url, meta, `${filenameBase}.${format}`);
+      await this.showAudio(blob, url, meta, `${filenameBase}.${format}`, label);
       this.el("progress").hidden = true;
       this.status("Done.");
       return { task, blob, url, audioUrl };
@@ -516,6 +584,8 @@ function textToSend() {
   return p.prefix && text.trim() ? `${p.prefix} ${text}` : text;
 }
 
+function overLimit() { return textToSend().length > state.limit; }
+
 function updateCounter() {
   const sent = textToSend();
   const counter = $("#gen-count");
@@ -527,6 +597,10 @@ function updateCounter() {
   const p = currentPreset();
   note.hidden = !(p.prefix && $("#gen-text").value.trim());
   note.textContent = `Sent with the tone marker “${p.prefix}” in front.`;
+  $("#gen-submit").disabled = over || Boolean(studio.running);
+  const why = $("#gen-over");
+  why.hidden = !over;
+  why.textContent = over ? `Too long: ${(sent.length - state.limit).toLocaleString("en")} characters over this server's limit of ${state.limit.toLocaleString("en")}. Shorten the text to generate.` : "";
 }
 
 function bindSlider(id, fmt) {
@@ -556,11 +630,38 @@ function generationPayload() {
   };
   const seed = seedValue("#gen-seed");
   if (seed !== undefined) body.seed = seed;
+  if (isFallback()) { delete body.temperature; delete body.topk; delete body.seed; } // ignored there
   // The tone also goes as OpenAI-style instructions, which the server maps to style hints.
   const preset = currentPreset();
   if (preset.prefix) body.instructions = preset.id;
   return body;
 }
+
+// Streamed results, kept in IndexedDB (localStorage is too small for audio).
+function clipDb() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open("echoforge", 1);
+    req.onupgradeneeded = () => req.result.createObjectStore("clips");
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+async function clipTx(mode, fn) {
+  const db = await clipDb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction("clips", mode);
+    const req = fn(tx.objectStore("clips"));
+    tx.oncomplete = () => { db.close(); resolve(req?.result); };
+    tx.onerror = () => { db.close(); reject(tx.error); };
+  });
+}
+async function saveClip(id, blob) {
+  try { await clipTx("readwrite", (s) => s.put(blob, id)); return true; } catch { return false; }
+}
+async function loadClip(id) {
+  try { return (await clipTx("readonly", (s) => s.get(id))) || null; } catch { return null; }
+}
+function clearClips() { clipTx("readwrite", (s) => s.clear()).catch(() => {}); }
 
 function addHistory(entry) {
   const list = store.get("history", []);
@@ -594,7 +695,7 @@ function renderHistory() {
         h("div", { class: "h-text", title: e.text }, e.text),
         h("div", { class: "h-meta" }, [v.name, e.mode === "stream" ? "streamed" : (e.format || "").toUpperCase(),
           when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })].filter(Boolean).join(" · "))),
-      h("div", { class: "h-actions" }, e.audio_url ? play : null, reuse));
+      h("div", { class: "h-actions" }, e.audio_url || e.local_id ? play : null, reuse));
   }));
 }
 
@@ -602,8 +703,16 @@ async function replayHistory(e) {
   studio.reset();
   studio.status("Loading from the server…");
   try {
-    const { url, blob } = await fetchAudioUrl(e.audio_url);
-    await studio.showAudio(blob, url, (e.format || "wav").toUpperCase(), `echoforge-${e.task_id || "audio"}.${e.format || "wav"}`);
+    let url, blob;
+    if (e.local_id) {
+      blob = await loadClip(e.local_id);
+      if (!blob) throw new ApiError("This streamed result is no longer stored in this browser.", { status: 410 });
+      url = URL.createObjectURL(blob);
+    } else {
+      ({ url, blob } = await fetchAudioUrl(e.audio_url));
+    }
+    await studio.showAudio(blob, url, e.mode === "stream" ? "streamed · WAV" : (e.format || "wav").toUpperCase(),
+      `echoforge-${e.task_id || e.local_id || "audio"}.${e.format || "wav"}`, `Speech from history: ${e.voice_name || e.voice}`);
     studio.status("Loaded from history.");
     $("#gen-audio").play().catch(() => {});
   } catch (err) {
@@ -617,13 +726,27 @@ function initStudio() {
   group.replaceChildren(...PRESETS.map((p, i) => h("label", {},
     h("input", { type: "radio", name: "preset", value: p.id, checked: i === 0 }),
     h("span", {}, p.label))));
+  // A tone sets the sliders only while the user has not moved them; after that it says what
+  // it would set and leaves the user's values alone.
   group.addEventListener("change", () => {
     const p = currentPreset();
-    $("#gen-temperature").value = p.temperature;
-    $("#gen-topk").value = p.topk;
-    sliderSync.t(); sliderSync.k();
+    const note = $("#gen-preset-note");
+    if (state.slidersTouched) {
+      note.hidden = false;
+      note.replaceChildren(`Kept your settings; ${p.label} suggests temperature ${p.temperature.toFixed(2)}, top-k ${p.topk}. `,
+        h("button", { class: "btn btn-ghost btn-sm", type: "button", id: "gen-preset-apply", onclick: () => {
+          $("#gen-temperature").value = p.temperature; $("#gen-topk").value = p.topk;
+          sliderSync.t(); sliderSync.k(); state.slidersTouched = false; note.hidden = true;
+        } }, "Use these"));
+    } else {
+      $("#gen-temperature").value = p.temperature;
+      $("#gen-topk").value = p.topk;
+      sliderSync.t(); sliderSync.k();
+      note.hidden = true;
+    }
     updateCounter();
   });
+  for (const id of ["#gen-temperature", "#gen-topk"]) $(id).addEventListener("input", () => { state.slidersTouched = true; });
   sliderSync.t = bindSlider("gen-temperature", (v) => v.toFixed(2));
   sliderSync.k = bindSlider("gen-topk", (v) => String(v));
   bindSlider("gen-speed", (v) => `${v.toFixed(2)}×`);
@@ -635,13 +758,17 @@ function initStudio() {
     delete $("#gen-voice").dataset.want;
     updateStudioPortrait();
   });
-  $("#gen-form").addEventListener("submit", (ev) => { ev.preventDefault(); generate(); });
+  $("#gen-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (studio.running || overLimit()) return; // Ctrl+Enter while generating: no second request
+    generate();
+  });
   // Streaming always delivers PCM (kept as WAV), so the format only applies to rendered files.
   for (const radio of $$('#gen-form input[name="mode"]')) {
     radio.addEventListener("change", () => { $("#gen-format").disabled = radio.value === "stream" && radio.checked; });
   }
   $("#gen-cancel").addEventListener("click", () => { studio.cancel(); stopStreaming?.(); });
-  $("#history-clear").addEventListener("click", () => { store.set("history", []); renderHistory(); });
+  $("#history-clear").addEventListener("click", () => { store.set("history", []); clearClips(); renderHistory(); });
   updateCounter();
   renderHistory();
 }
@@ -656,7 +783,8 @@ async function generate() {
     return;
   }
   const slug = (voice?.name || "speech").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
-  const done = await studio.run("/api/generate", payload, { noun: "Generating", filenameBase: `echoforge-${slug}`, format: payload.format });
+  const done = await studio.run("/api/generate", payload, { noun: "Generating", filenameBase: `echoforge-${slug}`, format: payload.format,
+    label: `Generated speech: ${voice?.name || payload.voice}` });
   if (done) addHistory({ ...base, format: payload.format, task_id: done.task.id || done.task.task_id, audio_url: done.audioUrl, rtf: done.task.timings?.rtf, mode: "task" });
 }
 
@@ -699,9 +827,11 @@ function streamGenerate(payload, base) {
         const blob = wavFromPcm16(pcm, sampleRate);
         const objectUrl = URL.createObjectURL(blob);
         const meta = [`streamed`, firstAudioMs !== null ? `first audio ${Math.round(firstAudioMs)} ms` : ""].filter(Boolean).join(" · ");
-        studio.showAudio(blob, objectUrl, meta, "echoforge-stream.wav");
+        studio.showAudio(blob, objectUrl, meta, "echoforge-stream.wav", `Streamed speech: ${base.voice_name || base.voice}`);
         studio.status("Done.");
-        addHistory({ ...base, mode: "stream", format: "wav" });
+        // Streams have no server copy: keep the WAV in this browser (IndexedDB) for Recent.
+        const localId = `s_${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+        saveClip(localId, blob).then((ok) => addHistory({ ...base, mode: "stream", format: "wav", ...(ok ? { local_id: localId } : {}) }));
         setTimeout(() => ctx.close(), Math.max(0, (playhead - ctx.currentTime) * 1000) + 500);
       } else {
         ctx.close();
@@ -771,9 +901,21 @@ function setClip(blob, name) {
   if (prev.startsWith("blob:")) URL.revokeObjectURL(prev);
   clip = blob ? { blob, name } : null;
   $("#cv-preview").hidden = !blob;
+  const warn = $("#cv-clip-warning");
+  warn.hidden = true;
   if (blob) {
-    $("#cv-audio").src = URL.createObjectURL(blob);
+    const audio = $("#cv-audio");
+    audio.src = URL.createObjectURL(blob);
     $("#cv-clip-name").textContent = `${name} · ${(blob.size / 1024).toFixed(0)} KB`;
+    audio.addEventListener("loadedmetadata", () => {
+      const d = audio.duration;
+      if (!Number.isFinite(d) || clip?.blob !== blob) return;
+      $("#cv-clip-name").textContent = `${name} · ${fmtSeconds(d)} · ${(blob.size / 1024).toFixed(0)} KB`;
+      const msg = d < 5 ? `This clip is only ${fmtSeconds(d)}: 5–30 s of clean speech gives a much closer voice. Record or upload a longer one if you can.`
+        : d > 30 ? `This clip is ${fmtSeconds(d)}: only about 30 s are useful; a shorter, clean excerpt works best.` : "";
+      warn.textContent = msg;
+      warn.hidden = !msg;
+    }, { once: true });
   } else {
     $("#cv-audio").removeAttribute("src");
     $("#cv-file").value = "";
@@ -825,6 +967,7 @@ async function createVoice() {
   const errBox = $("#cv-error");
   const okBox = $("#cv-success");
   showError(errBox, null);
+  clearInvalid($("#create-form"));
   okBox.hidden = true;
   const fd = new FormData();
   for (const name of ["name", "transcript", "gender", "style", "language", "description"]) {
@@ -847,6 +990,7 @@ async function createVoice() {
     $(".rec-label", $("#cv-record")).textContent = "Record with microphone";
   } catch (err) {
     showError(errBox, err);
+    markInvalid(err, $("#create-form"));
   } finally {
     btn.disabled = false;
     btn.classList.remove("busy");
@@ -949,6 +1093,7 @@ function initConversation() {
   $("#conv-cancel").addEventListener("click", () => convPanel.cancel());
   $("#conv-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (convPanel.running) return;
     const voices = [$("#conv-voice-0").value, $("#conv-voice-1").value];
     const payload = {
       turns: turns.map((t) => ({ voice: voices[t.speaker], text: t.text })),
@@ -958,7 +1103,8 @@ function initConversation() {
     };
     const seed = seedValue("#conv-seed");
     if (seed !== undefined) payload.seed = seed;
-    await convPanel.run("/api/conversations", payload, { noun: "Rendering", filenameBase: "echoforge-conversation", format: payload.format });
+    if (isFallback()) { delete payload.temperature; delete payload.topk; delete payload.seed; }
+    await convPanel.run("/api/conversations", payload, { noun: "Rendering", filenameBase: "echoforge-conversation", format: payload.format, label: "Rendered conversation" });
   });
   renderTurns();
 }
@@ -979,6 +1125,8 @@ async function main() {
   route();
   await loadHealth();
   await loadVoices();
+  scheduleHealth(); // the header badge follows the server (offline when it goes away)
+  window.addEventListener("focus", () => loadHealth());
   document.documentElement.dataset.ready = "true"; // tests wait on this
 }
 
