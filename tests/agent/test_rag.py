@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 
-from echoforge.agent.rag import KnowledgeBase, chunk_text, read_document
+from echoforge.agent.rag import BM25, KnowledgeBase, chunk_text, read_document, tokenize
 
 
 @pytest.fixture
@@ -25,6 +26,27 @@ def test_chunking_keeps_headings_sizes_and_overlap():
     # Consecutive chunks of one section share a sentence (overlap).
     a, b = chunks[0], chunks[1]
     assert a.split(". ")[-1].rstrip(".") in b
+
+
+def test_lexical_score_is_bm25_over_the_best_attainable():
+    # bm25s + PyStemmer: stemmed, stop-word-free terms; dotted names stay one term.
+    assert tokenize("Does any audio leave my machine? Set server.port") == ["audio", "leav", "machin", "set", "server.port"]
+    docs = ["No audio leaves your machine.", "The server port is 8000.", "Voices live in the data folder."]
+    bm25 = BM25(docs)
+    idf = lambda df: math.log(1 + (3 - df + 0.5) / (df + 0.5))  # noqa: E731
+    k1, b, avg = 1.2, 0.75, (4 + 3 + 4) / 3  # no audio leav machin | server port 8000 | …
+    # "audio" and "machine" match doc 0 (4 terms) once each; "lighthouse" is unknown (largest IDF).
+    tf_part = (k1 + 1) / (1 + k1 * (1 - b + b * 4 / avg))
+    expected = 2 * idf(1) * tf_part / ((2 * idf(1) + idf(0)) * (k1 + 1))
+    scores = bm25.scores("audio machine lighthouse")
+    assert scores[0] == pytest.approx(expected, rel=1e-5) and scores[1] == scores[2] == 0
+    assert bm25.scores("the").tolist() == [0, 0, 0] and 0 < bm25.scores("audio")[0] <= 1
+    # Sentences scored with a bigger corpus's IDF (best_sentences): the same formula with that IDF.
+    small = BM25(docs[:1])
+    small.use_idf(bm25.idf, bm25.max_idf)
+    assert small.scores("audio machine lighthouse")[0] == pytest.approx(
+        2 * idf(1) * (k1 + 1) / (1 + k1) / ((2 * idf(1) + idf(0)) * (k1 + 1)), rel=1e-5
+    )
 
 
 def test_reads_pdf_md_txt(tmp_path, helpers):
