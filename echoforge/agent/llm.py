@@ -21,6 +21,7 @@ emotion and the reply style from the emotion sliders.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -384,7 +385,12 @@ def ungrounded(piece: str, known: str, names: bool = True) -> list[str]:
     return found
 
 
-_GENERIC = {"answer", "echo", "assistant", "sure", "yes", "note", "question", "help", "great", "well", "just", "also", "know"}
+@functools.cache
+def _generic() -> frozenset[str]:
+    """Words that carry no fact, as retrieval's tokenizer stems them (so the set follows its stemmer)."""
+    from echoforge.agent.rag import tokenize
+
+    return frozenset(tokenize("answer echo assistant sure yes note question help great well just also know"))
 
 
 def support(piece: str, known: str) -> float:
@@ -395,7 +401,7 @@ def support(piece: str, known: str) -> float:
     """
     from echoforge.agent.rag import tokenize
 
-    terms = [t for t in tokenize(piece) if t not in _GENERIC]
+    terms = [t for t in tokenize(piece) if t not in _generic()]
     if not terms:
         return 1.0
     have = set(tokenize(known))
@@ -406,7 +412,7 @@ def answers(reply: str, grounded: str, question: str) -> bool:
     """Whether ``reply`` shares a term of the notes' answer sentence that the question does not have."""
     from echoforge.agent.rag import tokenize
 
-    new = set(tokenize(grounded)) - set(tokenize(question)) - _GENERIC
+    new = set(tokenize(grounded)) - set(tokenize(question)) - _generic()
     return not new or bool(new & set(tokenize(reply)))
 
 
