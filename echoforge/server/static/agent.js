@@ -1,32 +1,46 @@
 // EchoForge voice agent page: mic → WS /api/agent (PCM s16le) → events + PCM audio back.
 // Echo cancellation is on in getUserMedia; playback is scheduled with Web Audio and stopped at once
 // when the server reports an interruption (barge-in, the Interrupt button, pause).
+// While the server loads the agent models (first session: ~30 s) the page says "Loading models…" and
+// only Cancel works, until the server's `ready` event. A socket the server drops (it died, restarted)
+// is said ("Connection to the server lost") with a Reconnect button. Theme toggle and engine badge
+// are the studio's (dom.js).
 
-const $ = (sel) => document.querySelector(sel);
+import { api, session } from "./api.js";
+import { $, h, initTheme, renderEngineBadge, renderOfflineBadge, store } from "./dom.js";
+
 const SLIDERS = [["warmth", "Warmth"], ["energy", "Energy"], ["humor", "Humor"], ["formality", "Formality"]];
 
 const ui = { start: $("#start"), stop: $("#stop"), interrupt: $("#interrupt"), pause: $("#pause"), state: $("#state"),
-  meter: $("#meter > div"), log: $("#log"), draft: $("#draft"), latency: $("#latency"), voice: $("#voice"), sliders: $("#sliders") };
+  meter: $("#meter > div"), log: $("#log"), draft: $("#draft"), latency: $("#latency"), voice: $("#voice"), sliders: $("#sliders"),
+  lost: $("#lost"), lostText: $("#lost-text"), reconnect: $("#reconnect"), badge: $("#engine-badge") };
+session.apiKey = store.get("apiKey", "");
+const HEALTH_EVERY_MS = Number(new URLSearchParams(location.search).get("health_ms")) || 5000;
 
 let ws = null, ctx = null, micStream = null, worklet = null, analyser = null;
 let outRate = 24000, nextTime = 0, sources = [], paused = false, turn = 0;
 
 function apiKey() {
-  for (const k of ["echoforge.apiKey", "apiKey"]) {
-    const v = localStorage.getItem(k);
-    if (v) { try { return JSON.parse(v); } catch { return v; } }
-  }
+  if (session.apiKey) return session.apiKey;
+  const v = localStorage.getItem("apiKey"); // older pages stored it unprefixed
+  if (v) { try { return JSON.parse(v); } catch { return v; } }
   return "";
 }
 
 function stamp() { return new Date().toLocaleTimeString(); }
+
+// Who said it, in words (not only the border colour).
+const SPEAKER = { user: "You:", agent: "Agent:" };
 
 function addLog(text, cls = "meta") {
   const li = document.createElement("li");
   li.className = cls;
   const t = document.createElement("time");
   t.textContent = stamp();
-  li.append(t, document.createTextNode(text));
+  li.append(t);
+  const who = SPEAKER[cls.split(" ")[0]];
+  if (who) li.append(h("strong", { class: "who" }, who));
+  li.append(document.createTextNode(text));
   ui.log.append(li);
   ui.log.scrollTop = ui.log.scrollHeight;
 }
@@ -36,7 +50,23 @@ function setState(s) { ui.state.dataset.state = s; ui.state.textContent = s; }
 function setRunning(on) {
   ui.start.disabled = on;
   for (const b of [ui.stop, ui.interrupt, ui.pause]) b.disabled = !on;
+  ui.stop.textContent = "Stop";
   if (!on) { ui.pause.textContent = "Pause"; paused = false; setState("stopped"); }
+}
+
+// Connected, models still loading: nothing works yet but cancelling.
+function setLoading() {
+  for (const b of [ui.start, ui.interrupt, ui.pause]) b.disabled = true;
+  ui.stop.disabled = false;
+  ui.stop.textContent = "Cancel";
+  ui.state.dataset.state = "loading";
+  ui.state.textContent = "Loading models…";
+}
+
+function showLost(on, text = "Connection to the server lost.") {
+  ui.lost.hidden = !on;
+  ui.lostText.textContent = text;
+  if (on) ui.reconnect.focus();
 }
 
 // --- playback -----------------------------------------------------------------------------------
@@ -120,7 +150,12 @@ function stopMic() {
 // --- events -------------------------------------------------------------------------------------
 function onEvent(ev) {
   switch (ev.type) {
-    case "ready": outRate = ev.sample_rate; addLog(`connected — voice engine ${ev.engine} (${ev.sample_rate} Hz)`); break;
+    case "ready":
+      outRate = ev.sample_rate;
+      setRunning(true);
+      setState("ready");
+      addLog(`connected — voice engine ${ev.engine} (${ev.sample_rate} Hz)`);
+      break;
     case "state": setState(ev.state); break;
     case "transcript": if (ev.text) addLog(ev.text, "user"); ui.draft.textContent = ""; break;
     case "retrieval":
@@ -160,6 +195,7 @@ function styleValues() {
 }
 
 async function start() {
+  showLost(false);
   ui.start.disabled = true;
   try {
     await startMic();
@@ -169,25 +205,49 @@ async function start() {
     return;
   }
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  ws = new WebSocket(`${proto}://${location.host}/api/agent`);
-  ws.binaryType = "arraybuffer";
-  ws.onopen = () => {
+  const sock = new WebSocket(`${proto}://${location.host}/api/agent`);
+  ws = sock;
+  let opened = false;
+  sock.binaryType = "arraybuffer";
+  sock.onopen = () => {
+    opened = true;
     send({ type: "start", sample_rate: ctx.sampleRate, voice: ui.voice.value || null, style: styleValues(), api_key: apiKey() || undefined });
-    setRunning(true);
+    setLoading();
   };
-  ws.onmessage = (e) => { if (typeof e.data === "string") onEvent(JSON.parse(e.data)); else playPcm(e.data); };
-  ws.onclose = (e) => { if (e.reason) addLog(`closed: ${e.reason}`); stop(); };
-  ws.onerror = () => addLog("connection error", "error");
+  sock.onmessage = (e) => { if (typeof e.data === "string") onEvent(JSON.parse(e.data)); else playPcm(e.data); };
+  sock.onclose = (e) => {
+    if (sock !== ws) return; // closed by stop(): the user ended it
+    ws = null;
+    teardown();
+    if (e.code === 1008) { // the server refused the session (auth, bad start): its reason says why
+      if (e.reason) addLog(`closed: ${e.reason}`, "error");
+      return;
+    }
+    const text = opened ? "Connection to the server lost." : "Cannot reach the EchoForge server.";
+    addLog(text + (e.reason ? ` (${e.reason})` : ""), "error");
+    showLost(true, `${text} Is it still running?`);
+    loadHealth();
+  };
 }
 
-function stop() {
-  if (ws) { send({ type: "stop" }); ws.close(); ws = null; }
+function teardown() {
   stopPlayback();
   stopMic();
   setRunning(false);
 }
 
+function stop() {
+  const sock = ws;
+  ws = null;
+  if (sock) {
+    if (sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify({ type: "stop" }));
+    sock.close();
+  }
+  teardown();
+}
+
 ui.start.onclick = start;
+ui.reconnect.onclick = start;
 ui.stop.onclick = stop;
 ui.interrupt.onclick = () => { stopPlayback(); send({ type: "interrupt" }); };
 ui.pause.onclick = () => {
@@ -208,16 +268,29 @@ for (const [key, label] of SLIDERS) {
   input.onchange = () => send({ type: "style", values: styleValues() });
 }
 
-(async () => {
+// The studio's header badge: engine / fallback, "Server offline" while the server is away.
+async function loadHealth() {
   try {
-    const key = apiKey();
-    const res = await fetch("/api/voices", { headers: key ? { Authorization: `Bearer ${key}` } : {} });
-    if (!res.ok) return;
-    const data = await res.json();
-    for (const v of data.voices || []) {
-      const opt = document.createElement("option");
-      opt.value = v.id; opt.textContent = v.name || v.id;
-      ui.voice.append(opt);
-    }
+    renderEngineBadge(ui.badge, await api("/api/health"));
+  } catch (err) {
+    if (err.status === 503 && err.body?.engine) return; // degraded but running: keep the engine shown
+    renderOfflineBadge(ui.badge, err.message);
+  }
+}
+
+async function loadVoices() {
+  try {
+    const data = await api("/api/voices");
+    for (const v of data.voices || []) ui.voice.append(h("option", { value: v.id }, v.name || v.id));
   } catch { /* voices are optional */ }
+}
+
+initTheme();
+(async () => {
+  await loadHealth();
+  await loadVoices();
+  const poll = async () => { await loadHealth(); setTimeout(poll, HEALTH_EVERY_MS); };
+  setTimeout(poll, HEALTH_EVERY_MS);
+  window.addEventListener("focus", () => loadHealth());
+  document.documentElement.dataset.ready = "true"; // tests wait on this
 })();

@@ -5,7 +5,7 @@
 
 import { ApiError, api, fetchAudioUrl, session } from "./api.js";
 import { toWav, wavFromPcm16 } from "./audio.js";
-import { $, $$, h, store } from "./dom.js";
+import { $, $$, h, initTheme, renderEngineBadge, renderOfflineBadge, store } from "./dom.js";
 
 const state = {
   health: null,
@@ -126,29 +126,7 @@ function fmtSeconds(s) {
 
 // ---------------------------------------------------------------- theme
 
-function effectiveTheme() {
-  const set = document.documentElement.dataset.theme;
-  if (set === "dark" || set === "light") return set;
-  return matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
-}
-
-function syncThemeButton() {
-  const next = effectiveTheme() === "dark" ? "light" : "dark";
-  const btn = $("#theme-toggle");
-  btn.setAttribute("aria-label", `Switch to ${next} mode`);
-  btn.title = `Switch to ${next} mode`;
-}
-
-function initTheme() {
-  $("#theme-toggle").addEventListener("click", () => {
-    const next = effectiveTheme() === "dark" ? "light" : "dark";
-    document.documentElement.dataset.theme = next;
-    try { localStorage.setItem("echoforge.theme", next); } catch { /* disabled */ }
-    syncThemeButton();
-  });
-  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", syncThemeButton);
-  syncThemeButton();
-}
+// initTheme (dom.js) wires #theme-toggle; the agent page uses the same one.
 
 // ---------------------------------------------------------------- health + API key
 
@@ -213,18 +191,7 @@ async function loadHealth() {
     state.health = health;
     const limit = health.max_text_chars ?? health.limits?.max_text_chars;
     if (Number.isFinite(limit) && limit > 0) state.limit = limit;
-    const eng = health.engine || {};
-    const name = eng.name || "unknown";
-    if (eng.is_fallback) {
-      badge.dataset.state = "fallback";
-      badge.replaceChildren(h("span", { class: "long" }, `${name} · fallback engine (not CSM)`),
-        h("span", { class: "short" }, `${name} · fallback`));
-    } else {
-      badge.dataset.state = "ok";
-      badge.textContent = name === "csm" ? "CSM engine" : `${name} engine`;
-    }
-    badge.title = [eng.description, eng.model && `model: ${eng.model}`, eng.device && `device: ${eng.device}`,
-      eng.sample_rate && `${eng.sample_rate} Hz`].filter(Boolean).join(" · ");
+    renderEngineBadge(badge, health);
     if (health.version) $("#version").textContent = `v${health.version}`;
     if (health.auth_required) {
       $("#key-toggle").hidden = false;
@@ -238,9 +205,7 @@ async function loadHealth() {
   } catch (err) {
     if (err.status === 503 && err.body?.engine) return; // degraded (queue down) but running: keep the engine shown
     state.offline = true;
-    badge.dataset.state = "offline";
-    badge.textContent = "Server offline";
-    badge.title = err.message;
+    renderOfflineBadge(badge, err.message);
   }
 }
 

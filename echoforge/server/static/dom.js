@@ -35,3 +35,54 @@ export const store = {
     try { localStorage.removeItem(`echoforge.${key}`); } catch { /* disabled */ }
   },
 };
+
+// ---------------------------------------------------------------- theme (studio and agent page)
+
+function effectiveTheme() {
+  const set = document.documentElement.dataset.theme;
+  if (set === "dark" || set === "light") return set;
+  return matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+}
+
+function syncThemeButton(btn) {
+  const next = effectiveTheme() === "dark" ? "light" : "dark";
+  btn.setAttribute("aria-label", `Switch to ${next} mode`);
+  btn.title = `Switch to ${next} mode`;
+}
+
+/** Wire a theme toggle button: flips light/dark, saved for theme-init.js to apply before first paint. */
+export function initTheme(btn = $("#theme-toggle")) {
+  btn.addEventListener("click", () => {
+    const next = effectiveTheme() === "dark" ? "light" : "dark";
+    document.documentElement.dataset.theme = next;
+    try { localStorage.setItem("echoforge.theme", next); } catch { /* disabled */ }
+    syncThemeButton(btn);
+  });
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => syncThemeButton(btn));
+  syncThemeButton(btn);
+}
+
+// ---------------------------------------------------------------- engine badge (studio and agent page)
+
+/** The header badge for a /api/health body: "CSM engine", or "<name> · fallback engine (not CSM)". */
+export function renderEngineBadge(badge, health) {
+  const eng = health?.engine || {};
+  const name = eng.name || "unknown";
+  if (eng.is_fallback) {
+    badge.dataset.state = "fallback";
+    badge.replaceChildren(h("span", { class: "long" }, `${name} · fallback engine (not CSM)`),
+      h("span", { class: "short" }, `${name} · fallback`));
+  } else {
+    badge.dataset.state = "ok";
+    badge.textContent = name === "csm" ? "CSM engine" : `${name} engine`;
+  }
+  badge.title = [eng.description, eng.model && `model: ${eng.model}`, eng.device && `device: ${eng.device}`,
+    eng.sample_rate && `${eng.sample_rate} Hz`].filter(Boolean).join(" · ");
+}
+
+/** The header badge while the server cannot be reached. */
+export function renderOfflineBadge(badge, message = "") {
+  badge.dataset.state = "offline";
+  badge.textContent = "Server offline";
+  badge.title = message;
+}
