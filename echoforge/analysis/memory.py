@@ -19,8 +19,11 @@ running profile), different voices 0.40-0.61 and a pitch-shifted copy 0.56-0.65
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +36,8 @@ from echoforge.engines.base import Segment
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 DRIFT_THRESHOLD = 0.75
 
+
+_UPDATE_LOCK = threading.Lock()
 
 class ConversationMemory:
     """Recent turns as context, kept under ``max_tokens`` by ``count_tokens(segment)``."""
@@ -134,11 +139,20 @@ class ProfileStore:
         return VoiceProfile(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def save(self, profile: VoiceProfile) -> None:
+        """Atomic: a unique temporary file per write, then rename (concurrent saves never interleave)."""
+        import tempfile
+
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(profile.voice_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(profile)))
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{profile.voice_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(asdict(profile)))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def observe(self, voice_id: str, audio: np.ndarray, sample_rate: int, text: str = "") -> tuple[VoiceProfile, float]:
         """Analyse a turn of ``voice_id`` and update its profile; returns (profile, similarity)."""
@@ -147,8 +161,9 @@ class ProfileStore:
         from echoforge.analysis.speaker import backend_name, embed_speaker
 
         prosody = analyze_prosody(audio, sample_rate)
-        profile = self.load(voice_id) or VoiceProfile(voice_id)
-        sim = profile.update(prosody.to_dict(), estimate_emotion(prosody, text).to_dict(), embed_speaker(audio, sample_rate),
-                             text, backend=backend_name())  # fmt: skip
-        self.save(profile)
+        emotion, embedding = estimate_emotion(prosody, text).to_dict(), embed_speaker(audio, sample_rate)
+        with _UPDATE_LOCK:  # read-modify-write: concurrent turns of one voice must not lose updates
+            profile = self.load(voice_id) or VoiceProfile(voice_id)
+            sim = profile.update(prosody.to_dict(), emotion, embedding, text, backend=backend_name())
+            self.save(profile)
         return profile, sim

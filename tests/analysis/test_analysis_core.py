@@ -210,3 +210,40 @@ def test_stream_analyzer_updates_every_16_frames(tmp_path):
     assert prosody.is_speech and emotion.label
     with pytest.raises(ValueError):
         StreamAnalyzer(sr, update_every=0)
+
+
+def test_profile_saves_are_atomic_under_concurrency(tmp_path):
+    """Concurrent saves of one profile never leave a half-written file for a reader (found by
+    schemathesis: GET /api/voices/{id}/profile answered 400 'Extra data' while another request wrote)."""
+    import threading
+
+    from echoforge.analysis.memory import VoiceProfile
+
+    store = ProfileStore(tmp_path)
+    store.save(VoiceProfile("juniper"))
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def write(n: int) -> None:
+        for i in range(60):
+            store.save(VoiceProfile("juniper", turns=n * 1000 + i, embedding=[0.5] * (n * 50 + i)))
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert store.load("juniper") is not None
+            except Exception as exc:  # a torn file
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors[0]
+    assert not list(tmp_path.glob("profiles/*.tmp"))

@@ -82,7 +82,8 @@ def test_schemathesis_all_checks(fuzz_target):
     proc = subprocess.run(
         [
             cli, "--config-file", str(CONFIG), "run", fuzz_target.url + "/openapi.json",
-            "--seed", "1", "--workers", "2", "--suppress-health-check", "all", "--no-color",
+            # One worker: with 2 threads, hypothesis' ast.parse of lambdas races in CPython 3.11 (SystemError).
+            "--seed", "1", "--workers", "1", "--suppress-health-check", "all", "--no-color",
         ],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
