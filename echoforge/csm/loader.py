@@ -313,21 +313,30 @@ def weight_sets(d: Path, cfg: dict) -> list[WeightSet]:
     return sets
 
 
-def _load_pickle(path: Path) -> dict[str, Tensor]:
-    """A torch checkpoint, memory-mapped when possible (tensors are not read until used)."""
+@contextlib.contextmanager
+def _weight_file(path: Path):
+    """Turn a missing or unreadable weight file into one :class:`CheckpointError` line naming it."""
     try:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) files cannot be mapped
-            if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        yield
+    except CheckpointError:
+        raise
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: weight file missing; re-download the checkpoint") from exc
     except Exception as exc:
         raise CheckpointError(
             f"{path}: corrupt or unreadable weights ({exc.__class__.__name__}: {exc}); re-download it"
         ) from exc
+
+
+def _load_pickle(path: Path) -> dict[str, Tensor]:
+    """A torch checkpoint, memory-mapped when possible (tensors are not read until used)."""
+    with _weight_file(path):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be mapped
+            if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -351,17 +360,10 @@ def read_headers(ws: WeightSet) -> dict[str, TensorInfo]:
         if f.suffix == ".safetensors":
             from safetensors import safe_open
 
-            try:
-                with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
-                        sl = h.get_slice(k)
-                        out[k] = TensorInfo(k, tuple(sl.get_shape()), str(sl.get_dtype()), f)
-            except FileNotFoundError as exc:
-                raise CheckpointError(f"{f}: weight file missing; re-download the checkpoint") from exc
-            except Exception as exc:
-                raise CheckpointError(
-                    f"{f}: corrupt or unreadable weights ({exc.__class__.__name__}: {exc}); re-download it"
-                ) from exc
+            with _weight_file(f), safe_open(str(f), framework="pt") as h:
+                for k in h.keys():
+                    sl = h.get_slice(k)
+                    out[k] = TensorInfo(k, tuple(sl.get_shape()), str(sl.get_dtype()), f)
         else:
             for k, v in _load_pickle(f).items():
                 out[k] = TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), f)
