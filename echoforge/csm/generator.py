@@ -24,14 +24,13 @@ from torch import Tensor
 
 from echoforge.csm import generate as G
 from echoforge.csm.loader import Checkpoint, CheckpointError, load_checkpoint
-from echoforge.csm.scheduler import BUCKETS, FrameScheduler
+from echoforge.csm.scheduler import BUCKETS, FRAME_MS, FrameScheduler, buckets
 from echoforge.engines.base import Segment
 from echoforge.text import normalize_text
 
 log = logging.getLogger("echoforge.csm")
 
 SAMPLE_RATE = 24_000
-FRAME_MS = 80  # one Mimi frame at 12.5 Hz
 # Text longer than this is generated sentence-group by sentence-group, each piece fed back as context.
 MAX_PIECE_CHARS = 300
 # Longest voice prompt (a saved voice's reference clip) fed to the model, in seconds; the engine
@@ -162,6 +161,8 @@ class CSMGenerator:
 
         Sampled, not greedy: that is the path real requests take, so nothing compiles on a request.
         """
+        if not self.static:  # the eager path has nothing to compile or capture
+            return 0.0
         return self.scheduler.call(self._warmup)  # CUDA graphs are recorded per thread: record on the scheduler's
 
     def _warmup(self) -> float:
@@ -170,16 +171,13 @@ class CSMGenerator:
         t0 = time.perf_counter()
         m, dev = self.model, self.device
         with torch.inference_mode():
-            for b in [x for x in BUCKETS if x <= self.scheduler.max_rows] or [self.scheduler.max_rows]:
+            for b in buckets(self.scheduler.max_rows):
                 h = torch.zeros(b, m.args.backbone.dim, dtype=self.dtype, device=dev)
                 pos = torch.zeros(b, dtype=torch.long, device=dev)
                 sampler = G.Sampler(torch.full((b,), 0.9, device=dev), torch.full((b,), 50, device=dev),
                                     torch.zeros(b, dtype=torch.long, device=dev), pos.clone())  # fmt: skip
-                for _ in range(3 if self.static else 1):  # cudagraph trees record on the 2nd/3rd call
-                    if self.static:
-                        self._decode_frame(m, h, pos, sampler)
-                    else:
-                        G.decode_step(m, h, pos, 1, sampler, True)
+                for _ in range(3):  # cudagraph trees record on the 2nd/3rd call
+                    self._decode_frame(m, h, pos, sampler)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t0
@@ -498,10 +496,6 @@ def _trim_transcript(text: str, fraction: float) -> str:
         length += len(w) + (1 if kept else 0)
         kept.append(w)
     return " ".join(kept)
-
-
-def _frames_for(ms: float) -> int:
-    return max(1, int(ms // FRAME_MS))
 
 
 def _load_codec(

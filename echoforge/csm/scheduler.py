@@ -48,13 +48,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("echoforge.csm.scheduler")
 
-FRAME_MS = 80
+FRAME_MS = 80  # one Mimi frame at 12.5 Hz
 # Per-piece frame cap when text is split: twice a slow speaking rate (15 chars/s) plus 2 s, so one
 # piece that never emits EOS cannot eat the whole request's budget.
 _CHARS_PER_S = 15.0
 # Batch-size buckets of the compiled path: one CUDA graph each, the batch padded up to the next.
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _END = object()
+
+
+def bucket_for(rows: int, max_rows: int) -> int:
+    """The batch size the compiled step runs ``rows`` rows at: the next bucket, capped at the slots."""
+    return min(next((x for x in BUCKETS if x >= rows), max_rows), max_rows)
+
+
+def buckets(max_rows: int) -> list[int]:
+    """Every batch size :func:`bucket_for` can return (one CUDA graph each, captured at warm-up)."""
+    return sorted({bucket_for(n, max_rows) for n in range(1, max_rows + 1)})
 
 
 class SchedulerBusy(EngineBusy):
@@ -399,9 +409,7 @@ class FrameScheduler:
     def _decode_static(self, rows: list[_Row], t: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Padded to a batch-size bucket; the pad rows compute on idle slots and are dropped."""
         b = len(rows)
-        bucket = next((x for x in BUCKETS if x >= b), self.max_rows)
-        bucket = min(bucket, self.max_rows)
-        pad = bucket - b
+        pad = bucket_for(b, self.max_rows) - b
         # A pad row writes one cache column of its slot: the prefilling row's next column (it
         # rewrites it itself) or column 0 of an idle slot, never a live column.
         pad_pos = [self.prefilling.pos if (self.prefilling is not None and i == 0) else 0 for i in range(pad)]
@@ -418,7 +426,7 @@ class FrameScheduler:
         # With a frame in flight, a row that just used its last column gets one wasted frame more:
         # clamp it into its own (finished) last column rather than past the window.
         pos = padded(t["pos"], pad_pos).clamp_max(self.gen.window - 1)
-        frame, h = self.gen._decode_frame(self.model, self._h[:bucket], pos, sampler)
+        frame, h = self.gen._decode_frame(self.model, self._h[: b + pad], pos, sampler)
         # CUDA-graph outputs are overwritten by the next replay: copy what we keep.
         return frame[:b].clone(), h[:b].clone()
 

@@ -245,3 +245,12 @@ def test_sampled_frame_step_traces_as_one_graph_per_bucket():
             ref_frame, ref_h = G.decode_frame(m, h, pos, sampler)
             assert torch.equal(frame, ref_frame) and torch.allclose(h_next, ref_h)
     assert len(compiles) == 1
+
+
+def test_warm_up_covers_exactly_the_batch_sizes_the_compiled_step_runs():
+    """Warm-up captures one graph per size the static path can pick (6 slots: 5 and 6 rows run at 6)."""
+    from echoforge.csm.scheduler import bucket_for, buckets
+
+    assert buckets(6) == [1, 2, 4, 6] and buckets(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert {bucket_for(n, 6) for n in range(1, 7)} == set(buckets(6))
+    assert [bucket_for(n, 64) for n in (1, 3, 5, 33)] == [1, 4, 8, 64]
