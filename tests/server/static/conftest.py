@@ -23,7 +23,7 @@ import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (browser tests)")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "web"
 CHROMIUM = os.environ.get("ECHOFORGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

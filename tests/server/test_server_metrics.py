@@ -16,7 +16,7 @@ import pytest
 
 from echoforge import metrics
 
-from .test_metrics import scrape_value
+from test_metrics import scrape_value
 
 server_app = pytest.importorskip("echoforge.server.app")
 

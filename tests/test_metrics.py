@@ -284,7 +284,7 @@ def test_every_metric_named_in_the_docs_exists():
         import echoforge.deploy.remote  # noqa: F401
     except ImportError:
         pass
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text(encoding="utf-8")
     named = set(re.findall(r"\b(echoforge_[a-z_]+[a-z])\b", doc))
     metrics.observe_agent_latency({"voice_to_voice_s": 0.5})  # make sure labelled families have samples
     samples = {s.name for fam in metrics.REGISTRY.collect() for s in fam.samples}
@@ -304,7 +304,7 @@ def test_grafana_dashboard_queries_exported_metrics():
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "echoforge-dashboard.json"
+    path = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "echoforge-dashboard.json"
     dash = json.loads(path.read_text(encoding="utf-8"))
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     assert exprs
