@@ -62,6 +62,36 @@ def check_text(text: str, *, limit: int | None = None, name: str = "text") -> st
     return cleaned
 
 
+# ------------------------------------------------------------------ speaking rate
+# The one speaking-rate constant: characters of normalised text per second at speed 1 (a
+# relaxed reading pace). Estimates (progress, "about N s") use it; budgets (how much audio a
+# request may produce before it is cut as a runaway) allow twice that time plus 2 s, so a
+# text within the character limit is always spoken in full.
+CHARS_PER_SECOND = 15.0
+BUDGET_FACTOR = 2.0
+BUDGET_SLACK_S = 2.0
+
+
+def speech_seconds(text: str, speed: float = 1.0, *, normalized: bool = False) -> float:
+    """About how long ``text`` takes to say at ``speed`` (at least half a second)."""
+    chars = len(text if normalized else normalize_text(text))
+    return max(0.5, chars / CHARS_PER_SECOND / max(speed, 0.25))
+
+
+def audio_budget_ms(text: str, speed: float = 1.0, *, floor_ms: int = 0) -> int:
+    """The most audio (ms) ``text`` may produce: generous, so a text is never cut short; never below ``floor_ms``.
+
+    ``speed`` above 1 never shrinks the budget (CSM speaks at its own pace and is sped up afterwards).
+    """
+    seconds = speech_seconds(text, min(1.0, speed or 1.0))
+    return max(int(floor_ms), int((BUDGET_FACTOR * seconds + BUDGET_SLACK_S) * 1000))
+
+
+def max_audio_seconds(max_chars: int, speed: float = 1.0) -> float:
+    """The audio limit that follows from a character limit: the budget of ``max_chars`` characters."""
+    return BUDGET_FACTOR * max_chars / CHARS_PER_SECOND / max(speed, 0.25) + BUDGET_SLACK_S
+
+
 # ------------------------------------------------------------------ normalisation
 _ABBREVIATIONS = {
     "mr.": "mister", "mrs.": "missus", "ms.": "miz", "dr.": "doctor", "prof.": "professor",
@@ -116,7 +146,12 @@ _LETTERS_DIGITS_RE = re.compile(r"\b([A-Za-z]{1,3})(\d+)\b|\b(\d+)([A-Za-z])\b")
 _INITIALISM_RE = re.compile(r"\b[A-Z]{2,4}s?\b")
 _STREET_RE = re.compile(r"(?<![\w.])St\.", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\w-])-(?=\d)" + _NUM + r"|" + _NUM)
-_SENTENCE_RE = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+_SENTENCE_END_RE = re.compile(r"([.!?…]+)([\"'”’)\]]*)(?=\s)")
+# Words after which a full stop is not a sentence end (lower case, without the final dot).
+ABBREVIATIONS = frozenset(
+    {a.lower().rstrip(".") for a in _ABBREVIATIONS}
+    | {"st", "fig", "inc", "ltd", "co", "corp", "dept", "gov", "lt", "col", "capt", "sgt", "vol", "pp", "no"}
+)
 _DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -246,6 +281,50 @@ def normalize_text(text: str) -> str:
     return " ".join(out.split())
 
 
+def ends_sentence(text: str, m: re.Match) -> bool:
+    """Is the end punctuation matched by ``m`` (group 1) really the end of a sentence?
+
+    A full stop after a common abbreviation ("Dr.", "e.g.", "St.") or a single initial
+    ("J. Smith") does not end one; decimals ("3.5") never match (no space after the dot).
+    """
+    if m.group(1) != ".":
+        return True
+    before = text[: m.start(1)].rsplit(None, 1)
+    last = before[-1].lower().lstrip("\"'([") if before else ""
+    word = last.rstrip(".")
+    if word == "no":  # "No. 5" is "number five"; "I said no." ends a sentence
+        return not text[m.end(1) :].lstrip()[:1].isdigit()
+    return not (word in ABBREVIATIONS or (len(last) == 1 and last.isalpha() and last != "i"))
+
+
+def sentence_ends(text: str) -> list[int]:
+    """Offsets just after each complete sentence of ``text`` (end punctuation, closing quotes,
+    then whitespace): the one sentence rule of EchoForge (the server, the WebSocket, the
+    engines, the agent and its knowledge base all cut here)."""
+    return [m.end(2) for m in _SENTENCE_END_RE.finditer(text) if ends_sentence(text, m)]
+
+
+def split_complete(buffer: str) -> tuple[list[str], str]:
+    """Complete sentences at the front of a streamed ``buffer`` and the unfinished rest."""
+    ends = sentence_ends(buffer)
+    if not ends:
+        return [], buffer
+    done, rest = buffer[: ends[-1]], buffer[ends[-1] :]
+    return sentences_of(done), rest.lstrip()
+
+
+def sentences_of(text: str) -> list[str]:
+    """``text`` cut into sentences (one piece per sentence, nothing packed or cut further)."""
+    out, start = [], 0
+    for end in sentence_ends(text):
+        if piece := text[start:end].strip():
+            out.append(piece)
+        start = end
+    if piece := text[start:].strip():
+        out.append(piece)
+    return out
+
+
 def split_sentences(text: str, max_chars: int = 300, *, pack: bool = True) -> list[str]:
     """Split at sentence ends and pack sentences into pieces of at most ``max_chars``.
 
@@ -253,9 +332,8 @@ def split_sentences(text: str, max_chars: int = 300, *, pack: bool = True) -> li
     at spaces, so every piece fits. ``pack=False`` keeps one sentence per piece (streaming
     engines use it so the first sentence's audio is out before the rest is made).
     """
-    sentences = [s.strip() for s in _SENTENCE_RE.split(text.strip()) if s.strip()]
     pieces: list[str] = []
-    for s in sentences:
+    for s in sentences_of(text):
         for part in _split_long(s, max_chars):
             if pack and pieces and len(pieces[-1]) + 1 + len(part) <= max_chars:
                 pieces[-1] += " " + part

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from echoforge.text import sentences_of
+
 log = logging.getLogger("echoforge.agent.rag")
 
 SUFFIXES = (".md", ".txt", ".pdf")
@@ -484,7 +486,7 @@ def split_sentences(passage_text: str) -> tuple[str, list[str]]:
     """``(heading, sentences)`` of a chunk (chunks carry their Markdown heading as ``"Heading: "``)."""
     m = re.match(r"^([^.:]{1,60}): ", passage_text)
     heading, body = (m.group(1), passage_text[m.end() :]) if m else ("", passage_text)
-    return heading, [x.strip() for x in re.split(r"(?<=[.!?])\s+", body) if x.strip()]
+    return heading, sentences_of(body)  # the one sentence rule (echoforge.text)
 
 
 def best_sentences(kb: KnowledgeBase | None, question: str, passages: list[Passage], k: int = 1) -> list[tuple[str, str]]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 
-_END = re.compile(r"([.!?…]+)([\"')\]]*)(\s+)")
-_ABBREV = {"e.g", "i.e", "etc", "dr", "mr", "mrs", "ms", "vs", "st", "no", "fig", "approx", "inc", "ltd"}
+from echoforge.text import ends_sentence
+
+_END = re.compile(r"([.!?…]+)([\"'”’)\]]*)(\s+)")
 _MARKUP = re.compile(r"[*_`#>]+")
 _SOURCE_TAG = re.compile(r"\[[^\]\s]+\.(?:md|txt|pdf)\]\s*", re.IGNORECASE)  # "[notes.md]" copied from the prompt
 
@@ -52,8 +53,7 @@ class SentenceSplitter:
         for m in _END.finditer(self._buf):
             end = m.end(2)
             candidate = self._buf[start:end].strip()
-            last_word = candidate[: -len(m.group(1))].rsplit(None, 1)[-1].lower() if candidate else ""
-            if m.group(1) == "." and (last_word.rstrip(".") in _ABBREV or (len(last_word) == 1 and last_word.isalpha())):
+            if not ends_sentence(self._buf, m):  # the one rule (echoforge.text): "Dr.", "e.g.", initials
                 continue
             if len(candidate) < self.min_chars:
                 continue

@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -240,11 +242,10 @@ def create_app(
         description="Local-first conversational voice server (CSM-1B): EchoForge task API, OpenAI-compatible speech API, WebSocket streaming.",
         lifespan=lifespan,
         openapi_url="/openapi.json" if docs_open else None,
-        docs_url="/docs" if docs_open else None,
-        redoc_url="/redoc" if docs_open else None,
+        docs_url=None,  # served by _add_docs, from local assets (never a CDN)
+        redoc_url=None,
     )
-    if not docs_open:  # server.docs_require_key: the schema and docs pages need a key (when keys exist)
-        _add_private_docs(app)
+    _add_docs(app, private=not docs_open)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.server.max_upload_mb * 1024 * 1024) + 64 * 1024)
     if settings.server.cors_origins:
@@ -277,21 +278,68 @@ def create_app(
     return app
 
 
-def _add_private_docs(app: FastAPI) -> None:
-    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-    from fastapi.responses import JSONResponse
+DOCS_ASSETS = "/docs-assets"
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Authenticated])
-    def _openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
 
-    @app.get("/docs", include_in_schema=False, dependencies=[Authenticated])
-    def _docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="EchoForge - docs")
+def _docs_assets_dir() -> Path | None:
+    """Swagger UI and ReDoc bundles shipped in a PyPI package (``fastapi-offline``), if installed."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    path = Path(fastapi_offline.__file__).parent / "static"
+    return path if (path / "swagger-ui-bundle.js").is_file() and (path / "redoc.standalone.js").is_file() else None
 
-    @app.get("/redoc", include_in_schema=False, dependencies=[Authenticated])
-    def _redoc():
-        return get_redoc_html(openapi_url="/openapi.json", title="EchoForge - ReDoc")
+
+def _add_docs(app: FastAPI, *, private: bool) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` from local assets: they work offline (no CDN, no web fonts).
+
+    ``private`` (``server.docs_require_key``): the schema and the two pages need an API key (when
+    keys exist); the static script bundles stay open (they hold nothing of this server).
+    """
+    assets = _docs_assets_dir()
+    if assets is None:
+        log.warning("fastapi-offline is not installed: /docs and /redoc load their scripts from a CDN (pip install fastapi-offline)")
+        js, css, redoc_js, favicon = (None,) * 4
+    else:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+        js, css, redoc_js = (f"{DOCS_ASSETS}/{n}" for n in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"))
+        favicon = "/favicon.svg" if (STATIC_DIR / "favicon.svg").is_file() else f"{DOCS_ASSETS}/favicon.png"
+    deps = [Authenticated] if private else []
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    def swagger_kwargs() -> dict:
+        kw = {"swagger_js_url": js, "swagger_css_url": css, "swagger_favicon_url": favicon}
+        return {k: v for k, v in kw.items() if v is not None}
+
+    if private:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=deps)
+        def _openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=deps)
+    def _docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="EchoForge - API docs",
+            oauth2_redirect_url=f"{root}{oauth2_redirect}",
+            swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
+            **swagger_kwargs(),
+        )
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    def _docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False, dependencies=deps)
+    def _redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        kw = {"redoc_js_url": redoc_js, "redoc_favicon_url": favicon} if redoc_js else {}
+        return get_redoc_html(
+            openapi_url=f"{root}/openapi.json", title="EchoForge - ReDoc", with_google_fonts=assets is None, **kw
+        )
 
 
 API_PREFIXES = ("/api/", "/v1/", "/metrics")

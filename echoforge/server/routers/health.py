@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from echoforge import __version__
 from echoforge.server.deps import ServicesDep
 from echoforge.server.schemas import Health
+from echoforge.text import max_audio_seconds
 
 log = logging.getLogger("echoforge.server")
 router = APIRouter(tags=["health"])
@@ -64,6 +65,9 @@ async def health(services: ServicesDep, response: Response) -> dict:
             "max_text_chars": services.settings.server.max_text_chars,
             "max_upload_mb": services.settings.server.max_upload_mb,
             "max_upload_seconds": services.settings.server.max_upload_seconds,
-            "max_audio_s": services.settings.generation.max_audio_length_ms / 1000,
+            # The audio limit follows from the text limit: any accepted text is spoken in full.
+            "max_audio_s": round(
+                max(services.settings.generation.max_audio_length_ms / 1000, max_audio_seconds(services.settings.server.max_text_chars)), 1
+            ),
         },
     }

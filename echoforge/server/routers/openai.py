@@ -25,6 +25,7 @@ from echoforge.audio import MIME_TYPES, StreamEncoder
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound
 from echoforge.server.schemas import ERROR_RESPONSES, TEXT_400, ModelCard, ModelList, SpeechRequest, VoiceList
+from echoforge.text import audio_budget_ms
 
 log = logging.getLogger("echoforge.server.openai")
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
@@ -84,9 +85,18 @@ async def speech(body: SpeechRequest, services: ServicesDep, _: RateLimitedDep) 
     voice = body.voice if isinstance(body.voice, str) else body.voice.get("id")
     if not isinstance(voice, str) or not voice.strip():
         raise BadRequest('voice must be a voice name or {"id": name}', param="voice")
-    services.synthesis.check_text(body.input, "input", speed=body.speed)  # the same rule as /api
+    text = services.synthesis.check_text(body.input, "input", speed=body.speed)  # the same rule as /api
+    # Every text within the character limit is spoken in full: split at sentences by the engine
+    # (CSM: piece after piece, each continuing the previous one) and streamed as it goes; the
+    # audio cap follows from the text.
+    budget = audio_budget_ms(text, body.speed or 1.0, floor_ms=services.settings.generation.max_audio_length_ms)
     request = await run_in_threadpool(
-        services.synthesis.build_request, text=body.input, voice=voice, speed=body.speed, instructions=body.instructions
+        services.synthesis.build_request,
+        text=body.input,
+        voice=voice,
+        speed=body.speed,
+        instructions=body.instructions,
+        max_audio_length_ms=budget,
     )
     t0 = time.perf_counter()
     chunks = services.synthesis.stream(request)

@@ -19,6 +19,7 @@ from echoforge.server.schemas import (
     TaskList,
 )
 from echoforge.server.services.queue import TaskRecord
+from echoforge.text import audio_budget_ms
 
 router = APIRouter(prefix="/api", tags=["tasks"], responses=ERROR_RESPONSES)
 
@@ -48,6 +49,9 @@ def _task(services: Services, task_id: str) -> TaskRecord:
 def generate(body: GenerateRequest, services: ServicesDep, _: RateLimitedDep) -> dict:
     """Queue one utterance; poll ``status_url`` and fetch ``audio_url`` when done."""
     body.text = _check_text(services, body.text, "text", speed=body.speed, max_audio_length_ms=body.max_audio_length_ms)
+    if body.max_audio_length_ms is None:  # the audio cap follows from the text: every accepted text is spoken in full
+        floor = services.settings.generation.max_audio_length_ms
+        body.max_audio_length_ms = audio_budget_ms(body.text, body.speed or 1.0, floor_ms=floor)
     services.voices.get(body.voice)  # 404 now rather than a failed task later
     for i, turn in enumerate(body.context):
         turn.text = _check_text(services, turn.text, f"context.{i}.text", label=f"context turn {i + 1} text", max_audio_length_ms=0)

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from echoforge.audio import float_to_pcm16
 from echoforge.engines.base import EngineBusy
 from echoforge.server.errors import ApiError
-from echoforge.text import clean_text, split_sentences
+from echoforge.text import audio_budget_ms, clean_text, sentence_ends, split_sentences
 
 if TYPE_CHECKING:
     from echoforge.server.deps import Services
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("echoforge.server.stream")
 
 MAX_BUFFER_CHARS = 8192
-# A sentence is complete once its end punctuation is followed by whitespace.
-_SENTENCE_DONE = re.compile(r"[.!?…;:][\"')\]]*\s")
 _END = object()
 
 
@@ -48,27 +46,24 @@ async def receive_message(ws: WebSocket) -> Any:
 
 
 _SAYABLE = re.compile(r"[^\W_]")
-_SENTENCE_GAP = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"')\]])\s+")
 
 
 def sentences(text: str) -> list[str]:
-    """One piece per sentence (each spoken as its own segment); very long ones are cut further."""
-    out: list[str] = []
-    for sentence in _SENTENCE_GAP.split(text.strip()):
-        if sentence.strip():
-            out.extend(split_sentences(sentence) if len(sentence) > 300 else [sentence.strip()])
+    """One piece per sentence (each spoken as its own segment); very long ones are cut further.
+
+    The one sentence rule (:func:`echoforge.text.split_sentences`): "Dr. Smith" and "3.5" stay whole.
+    """
+    out = split_sentences(text, pack=False)
     # Pieces with nothing to say ("...", a lone emoji) are skipped: streamed LLM text has them.
     return [s for s in out if _SAYABLE.search(clean_text(s))]
 
 
 def split_complete(buffer: str) -> tuple[list[str], str]:
-    """Complete sentences at the front of ``buffer`` and the unfinished rest."""
-    last = None
-    for m in _SENTENCE_DONE.finditer(buffer):
-        last = m
-    if last is None:
+    """Complete sentences at the front of ``buffer`` and the unfinished rest (:func:`echoforge.text.split_complete`)."""
+    ends = sentence_ends(buffer)
+    if not ends:
         return [], buffer
-    return sentences(buffer[: last.end()]), buffer[last.end() :]
+    return sentences(buffer[: ends[-1]]), buffer[ends[-1] :].lstrip()
 
 
 class SpeechSession:
@@ -96,7 +91,10 @@ class SpeechSession:
 
     async def speak(self, text: str) -> None:
         try:
-            request = await run_in_threadpool(self.services.synthesis.build_request, text=text, **self.params)
+            params = dict(self.params)
+            floor = self.services.settings.generation.max_audio_length_ms
+            params.setdefault("max_audio_length_ms", audio_budget_ms(text, params.get("speed") or 1.0, floor_ms=floor))
+            request = await run_in_threadpool(self.services.synthesis.build_request, text=text, **params)
         except ApiError as exc:
             await self.send_error(exc.message, exc.status, exc.code)
             return

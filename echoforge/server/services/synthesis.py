@@ -41,18 +41,14 @@ from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine, engine_
 from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Unavailable
 from echoforge.server.services.voices import VoiceStore
-from echoforge.text import TextError, check_text, normalize_text
+from echoforge.text import TextError, check_text, speech_seconds
 
 if TYPE_CHECKING:
     from echoforge.config import Settings
 
 log = logging.getLogger("echoforge.server.synthesis")
 
-_WORDS_PER_SECOND = 2.6  # only for progress estimates
 BATCH_WINDOW_S = 0.02
-# A brisk speaking rate (characters of normalised text per second at speed 1): text estimated
-# over the audio limit at this rate cannot fit, so it is refused before anything is generated.
-CHARS_PER_SECOND = 17.0
 
 
 class Cancelled(Exception):
@@ -148,7 +144,8 @@ class SlotGate:
 
 
 def estimate_seconds(text: str, speed: float = 1.0) -> float:
-    return max(0.5, len(text.split()) / _WORDS_PER_SECOND / max(speed, 0.25))
+    """About how long ``text`` takes to say (progress only): echoforge.text's one speaking rate."""
+    return speech_seconds(text, speed)
 
 
 @dataclass
@@ -218,29 +215,18 @@ class SynthesisService:
         speed: float | None = None,
         max_audio_length_ms: int | None = None,
     ) -> str:
-        """The one input rule of every endpoint (``echoforge.text.check_text``) plus the audio limit.
+        """The one input rule of every endpoint (``echoforge.text.check_text``).
 
-        Returns the cleaned text; raises :class:`BadRequest` naming ``param``. Text that would
-        clearly make more audio than ``generation.max_audio_length_ms`` (estimated at a brisk
-        speaking rate) is refused rather than cut off: nothing is ever truncated silently. A
-        caller that sets ``max_audio_length_ms`` itself asked for that cap and is not refused.
+        Returns the cleaned text; raises :class:`BadRequest` naming ``param``. There is no
+        separate audio limit to refuse on: every text within ``server.max_text_chars`` is spoken
+        in full (split at sentences, piece after piece); the audio cap of a request follows
+        from its text (``echoforge.text.audio_budget_ms``), or is the caller's own
+        ``max_audio_length_ms``. ``speed`` is accepted for the callers' convenience.
         """
         try:
-            text = check_text(text, limit=self.settings.server.max_text_chars, name=label or param)
+            return check_text(text, limit=self.settings.server.max_text_chars, name=label or param)
         except TextError as exc:
             raise BadRequest(str(exc), param=param) from None
-        if max_audio_length_ms is None:
-            limit_s = self.settings.generation.max_audio_length_ms / 1000
-            speed = speed or self.settings.generation.speed or 1.0
-            estimate_s = len(normalize_text(text)) / CHARS_PER_SECOND / max(speed, 0.25)
-            if estimate_s > limit_s:
-                raise BadRequest(
-                    f"{label or param} would be about {estimate_s:.0f} s of speech; the audio limit is {limit_s:g} s "
-                    "per request (generation.max_audio_length_ms): split the text into several requests",
-                    param=param,
-                    code="audio_too_long",
-                )
-        return text
 
     def build_request(
         self,
