@@ -23,7 +23,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -302,6 +302,16 @@ def _add_docs(app: FastAPI, *, private: bool) -> None:
         log.warning("fastapi-offline is not installed: /docs and /redoc load their scripts from a CDN (pip install fastapi-offline)")
         js, css, redoc_js, favicon = (None,) * 4
     else:
+        redoc_bundle: list[bytes] = []
+
+        # ReDoc's bundle hard-codes its logo from a CDN: served with the logo pointed at a local file.
+        @app.get(f"{DOCS_ASSETS}/redoc.standalone.js", include_in_schema=False)
+        def _redoc_js() -> Response:
+            if not redoc_bundle:
+                js = (assets / "redoc.standalone.js").read_bytes()
+                redoc_bundle.append(js.replace(b"https://cdn.redoc.ly/redoc/logo-mini.svg", f"{DOCS_ASSETS}/favicon.png".encode()))
+            return Response(redoc_bundle[0], media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
         app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
         js, css, redoc_js = (f"{DOCS_ASSETS}/{n}" for n in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"))
         favicon = "/favicon.svg" if (STATIC_DIR / "favicon.svg").is_file() else f"{DOCS_ASSETS}/favicon.png"
