@@ -17,11 +17,13 @@ PYTEST_ARGS ?=
 SYS_RUNTIME := espeak-ng ffmpeg libsndfile1
 SYS_TEST    := redis-server chromium chromium-driver sox curl
 
-.PHONY: help serve test install install-dev sysdeps sysdeps-test docs bench lint clean
+.PHONY: help serve test test-fast test-under-load install install-dev sysdeps sysdeps-test docs bench lint clean
 
 help:
 	@echo "make serve   — install and start EchoForge on http://$(HOST):$(PORT)"
 	@echo "make test    — install test dependencies and run the test suite"
+	@echo "make test-fast        — the suite without real-model/real-server tests (≤ 2 min)"
+	@echo "make test-under-load  — the whole suite 3× in a row beside two CPU hogs"
 	@echo "make bench   — run the benchmarks (results appended to BENCHMARKS.md)"
 
 $(PY):
@@ -68,6 +70,14 @@ serve: install
 
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked integration/slow (real models, real servers): ≤ 2 min.
+test-fast: install-dev
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+# The whole suite with two CPU-burning processes beside it, three runs in a row.
+test-under-load: install-dev
+	PY=$(PY) bash scripts/test_under_load.sh $(PYTEST_ARGS)
 
 docs: $(VENV)/.dev-installed
 	$(PY) scripts/gen_docs.py

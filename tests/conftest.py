@@ -1,4 +1,11 @@
-"""Fixtures shared by the whole suite: offline flags, a real speech recogniser."""
+"""Fixtures shared by the whole suite: offline flags, one torch thread, a real speech recogniser,
+and the one marking rule for ``make test-fast``.
+
+Marks: a test that uses a fixture in :data:`INTEGRATION_FIXTURES` (a real model, a real server
+or a browser) is marked ``integration`` automatically; modules that start processes or load
+real models themselves say ``pytestmark = pytest.mark.integration``. ``make test-fast`` runs
+``-m "not integration and not slow"``; ``make test`` runs everything.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,19 @@ import pytest
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+INTEGRATION_FIXTURES = frozenset({
+    "whisper_model", "transcribe", "asr",  # real Whisper
+    "espeak_server", "api", "base_url", "browser", "page",  # real servers, Chromium
+    "wyoming_server", "echoforge_server", "docs_server",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -47,7 +67,7 @@ def transcribe(whisper_model):
 
     def _run(audio: np.ndarray, sample_rate: int) -> str:
         audio16 = resample(np.asarray(audio, dtype=np.float32), sample_rate, 16_000)
-        segments, _ = whisper_model.transcribe(audio16, language="en", beam_size=1)
+        segments, _ = whisper_model.transcribe(audio16, language="en", beam_size=1, temperature=0.0)  # no sampled fallback: same audio, same text
         return " ".join(s.text.strip() for s in segments).strip()
 
     return _run

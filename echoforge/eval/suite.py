@@ -147,7 +147,8 @@ class ASR:
         from echoforge.audio import resample
 
         audio16 = resample(np.asarray(audio, dtype=np.float32), sample_rate, 16_000)
-        segments, _ = self.model.transcribe(audio16, language="en", beam_size=1, word_timestamps=words)
+        # temperature=0: no sampled fallback decodes, so the same audio always gives the same text.
+        segments, _ = self.model.transcribe(audio16, language="en", beam_size=1, temperature=0.0, word_timestamps=words)
         words, texts = [], []
         for s in segments:
             texts.append(s.text.strip())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _servers import ChildProcess, echoforge_cli, free_port, http_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -82,44 +83,15 @@ def example_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def docs_server(tmp_path_factory):
-    """A real ``echoforge serve`` (espeak-ng engine) on a free loopback port; stopped afterwards."""
+    """A real ``echoforge serve`` (espeak-ng engine, as the docs show it) on a free loopback port."""
     pytest.importorskip("echoforge.server.app")
     tmp = tmp_path_factory.mktemp("docs-server")
-    port = _free_port()
-    env = example_env(tmp)
-    env["ECHOFORGE_SERVER__RATE_LIMIT_PER_MINUTE"] = "0"
-    log = tmp / "server.log"
-    cmd = [str(VENV_BIN / "echoforge"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if not (VENV_BIN / "echoforge").exists():
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "echoforge.server.app:create_app", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"echoforge serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after 90 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.25)
+    env = {k: v for k, v in example_env(tmp).items() if k.startswith(("ECHOFORGE_", "PYTHONPATH"))}
+    env["ECHOFORGE_SERVER__RATE_LIMIT_PER_MINUTE"] = "0"
+    server = ChildProcess([*echoforge_cli(), "serve", "--host", "127.0.0.1", "--port", str(port)], tmp, env=env, name="server")
+    with server.start(http_ready(url)):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

@@ -2,7 +2,10 @@
 
 Configured by environment variables (set by the server launcher in tests):
 ``SINE_DELAY`` seconds per chunk (default 0), ``SINE_BATCH=1`` adds ``synthesize_batch``,
+``SINE_GATE=DIR`` makes every chunk wait until the file ``DIR/open`` exists (the engine touches
+``DIR/blocked`` while it waits: a test in another process knows a task is mid-synthesis),
 texts containing ``transient-failure`` fail on their first attempt in a process.
+In-process tests use :class:`GatedSineEngine` instead, driven through its methods.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class SineEngine(BaseEngine):
 
     def __init__(self) -> None:
         self.delay = float(os.environ.get("SINE_DELAY", "0"))
+        self.gate_dir = os.environ.get("SINE_GATE")
         self.prompts_encoded = 0
         self.batch_sizes: list[int] = []
 
@@ -55,11 +59,27 @@ class SineEngine(BaseEngine):
         for _word in request.text.split():
             if self.delay:
                 time.sleep(self.delay)
+            if self.gate_dir and _gated(request):
+                _wait_for_file_gate(self.gate_dir)
             chunk = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)[: max(0, max_samples - produced)]
             if chunk.size == 0:
                 return
             produced += chunk.size
             yield chunk
+
+
+def _gated(request: SynthesisRequest) -> bool:
+    """One-word texts (the server's warm-up, "Ready.") pass the gates, so a gated server can start."""
+    return len(request.text.split()) > 1
+
+
+def _wait_for_file_gate(gate_dir: str) -> None:
+    from pathlib import Path
+
+    gate = Path(gate_dir)
+    while not (gate / "open").exists():
+        (gate / "blocked").touch()
+        time.sleep(0.02)
 
 
 class BatchSineEngine(SineEngine):
@@ -72,3 +92,52 @@ class BatchSineEngine(SineEngine):
             return [self.synthesize(r) for r in requests]
         finally:
             self.delay = saved
+
+
+class GatedSineEngine(SineEngine):
+    """The sine engine whose progress the test drives: each word's chunk waits for a permit.
+
+    ``allow(n)`` lets ``n`` more chunks through (``open()`` all of them from now on);
+    ``wait_blocked(k)`` returns once ``k`` chunk requests are waiting at the gate — "the engine is
+    busy with a task right now" is then true by construction, at any machine speed.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self._cond = threading.Condition()
+        self._permits = 0
+        self._open = False
+        self.blocked = 0  # chunk requests waiting at the gate now
+        self.texts: list[str] = []  # texts the engine started, in order
+
+    def allow(self, n: int = 1) -> None:
+        with self._cond:
+            self._permits += n
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def wait_blocked(self, k: int = 1, timeout: float = 120.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.blocked >= k, timeout):
+                raise AssertionError(f"engine never had {k} chunk(s) waiting at the gate")
+
+    def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        if not _gated(request):
+            yield from super().stream(request)
+            return
+        self.texts.append(request.text)
+        for chunk in super().stream(request):
+            with self._cond:
+                self.blocked += 1
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._open or self._permits > 0)
+                self.blocked -= 1
+                if not self._open:
+                    self._permits -= 1
+            yield chunk

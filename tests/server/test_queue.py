@@ -1,18 +1,21 @@
 """The persistent SQLite queue: restart recovery after kill -9, graceful shutdown, cancel,
-retries, queue limits, batching and result clean-up — with a real server and the sine engine."""
+retries, queue limits, batching and result clean-up — with the real app and the sine engine.
+
+Time is driven, not waited for: the engine is gated (in-process: :class:`GatedSineEngine`; in a
+child process: ``SINE_GATE``), so "a task is running now" is true by construction at any speed.
+Only kill -9 and SIGTERM use real server processes."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from conftest import ServerProcess, assert_error, wait_task
+from conftest import AppServer, ServerProcess, assert_error, wait_task, wait_until
+from sine_engine import GatedSineEngine
 
 from echoforge.audio import load_audio
 from echoforge.server.services.queue import SQLiteTaskQueue
 
-# 20 words at 0.05 s per word → each task takes ~1 s with the slow sine engine.
+# 20 words: 20 chunks, each one through the engine's gate.
 LONG = " ".join(f"word{i}" for i in range(20)) + "."
 
 
@@ -25,14 +28,21 @@ def _submit(client, n: int, text: str = LONG) -> list[str]:
     return ids
 
 
+def _file_gate(tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    return gate, {"SINE_GATE": str(gate)}
+
+
 def test_kill_minus_9_mid_task_loses_nothing(tmp_path):
-    server = ServerProcess(tmp_path, "sine", env={"SINE_DELAY": "0.05"}).start()
+    gate, env = _file_gate(tmp_path)
+    server = ServerProcess(tmp_path, "sine", env=env).start()
     with server.client() as client:
         ids = _submit(client, 3)
         wait_task(client, ids[0], until=("running",))
-        time.sleep(0.3)  # mid-task
-    server.kill9()
-    restarted = ServerProcess(tmp_path, "sine", env={"SINE_DELAY": "0.02"})
+        wait_until(lambda: (gate / "blocked").exists(), what="the engine mid-task")
+    server.kill9()  # task 0 is mid-synthesis (its engine waits at the gate), tasks 1-2 queued
+    restarted = ServerProcess(tmp_path, "sine")
     restarted.start()
     try:
         with restarted.client() as client:
@@ -47,11 +57,13 @@ def test_kill_minus_9_mid_task_loses_nothing(tmp_path):
 
 
 def test_graceful_shutdown_requeues_or_finishes(tmp_path):
-    server = ServerProcess(tmp_path, "sine", env={"SINE_DELAY": "0.05"}).start()
+    gate, env = _file_gate(tmp_path)
+    server = ServerProcess(tmp_path, "sine", env=env).start()
     with server.client() as client:
         ids = _submit(client, 2)
         wait_task(client, ids[0], until=("running",))
-    assert server.stop() is not None
+        wait_until(lambda: (gate / "blocked").exists(), what="the engine mid-task")
+    assert server.stop() is not None  # SIGTERM while task 0 runs
     queue = SQLiteTaskQueue(tmp_path)  # opening it re-queues anything left running
     statuses = [queue.get(i).status for i in ids]
     queue.close()
@@ -64,42 +76,52 @@ def test_graceful_shutdown_requeues_or_finishes(tmp_path):
         restarted.stop()
 
 
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory):
-    server = ServerProcess(
-        tmp_path_factory.mktemp("slow"),
-        "sine",
-        {"server": {"queue_max_pending": 3, "task_retries": 1}},
-        env={"SINE_DELAY": "0.05"},
-    ).start()
-    yield server
-    server.stop()
+@pytest.fixture()
+def gated(tmp_path):
+    """The real app in this process on a :class:`GatedSineEngine` (closed: the test lets chunks through)."""
+    engine = GatedSineEngine()
+    server = AppServer(tmp_path, engine, {"server": {"queue_max_pending": 3, "task_retries": 1, "workers": 1}})
+    server.engine = engine
+    with server.start():
+        yield server
+        engine.open()  # let whatever still runs finish before shutdown
 
 
-def test_cancel_queued_and_running_tasks(slow_server):
-    with slow_server.client() as client:
+@pytest.fixture()
+def slow_server(gated):
+    """The gated server with its gate open: tasks run to the end as fast as the machine allows."""
+    gated.engine.open()
+    return gated
+
+
+def test_cancel_queued_and_running_tasks(gated):
+    with gated.client() as client:
         running, queued = _submit(client, 2)
         wait_task(client, running, until=("running",))
+        gated.engine.wait_blocked(1)  # the running task is mid-synthesis, the other one queued
         assert_error(client.get(f"/api/tasks/{running}/audio"), 409)
         assert client.delete(f"/api/tasks/{queued}").json()["status"] == "cancelled"
         assert client.delete(f"/api/tasks/{running}").json()["status"] == "cancelled"
-        time.sleep(0.3)
+        gated.engine.open()
+        short = _submit(client, 1, "Short one.")[0]
+        # the worker is free again: the next task runs and finishes
+        assert wait_task(client, short)["status"] == "done"
         assert client.get(f"/api/tasks/{running}").json()["status"] == "cancelled"
         assert_error(client.get(f"/api/tasks/{running}/audio"), 409)
-        # the worker is free again
-        assert wait_task(client, _submit(client, 1, "Short one.")[0])["status"] == "done"
+        assert client.get(f"/api/tasks/{queued}").json()["status"] == "cancelled"
+        assert all(not t.startswith(LONG + " 1") for t in gated.engine.texts)  # the cancelled queued task never ran
 
 
-def test_queue_full_is_429_with_retry_after(slow_server):
-    with slow_server.client() as client:
+def test_queue_full_is_429_with_retry_after(gated):
+    with gated.client() as client:
         ids, full = [], None
-        for i in range(8):
+        for i in range(8):  # nothing finishes: the engine's gate is closed
             r = client.post("/api/generate", json={"text": f"{LONG} {i}", "voice": "atlas"})
             if r.status_code == 429:
                 full = r
                 break
             ids.append(r.json()["task_id"])
-        assert full is not None
+        assert full is not None and len(ids) in (3, 4)  # 3 pending (+ 1 a worker may have claimed)
         err = assert_error(full, 429)
         assert err["code"] == "queue_full" and int(full.headers["Retry-After"]) >= 1
         for i in ids:
@@ -113,18 +135,16 @@ def test_transient_failures_are_retried(slow_server):
         assert task["status"] == "done", task
 
 
-def test_progress_is_reported(slow_server):
-    with slow_server.client() as client:
+def test_progress_is_reported(gated):
+    with gated.client() as client:
         task_id = _submit(client, 1)[0]
-        seen = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            task = client.get(f"/api/tasks/{task_id}").json()
-            seen.add(task["progress"])
-            if task["status"] == "done":
-                break
-            time.sleep(0.05)
-        assert any(0 < p < 1 for p in seen) and task["progress"] == 1.0
+        gated.engine.allow(10)  # half of the 20 chunks
+        gated.engine.wait_blocked(1)  # …and the engine waits for the 11th
+        mid = wait_until(lambda: (p := client.get(f"/api/tasks/{task_id}").json()["progress"]) > 0 and p, what="progress")
+        assert 0 < mid < 1
+        gated.engine.open()
+        task = wait_task(client, task_id)
+        assert task["status"] == "done" and task["progress"] == 1.0
 
 
 def test_requests_arriving_together_are_batched(tmp_path):

@@ -12,14 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from _servers import AppServer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (browser tests)")
 
@@ -37,62 +34,10 @@ CHROMIUM_ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen | None, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server at {url} not healthy after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
-
-
-def start_server(tmp: Path, extra_env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
-    """Start ``uvicorn --factory echoforge.server.app:create_app`` on a free loopback port."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
-    env.update(
-        ECHOFORGE_ENGINE="espeak",
-        ECHOFORGE_DATA_DIR=str(tmp / "data"),
-        ECHOFORGE_SERVER__HOST="127.0.0.1",
-        ECHOFORGE_SERVER__PORT=str(port),
-        ECHOFORGE_SERVER__RATE_LIMIT_PER_MINUTE="0",
-        ECHOFORGE_LOG_LEVEL="WARNING",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.update(extra_env or {})
-    log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "echoforge.server.app:create_app",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    # cwd=tmp: no developer echoforge.yaml / .env leaks into the test server.
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log)
-    except BaseException:
-        stop_server(proc)
-        raise
-    return url, proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+def start_server(tmp: Path, settings: dict | None = None) -> AppServer:
+    """The real app with the espeak-ng engine in this process (``tests/_servers.AppServer``);
+    ``settings`` are extra :func:`load_settings` overrides (e.g. ``{"server": {"api_keys": [...]}}``)."""
+    return AppServer(tmp / "data", "espeak", {"log_level": "WARNING", **(settings or {})}).start()
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +46,8 @@ def base_url(tmp_path_factory) -> str:
     if external:
         yield external.rstrip("/")
         return
-    tmp = tmp_path_factory.mktemp("web-server")
-    url, proc = start_server(tmp)
-    yield url
-    stop_server(proc)
+    with start_server(tmp_path_factory.mktemp("web-server")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -260,12 +260,11 @@ def test_queue_full_shows_retry_after(page, console):
 
 
 def test_api_key_prompt_when_auth_required(browser, tmp_path, console):
-    from .conftest import start_server, stop_server
+    from .conftest import start_server
 
     console.allow(r"status of 401")
-    url, proc = start_server(tmp_path, {"ECHOFORGE_SERVER__API_KEYS": '["web-test-key-123"]'})
-    try:
-        context, page = new_page(browser, url, console, viewport={"width": 1280, "height": 860})
+    with start_server(tmp_path, {"server": {"api_keys": ["web-test-key-123"]}}) as server:
+        context, page = new_page(browser, server.url, console, viewport={"width": 1280, "height": 860})
         open_app(page)
         page.wait_for_selector("#key-bar:not([hidden])")
         page.wait_for_selector("#voices-error:not([hidden])")
@@ -284,8 +283,6 @@ def test_api_key_prompt_when_auth_required(browser, tmp_path, console):
         page.wait_for_selector("#gen-result:not([hidden])", timeout=30_000)
         assert audio_duration(page, "#gen-audio") > 0.3
         context.close()
-    finally:
-        stop_server(proc)
     assert console.unexpected() == []
 
 
