@@ -5,15 +5,22 @@ Protocol (the ``wyoming`` package; see its ``tts`` module):
 * ``describe`` → ``info``: one TTS program, ``echoforge``, whose voices are the
   :class:`~echoforge.server.services.voices.VoiceStore` voices with their languages; the
   descriptions name the engine and say when it is a fallback (Piper/espeak-ng, not CSM).
-* ``synthesize`` (voice by name, or by language) → ``audio-start``, ``audio-chunk`` … as the
-  engine produces them, ``audio-stop``.
+* ``synthesize`` (voice by name, or by language; Home Assistant's ``speaker`` option names
+  another EchoForge voice, or a CSM speaker id) → ``audio-start``, ``audio-chunk`` … as the
+  engine produces them, ``audio-stop``. Any text within ``server.max_text_chars`` is spoken in
+  full: the engine splits it at sentences and generates piece after piece (CSM continues each
+  piece from the previous one), streamed as it goes.
 * Streaming (``synthesize-start``, ``synthesize-chunk`` …, ``synthesize-stop``): every sentence
   is spoken as soon as it is complete — its own ``audio-start``/``audio-chunk``/``audio-stop`` —
   so Home Assistant speaks while its LLM still writes; ``synthesize-stopped`` ends the stream.
   The ``synthesize`` that clients send inside a stream, for servers without streaming, is
   ignored there.
-* Problems (unknown voice, empty text, busy engine) are answered with an ``error`` event and
-  the connection stays open.
+* Problems with a plain ``synthesize`` (unknown voice, empty or too long text, busy engine)
+  are answered with an ``error`` event **and the connection is closed**, as wyoming-piper does:
+  Home Assistant's non-streaming reader ignores ``error`` and would otherwise wait forever.
+  Inside a stream, a refused sentence is an ``error`` and the stream goes on (``synthesize-stop``
+  is still answered with ``synthesize-stopped``). A client that disconnects mid-answer is
+  logged at debug level, never as an unretrieved task exception.
 
 The engine, voices and :class:`~echoforge.server.services.synthesis.SynthesisService` live in
 one :class:`WyomingTTS` shared by all connections; :class:`EchoForgeEventHandler` is one
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,6 +52,7 @@ from echoforge.engines.base import EngineBusy
 from echoforge.integrations import ToneCarry
 from echoforge.server.errors import ApiError, NotFound
 from echoforge.server.services.speech_session import sentences, split_complete
+from echoforge.text import audio_budget_ms
 
 if TYPE_CHECKING:
     from echoforge.engines.base import SynthesisRequest
@@ -119,9 +128,10 @@ class WyomingTTS:
         """A Wyoming voice request → an EchoForge voice id.
 
         Args:
-            requested: ``name`` (id, name or OpenAI alias, as everywhere in EchoForge) wins;
-                otherwise ``language`` picks the first voice of that language (``en`` matches
-                ``en-US``); otherwise the default voice.
+            requested: ``speaker`` naming an EchoForge voice (id, name or alias) wins; then
+                ``name`` (id, name or OpenAI alias, as everywhere in EchoForge); otherwise
+                ``language`` picks the first voice of that language (``en`` matches ``en-US``);
+                otherwise the default voice.
 
         Returns:
             The voice id.
@@ -129,10 +139,15 @@ class WyomingTTS:
         Raises:
             NotFound: no such voice, or no voice for the language.
         """
-        if requested is None or (not requested.name and not requested.language):
+        if requested is None or (not requested.name and not requested.language and not requested.speaker):
             return self.default_voice
+        speaker = (requested.speaker or "").strip()
+        if speaker and not speaker.isdigit():
+            return self.synthesis.voices.get(speaker).id
         if requested.name:
             return self.synthesis.voices.get(requested.name).id
+        if not requested.language:
+            return self.default_voice
         want = _norm_language(requested.language or "")
         voices: list[Voice] = self.synthesis.voices.list()
         for exact in (True, False):
@@ -142,18 +157,31 @@ class WyomingTTS:
                     return v.id
         raise NotFound(f"no voice for language {requested.language!r}", param="voice", code="voice_not_found")
 
-    async def prepare(self, text: str, voice: str, *, tone: str | None = None) -> SynthesisRequest:
+    async def prepare(
+        self, text: str, voice: str, *, tone: str | None = None, speaker: int | None = None
+    ) -> SynthesisRequest:
         """Build the engine request (voice applied, tone modifiers parsed off) in a worker thread.
 
         Args:
             text: what to say; a leading ``(tone)`` modifier is parsed off by ``build_request``.
+                Long text is one request: the engine splits it at sentences and speaks it all
+                (the audio cap follows from the text, :func:`echoforge.text.audio_budget_ms`).
             voice: an EchoForge voice id.
             tone: the utterance's tone when ``text`` carries no modifier of its own.
+            speaker: a CSM speaker id instead of the voice's own (Home Assistant's ``speaker``).
 
         Raises:
             ApiError: empty or over-long text, unknown voice (as the HTTP API would answer).
         """
-        return await asyncio.to_thread(self.synthesis.build_request, text=text, voice=voice, instructions=tone)
+        synthesis = self.synthesis
+        text = synthesis.check_text(text, "text")
+        budget = audio_budget_ms(text, floor_ms=synthesis.settings.generation.max_audio_length_ms)
+        request = await asyncio.to_thread(
+            synthesis.build_request, text=text, voice=voice, instructions=tone, max_audio_length_ms=budget
+        )
+        if speaker is not None:
+            request = dataclasses.replace(request, speaker=speaker)
+        return request
 
     async def audio(self, request: SynthesisRequest) -> AsyncIterator[bytes]:
         """PCM s16le mono at :attr:`sample_rate`, in pieces as the engine produces them."""
@@ -172,6 +200,13 @@ class _TextStream:
     voice: str | None  # None: the voice was refused at synthesize-start (error already sent)
     buffer: str = ""
     tone: ToneCarry = field(default_factory=ToneCarry)
+    speaker: int | None = None
+
+
+def _speaker_id(voice: SynthesizeVoice | None) -> int | None:
+    """Home Assistant's ``speaker`` option as a CSM speaker id, when it is a number."""
+    speaker = (voice.speaker or "").strip() if voice is not None else ""
+    return int(speaker) if speaker.isdigit() else None
 
 
 class EchoForgeEventHandler(AsyncEventHandler):
@@ -182,16 +217,28 @@ class EchoForgeEventHandler(AsyncEventHandler):
         self.tts = tts
         self.stream: _TextStream | None = None
 
+    async def run(self) -> None:
+        """The connection's event loop; a client that goes away is not an error."""
+        try:
+            await super().run()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("wyoming client disconnected: %s", exc or type(exc).__name__)
+        except (ValueError, UnicodeDecodeError) as exc:  # not a Wyoming client (bad header/JSON)
+            log.info("wyoming connection closed: malformed event (%s)", exc)
+
     async def handle_event(self, event: Event) -> bool:
-        """Answer one event; always keep the connection (errors become ``error`` events)."""
+        """Answer one event. A refused or failed plain ``synthesize`` is ``error`` + close (as
+        wyoming-piper); inside a stream, errors are ``error`` events and the stream goes on."""
         if Describe.is_type(event.type):
             await self.write_event(self.tts.info().event())
             return True
+        plain = False
         try:
             if SynthesizeStart.is_type(event.type):
                 start = SynthesizeStart.from_event(event)
                 self.stream = _TextStream(voice=None)
                 self.stream.voice = self.tts.resolve_voice(start.voice)
+                self.stream.speaker = _speaker_id(start.voice)
             elif SynthesizeChunk.is_type(event.type):
                 await self._stream_chunk(SynthesizeChunk.from_event(event).text)
             elif SynthesizeStop.is_type(event.type):
@@ -199,23 +246,28 @@ class EchoForgeEventHandler(AsyncEventHandler):
             elif Synthesize.is_type(event.type):
                 if self.stream is not None:
                     return True  # the stream's text again, for servers without streaming
+                plain = True
                 synthesize = Synthesize.from_event(event)
                 voice = self.tts.resolve_voice(synthesize.voice)
-                await self._say(" ".join(synthesize.text.split()), voice)
+                await self._say(" ".join(synthesize.text.split()), voice, speaker=_speaker_id(synthesize.voice))
         except ApiError as exc:  # unknown voice, empty text, 503 busy …
             await self._error(exc.message, exc.code or type(exc).__name__)
+            return not plain
         except EngineBusy as exc:
             await self._error(str(exc), "server_overloaded")
+            return not plain
         except (ConnectionError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # the engine failed: report it, keep the connection
+        except Exception as exc:  # the engine failed: report it (and close, for a plain synthesize)
             log.warning("wyoming synthesis failed: %s", exc, exc_info=not isinstance(exc, (ValueError, RuntimeError)))
             await self._error(f"synthesis failed: {exc}", "engine_error")
+            return not plain
         return True
 
     async def _error(self, text: str, code: str) -> None:
         log.info("wyoming error %s: %s", code, text)
-        await self.write_event(Error(text=text, code=code).event())
+        with contextlib.suppress(ConnectionError):
+            await self.write_event(Error(text=text, code=code).event())
 
     async def _stream_chunk(self, text: str) -> None:
         stream = self.stream
@@ -226,7 +278,7 @@ class EchoForgeEventHandler(AsyncEventHandler):
         stream.buffer += text
         ready, stream.buffer = split_complete(stream.buffer)
         for sentence in ready:
-            await self._say(sentence, stream.voice, stream.tone.see(sentence))
+            await self._say(sentence, stream.voice, stream.tone.see(sentence), speaker=stream.speaker)
 
     async def _stream_stop(self) -> None:
         stream, self.stream = self.stream, None
@@ -235,13 +287,13 @@ class EchoForgeEventHandler(AsyncEventHandler):
         try:
             if stream.voice is not None:
                 for sentence in sentences(stream.buffer):
-                    await self._say(sentence, stream.voice, stream.tone.see(sentence))
+                    await self._say(sentence, stream.voice, stream.tone.see(sentence), speaker=stream.speaker)
         finally:
             await self.write_event(SynthesizeStopped().event())
 
-    async def _say(self, text: str, voice: str, tone: str | None = None) -> None:
+    async def _say(self, text: str, voice: str, tone: str | None = None, *, speaker: int | None = None) -> None:
         """One utterance: ``audio-start``, chunks as they are generated, ``audio-stop``."""
-        request = await self.tts.prepare(text, voice, tone=tone)  # a bad request → error, no audio
+        request = await self.tts.prepare(text, voice, tone=tone, speaker=speaker)  # bad request → error, no audio
         rate = self.tts.sample_rate
         await self.write_event(AudioStart(rate=rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
         try:
