@@ -129,7 +129,7 @@ def teacher_force(gen: CSMGenerator, tokens: torch.Tensor, mask: torch.Tensor, c
     fmask[:, :k] = True
     seq, smask = torch.cat([tokens, frames])[None].to(dev), torch.cat([mask, fmask])[None].to(dev)
     t = seq.shape[1]
-    h = m.backbone(m.embed_tokens(seq, smask), None, torch.arange(t, device=dev), None, t)[0]  # [T, D]
+    h = m.backbone(m.embed_tokens(seq, smask), torch.arange(t, device=dev), None, t)[0]  # [T, D]
     h = h[tokens.shape[0] - 1 : tokens.shape[0] - 1 + n]  # [F, D]: states that predict each frame
     logits0 = m.codebook0_head(h).float()
     codes_d = codes.to(dev)
@@ -140,7 +140,7 @@ def teacher_force(gen: CSMGenerator, tokens: torch.Tensor, mask: torch.Tensor, c
     for s in range(0, n, chunk):
         hs, cs = h[s : s + chunk], codes_d[s : s + chunk]
         x = torch.cat([m.projection(hs)[:, None]] + [m.embed_code(i, cs[:, i]) for i in range(k - 1)], 1)
-        out = m.decoder(x, None, pos, None, k)  # [c, 32, dec]: causal over the frame's positions
+        out = m.decoder(x, pos, None, k)  # [c, 32, dec]: causal over the frame's positions
         depth.append(torch.einsum("cid,idv->civ", out[:, 1:], m.audio_head).float())
     m.setup_caches(batch, gen.dtype)  # as the generator had them
     return logits0, torch.cat(depth)

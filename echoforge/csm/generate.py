@@ -1,16 +1,17 @@
 """Tensor functions for CSM inference: prefill a slot, sample a frame, step the backbone.
 
-Every sequence owns one KV-cache *slot* (a batch row of the caches) and starts at column 0,
-so a row's cache column is also its RoPE position; rows at different lengths decode
-together with one column per row (``pos [B]``). See ``scheduler.py`` for who runs when.
+Every sequence owns one KV-cache *slot* (a batch row of the caches) for its whole life and
+starts at column 0, so a row's cache column is also its RoPE position; rows at different
+lengths decode together with one column per row (``pos [B]``). ``runner.py`` calls these;
+``scheduler.py`` decides who runs when.
 
-Two flavours of the frame step:
+One frame step, :func:`frame_step`, for both execution modes:
 
-* :func:`decode_step` (eager, CPU/MPS, CUDA without compile): slices the caches to the live
-  length known on the host and takes Python fast paths (all rows greedy -> argmax).
-* :func:`decode_frame` (static shapes, for ``torch.compile(mode="reduce-overhead")`` / CUDA
-  graphs): no ``.item()``, no branch on data, sampling settings and RNG are per-row tensors,
-  so one captured graph per batch-size bucket serves every request mix.
+* eager (CPU/MPS, CUDA without compile): ``kv_len`` = the live length known on the host, so the
+  caches are sliced to it, and host hints (all rows greedy -> argmax) take fast paths;
+* static (``kv_len=None``, for ``torch.compile(mode="reduce-overhead")`` / CUDA graphs): full
+  window under a mask, no ``.item()``, no branch on data; sampling settings and RNG are per-row
+  tensors, so one captured graph per batch-size bucket serves every request mix.
 
 Sampling randomness is counter-based (:func:`exponential_noise`): a pure function of the row's
 seed, its frame counter and the codebook, built from integer tensor ops. A seeded row thus
@@ -118,8 +119,8 @@ def sample(logits: Tensor, temperature: Tensor, topk: Tensor, noise: Tensor, any
     return torch.where(temperature > 0, sampled, logits.argmax(-1))
 
 
-def prefill(model: CSM, tokens: Tensor, tokens_mask: Tensor, start: int, row: int) -> Tensor:
-    """Write prompt rows ``tokens [1, T, K+1]`` into slot ``row`` at columns ``start..start+T-1``.
+def prefill(model: CSM, tokens: Tensor, tokens_mask: Tensor, start: int, slot: int) -> Tensor:
+    """Write prompt rows ``tokens [1, T, K+1]`` into slot ``slot`` at columns ``start..start+T-1``.
 
     Long prompts are fed in chunks (the scheduler interleaves them with other rows' frames);
     ``start`` is how much of this slot is already filled. Returns the last position's
@@ -132,7 +133,7 @@ def prefill(model: CSM, tokens: Tensor, tokens_mask: Tensor, start: int, row: in
     if start:
         cols = torch.arange(start + t, device=dev)
         mask = (cols[None, :] <= input_pos[:, None])[None, None]  # [1, 1, T, start+T]
-    h = model.backbone(model.embed_tokens(tokens, tokens_mask), None, input_pos, mask, start + t, row)
+    h = model.backbone(model.embed_tokens(tokens, tokens_mask), input_pos, mask, start + t, slot)
     return h[:, -1]
 
 
@@ -153,11 +154,11 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     positions = model.decoder_positions  # [K] = arange(K); slices of it are static per step
     pos = positions[:2]
     for i in range(1, k):
-        # Decoder positions are the same for every row (rope_pos=None).
+        # Decoder positions are the same for every row.
         if slice_kv:  # eager: attend over exactly the live prefix, no mask needed
-            out = model.decoder(x, None, pos, None, i + 1)
+            out = model.decoder(x, pos, None, i + 1)
         else:  # static shapes: full 32-column cache under the causal mask
-            out = model.decoder(x, None, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
+            out = model.decoder(x, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
         ci = sampler(out[:, -1] @ model.audio_head[i - 1], None if noise is None else noise[:, i])  # [B, vocab] -> [B]
         codes.append(ci)
         x = model.embed_code(i, ci)
@@ -165,39 +166,25 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     return torch.stack(codes, dim=1)
 
 
-def decode_step(model: CSM, h: Tensor, pos: Tensor, kv_len: int, sampler: Sampler, same_pos: bool) -> tuple[Tensor, Tensor]:
-    """Eager frame for slots ``0..B-1``: sample ``[B, K]`` from ``h``, then feed it back.
+def frame_step(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler, kv_len: int | None = None,
+               same_pos: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One frame for slots ``0..B-1``: sample ``[B, K]`` from ``h``, then feed it back through the backbone.
 
     Args:
         h: ``[B, D]`` backbone states; pos: ``[B]`` cache column of each row's new frame.
-        kv_len: ``max(pos) + 1`` (known on the host: no sync).
-        same_pos: every row is at the same column (then no mask and one RoPE lookup).
+        sampler: per-row settings (static mode: ``greedy=False, any_greedy=True, kmax=KMAX``, so
+            nothing recompiles).
+        kv_len: eager mode: ``max(pos) + 1`` (known on the host: no sync), caches sliced to it.
+            None: static shapes (the compiled / CUDA-graph path), the full window under a mask.
+        same_pos: eager hint: every row is at the same column (no mask, one RoPE lookup).
 
     Returns:
         ``(frame [B, K], h_next [B, D])``.
     """
-    frame = sample_codebooks(model, h, sampler)
+    frame = sample_codebooks(model, h, sampler, slice_kv=kv_len is not None)
     x = model.embed_frame(frame)
-    if same_pos:
-        h_next = model.backbone(x, None, pos[:1], None, kv_len)
-    else:
-        mask = (torch.arange(kv_len, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B,1,1,L]
-        h_next = model.backbone(x, pos[:, None], pos[:, None], mask, kv_len)
-    return frame, h_next[:, -1]
-
-
-def decode_frame(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler) -> tuple[Tensor, Tensor]:
-    """One frame with static shapes (the compiled / CUDA-graph path): no host syncs, no data branches.
-
-    Args:
-        h: ``[B, D]`` backbone states; pos: ``[B]`` cache column for each row's new frame.
-        sampler: built with ``greedy=False, any_greedy=True, kmax=KMAX`` so nothing recompiles.
-
-    Returns:
-        ``(frame [B, K], h_next [B, D])``.
-    """
-    frame = sample_codebooks(model, h, sampler, slice_kv=False)
-    s = model.backbone.args.max_seq_len
+    if kv_len is not None and same_pos:
+        return frame, model.backbone(x, pos[:1], None, kv_len)[:, -1]
+    s = model.backbone.args.max_seq_len if kv_len is None else kv_len
     mask = (torch.arange(s, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
-    h_next = model.backbone(model.embed_frame(frame), pos[:, None], pos[:, None], mask, None)[:, -1]
-    return frame, h_next
+    return frame, model.backbone(x, pos[:, None], mask, kv_len)[:, -1]

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 # Llama-3 RoPE frequency scaling as used by Llama-3.2 (and thus by both CSM transformers).
 LLAMA3_ROPE_SCALING = {
@@ -93,8 +94,8 @@ csm_configs: dict[str, tuple[str, str]] = {"csm-1b": ("llama-1B", "llama-100M")}
 class KVCache(nn.Module):
     """Preallocated keys/values ``[B, H_kv, S, head_dim]`` written by position index.
 
-    Each batch row is a *slot* owned by one sequence (the scheduler's unit): a slot's sequence
-    starts at column 0, so a row's cache column is also its RoPE position.
+    Each batch row is a *slot* owned by one sequence (``sequence.Sequence``) for its whole life: a
+    slot's sequence starts at column 0, so a row's cache column is also its RoPE position.
     """
 
     def __init__(self, max_batch_size: int, max_seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype):
@@ -104,16 +105,17 @@ class KVCache(nn.Module):
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("rows", torch.arange(max_batch_size), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, row0: int = 0) -> tuple[Tensor, Tensor]:
-        """Write ``k, v`` ``[B, H_kv, T, hd]`` into slots ``row0 .. row0+B-1``; return those slots' caches.
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, slot: int = 0) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` ``[B, H_kv, T, hd]`` into slots ``slot .. slot+B-1``; return those slots' caches.
 
-        ``input_pos`` is either ``[T]`` (the same columns for every row: prefill, or rows in step)
-        or ``[B, 1]`` (one column per row: batched decode of sequences at different lengths).
+        ``input_pos`` is either ``[T]`` (the same columns for every row: prefill of one slot)
+        or ``[B, 1]`` (one column per row: batched decode of slots ``0..B-1`` at different lengths).
+        Slots are stable: a sequence keeps its slot from admission to the end, nothing is moved.
         """
         b = k.shape[0]
         kc, vc = self.k_cache, self.v_cache
-        if row0 != 0 or b != kc.shape[0]:
-            kc, vc = kc[row0 : row0 + b], vc[row0 : row0 + b]
+        if slot != 0 or b != kc.shape[0]:
+            kc, vc = kc[slot : slot + b], vc[slot : slot + b]
         if input_pos.ndim == 1:
             kc.index_copy_(2, input_pos, k)
             vc.index_copy_(2, input_pos, v)
@@ -122,11 +124,6 @@ class KVCache(nn.Module):
             kc[rows, :, cols] = k[:, :, 0]
             vc[rows, :, cols] = v[:, :, 0]
         return kc, vc
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy slot ``src``'s first ``length`` columns into slot ``dst`` (the scheduler compacts rows)."""
-        self.k_cache[dst, :, :length] = self.k_cache[src, :, :length]
-        self.v_cache[dst, :, :length] = self.v_cache[src, :, :length]
 
     def reset(self) -> None:
         """Zero in place (no reallocation). Not needed for correctness: masks hide stale columns."""
@@ -193,7 +190,7 @@ class Attention(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None,
-        row0: int = 0,
+        slot: int = 0,
     ) -> Tensor:
         a = self.args
         bsz, seqlen, _ = x.shape
@@ -202,8 +199,9 @@ class Attention(nn.Module):
         q = qk[:, :, : a.n_head].transpose(1, 2)  # [B, H, T, hd]
         k = qk[:, :, a.n_head :].transpose(1, 2)  # [B, H_kv, T, hd]
         v = qkv[:, :, a.n_head + a.n_local_heads :].transpose(1, 2)
-        assert self.kv_cache is not None, "call setup_caches() first"
-        k, v = self.kv_cache.update(input_pos, k, v, row0)  # [B, H_kv, S, hd]
+        if self.kv_cache is not None:  # inference: keys/values go to the slot's cache columns
+            k, v = self.kv_cache.update(input_pos, k, v, slot)  # [B, H_kv, S, hd]
+        # else (training, no cache): attend over this block alone (mask None + kv_len T = causal)
         if kv_len is not None:
             # Eager-mode shortcut: columns >= kv_len are masked anyway, so skip reading them.
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]
@@ -242,10 +240,10 @@ class TransformerBlock(nn.Module):
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, kv_len: int | None,
-        row0: int = 0,
+        slot: int = 0,
     ) -> Tensor:
         # `.forward` directly: nn.Module.__call__'s hook handling is measurable per-op overhead here.
-        h = x + self.attention.forward(self.attention_norm.forward(x), cos, sin, mask, input_pos, kv_len, row0)
+        h = x + self.attention.forward(self.attention_norm.forward(x), cos, sin, mask, input_pos, kv_len, slot)
         return h + self.feed_forward.forward(self.ffn_norm.forward(h))
 
 
@@ -257,6 +255,7 @@ class Transformer(nn.Module):
         self.args = args
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layer))
         self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.grad_ckpt = False  # training only: recompute blocks in backward (see forward)
         cos, sin = rope_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)  # [S, hd] fp32
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -274,34 +273,45 @@ class Transformer(nn.Module):
                 layer.attention.kv_cache.reset()
 
     def forward(
-        self, x: Tensor, rope_pos: Tensor | None, input_pos: Tensor, mask: Tensor | None, kv_len: int | None = None,
-        row0: int = 0,
+        self, x: Tensor, input_pos: Tensor, mask: Tensor | None = None, kv_len: int | None = None, slot: int = 0
     ) -> Tensor:
-        """Run the stack.
+        """Run the stack: the one forward of inference (prefill, frame step) and training.
 
         Args:
             x: input embeddings ``[B, T, dim]``.
-            rope_pos: RoPE positions ``[B, T]`` (per row, so left-padded batches match unbatched runs),
-                or None when they equal ``input_pos`` for every row.
-            input_pos: KV-cache columns to write: ``[T]`` shared by the batch, or ``[B, 1]`` one per row.
+            input_pos: positions = KV-cache columns = RoPE positions: ``[T]`` shared by the batch
+                (prefill of one slot, training), or ``[B, 1]`` one per row (batched decode).
             mask: attention mask ``[B, 1, T, S]`` (bool, True = may attend), or None when every
                 column below ``kv_len`` is visible (causal within a block that starts at column 0).
             kv_len: eager-only hint that columns >= kv_len are all masked (None under compile).
-            row0: the batch's rows are cache slots ``row0 .. row0+B-1`` (prefill of one slot).
+            slot: the batch's rows are cache slots ``slot .. slot+B-1`` (prefill: one slot).
+
+        Without KV caches (training: ``setup_caches`` never called, or :meth:`drop_caches`) the
+        layers attend over ``x`` alone and are called through ``nn.Module.__call__`` so FSDP /
+        activation-checkpoint hooks fire; ``grad_ckpt`` recomputes each block in backward.
         """
-        if rope_pos is None:  # every row at the cache columns: one table lookup for the batch
+        if input_pos.ndim == 1:  # every row at the same columns: one table lookup for the batch
             cos, sin = self.rope_cos[input_pos][None, :, None], self.rope_sin[input_pos][None, :, None]  # [1, T, 1, hd]
         else:
-            cos, sin = self.rope_cos[rope_pos].unsqueeze(2), self.rope_sin[rope_pos].unsqueeze(2)  # [B, T, 1, hd]
+            cos, sin = self.rope_cos[input_pos].unsqueeze(2), self.rope_sin[input_pos].unsqueeze(2)  # [B, T, 1, hd]
         if cos.dtype != x.dtype:
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if self.layers[0].attention.kv_cache is None:  # training: hooks must fire
+            for layer in self.layers:
+                if self.grad_ckpt and torch.is_grad_enabled():
+                    # Recompute the block in backward: activation memory O(layers * B*T*dim) instead of O(all).
+                    x = checkpoint(layer, x, cos, sin, mask, input_pos, kv_len, use_reentrant=False)
+                else:
+                    x = layer(x, cos, sin, mask, input_pos, kv_len)
+            return self.norm(x)
         for layer in self.layers:
-            x = layer.forward(x, cos, sin, mask, input_pos, kv_len, row0)
+            x = layer.forward(x, cos, sin, mask, input_pos, kv_len, slot)
         return self.norm.forward(x)
 
-    def move_slot(self, src: int, dst: int, length: int) -> None:
+    def drop_caches(self) -> None:
+        """No KV caches: whole sequences at once (training)."""
         for layer in self.layers:
-            layer.attention.kv_cache.move(src, dst, length)
+            layer.attention.kv_cache = None
 
 
 class CSM(nn.Module):

@@ -608,7 +608,7 @@ class ShardedDataset:
 
 def build_rows(segments: list[tuple[np.ndarray, np.ndarray]], num_codebooks: int, max_seq_len: int,
                loss_on_context: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
-    """One training sequence in the generator's prompt layout.
+    """One training sequence in the generator's prompt layout (:func:`echoforge.csm.prompt.segment_rows`).
 
     Each segment is ``text rows`` then ``audio rows`` + one all-zero EOS frame. The oldest
     context segments are dropped until the sequence fits ``max_seq_len``; a target that
@@ -618,27 +618,22 @@ def build_rows(segments: list[tuple[np.ndarray, np.ndarray]], num_codebooks: int
         ``tokens [T, K+1]`` int64, ``mask [T, K+1]`` bool, ``scored [T]`` bool (True for audio
         rows that carry loss: every audio row, or only the target's if not ``loss_on_context``).
     """
-    k = num_codebooks
+    from echoforge.csm.prompt import segment_rows
+
     lengths = [text.size + codes.shape[0] + 1 for text, codes in segments]
     while len(segments) > 1 and sum(lengths) > max_seq_len:
         segments, lengths = segments[1:], lengths[1:]
     if sum(lengths) > max_seq_len:
         return None
-    total = sum(lengths)
-    tokens = np.zeros((total, k + 1), dtype=np.int64)
-    mask = np.zeros((total, k + 1), dtype=bool)
-    scored = np.zeros(total, dtype=bool)
+    parts = [segment_rows(text, codes, num_codebooks) for text, codes in segments]
+    tokens = np.concatenate([p[0] for p in parts])
+    mask = np.concatenate([p[1] for p in parts])
+    scored = np.zeros(tokens.shape[0], dtype=bool)
     p = 0
-    for j, (text, codes) in enumerate(segments):
-        nt, nf = text.size, codes.shape[0]
-        tokens[p : p + nt, -1] = text
-        mask[p : p + nt, -1] = True
-        p += nt
-        tokens[p : p + nf, :k] = codes[:, :k]  # frame p+nf (EOS) stays all-zero
-        mask[p : p + nf + 1, :k] = True
+    for j, ((text, codes), n) in enumerate(zip(segments, lengths, strict=True)):
         if loss_on_context or j == len(segments) - 1:
-            scored[p : p + nf + 1] = True
-        p += nf + 1
+            scored[p + text.size : p + n] = True  # the audio rows and the EOS frame
+        p += n
     return tokens, mask, scored
 
 

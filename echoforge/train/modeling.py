@@ -1,13 +1,13 @@
 """The CSM training forward and loss, over the *same* modules our inference model uses.
 
-The inference network (:class:`echoforge.csm.model.CSM`) always writes keys/values into a
-preallocated KV cache. Training runs whole sequences at once, so we install a
-:class:`PassThroughCache` in every attention layer (``update`` returns the new keys/values
-unchanged) and call each ``TransformerBlock`` as it is: the weights, RoPE and norms are
-exactly the inference ones, FSDP2 / checkpointing hooks on the blocks fire, and a trained
-state dict is the inference state dict.
+Training calls the inference forward itself (``Transformer.forward`` of
+:class:`echoforge.csm.model.CSM`), with its KV caches dropped (:func:`prepare_for_training`):
+without caches a stack attends over the whole sequence (causal), calls each block through
+``nn.Module.__call__`` so FSDP2 / checkpointing hooks fire, and recomputes blocks in backward
+when ``grad_ckpt`` is set. There is no second copy of the model's maths, and a trained state
+dict is the inference state dict.
 
-Sequence layout (as in ``CSMGenerator.build_prompt``): each segment is text rows
+Sequence layout (``echoforge.csm.prompt.segment_rows``, the generator's layout): each segment is text rows
 ``<bos>[{speaker}]{text}<eos>`` followed by its audio frames and one all-zero frame (EOS).
 A row is 33 columns (32 codebooks + text) with a mask. The backbone state at row ``t``
 predicts codebook 0 of row ``t+1``; the depth decoder, fed ``[proj(h_t), c0, .., c30]``
@@ -31,47 +31,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from echoforge.csm.model import CSM, CSMArgs, ModelArgs, Transformer
 
 # ----------------------------------------------------------------------------- training forward
 
 
-class PassThroughCache(nn.Module):
-    """Stands in for ``KVCache`` during training: no buffers, ``update`` returns ``k, v`` as given."""
-
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, row0: int = 0) -> tuple[Tensor, Tensor]:
-        return k, v
-
-
-def prepare_for_training(model: CSM) -> CSM:
-    """Swap every layer's KV cache for a :class:`PassThroughCache` (in place; returns ``model``)."""
+def prepare_for_training(model: CSM, grad_ckpt: bool = False) -> CSM:
+    """Drop every KV cache (in place; returns ``model``): the stacks then run whole sequences."""
     for stack in (model.backbone, model.decoder):
-        for layer in stack.layers:
-            layer.attention.kv_cache = PassThroughCache()
+        stack.drop_caches()
+        stack.grad_ckpt = grad_ckpt
     model.max_batch_size = 0
     return model
 
 
-def run_stack(stack: Transformer, x: Tensor, grad_ckpt: bool = False) -> Tensor:
-    """Causal forward of a Llama stack over full sequences ``x [B, T, dim]`` -> normed ``[B, T, dim]``.
+def run_causal(stack: Transformer, x: Tensor) -> Tensor:
+    """The stack's own forward over full sequences ``x [B, T, dim]`` at positions ``0..T-1`` (causal).
 
-    Mirrors ``Transformer.forward`` with positions ``0..T-1`` for every row. Sequences are
-    right-padded, so padding never precedes real tokens and plain causal attention suffices:
-    ``mask=None, kv_len=T`` selects SDPA's ``is_causal`` path (flash attention on CUDA).
+    Sequences are right-padded, so padding never precedes real tokens and plain causal attention
+    suffices (``mask=None, kv_len=T``: SDPA's ``is_causal`` path, flash attention on CUDA).
     """
     t = x.shape[1]
-    pos = torch.arange(t, device=x.device)
-    cos = stack.rope_cos[pos][None, :, None].to(x.dtype)  # [1, T, 1, hd], broadcast over batch and heads
-    sin = stack.rope_sin[pos][None, :, None].to(x.dtype)
-    for layer in stack.layers:
-        if grad_ckpt and torch.is_grad_enabled():
-            # Recompute the block in backward: activation memory O(layers * B*T*dim) instead of O(all).
-            x = checkpoint(layer, x, cos, sin, None, pos, t, use_reentrant=False)
-        else:
-            x = layer(x, cos, sin, None, pos, t)
-    return stack.norm(x)
+    return stack(x, torch.arange(t, device=x.device), None, t)
 
 
 @dataclass
@@ -94,7 +76,7 @@ class CSMForTraining(nn.Module):
 
     def __init__(self, csm: CSM, grad_ckpt: bool = False):
         super().__init__()
-        self.csm = prepare_for_training(csm)
+        self.csm = prepare_for_training(csm, grad_ckpt)
         self.grad_ckpt = grad_ckpt
         self.decoder_calls = 0  # frames ever sent through the depth decoder (tests count this)
 
@@ -109,7 +91,7 @@ class CSMForTraining(nn.Module):
                 frame also trains the depth decoder.
         """
         m, k = self.csm, self.csm.args.audio_num_codebooks
-        h = run_stack(m.backbone, m.embed_tokens(tokens, tokens_mask), self.grad_ckpt)  # [B, T, D]
+        h = run_causal(m.backbone, m.embed_tokens(tokens, tokens_mask))  # [B, T, D]
         h, targets = h[:, :-1], tokens[:, 1:, :k]  # state at t predicts frame t+1: [B, T-1, D], [B, T-1, K]
 
         # Codebook 0 on every scored frame.
@@ -128,7 +110,7 @@ class CSMForTraining(nn.Module):
         codes = targets[dec_rows[:, 0], dec_rows[:, 1]]  # [N, K]
         emb = m.audio_embeddings(codes[:, :-1] + m.codebook_offsets[:-1])  # [N, K-1, D]
         x = m.projection(torch.cat([hd[:, None], emb], dim=1))  # [N, K, dec_dim]
-        out = run_stack(m.decoder, x, self.grad_ckpt)[:, 1:]  # position i predicts codebook i: [N, K-1, dec_dim]
+        out = run_causal(m.decoder, x)[:, 1:]  # position i predicts codebook i: [N, K-1, dec_dim]
         logits = torch.einsum("nkd,kdv->nkv", out, m.audio_head.to(out.dtype)).float()  # [N, K-1, V]
         dec_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[:, 1:].reshape(-1), reduction="sum")
         dec_correct = (logits.argmax(-1) == codes[:, 1:]).sum()

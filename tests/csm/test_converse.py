@@ -6,10 +6,11 @@ import numpy as np
 import soundfile as sf
 from typer.testing import CliRunner
 
+from echoforge.csm.prompt import PromptBuilder
+
 
 def test_converse_with_tiny_csm(tiny_csm_dir, tmp_path, monkeypatch, prompt_audio):
     from echoforge.cli import app
-    from echoforge.csm.generator import CSMGenerator
 
     sf.write(tmp_path / "a.wav", prompt_audio.numpy(), 24_000)
     sf.write(tmp_path / "b.wav", prompt_audio.numpy()[::-1].copy(), 24_000)
@@ -24,13 +25,13 @@ def test_converse_with_tiny_csm(tiny_csm_dir, tmp_path, monkeypatch, prompt_audi
         "pause_ms: 100\n"
     )
     contexts = []
-    real = CSMGenerator.build_prompt
+    real = PromptBuilder.build
 
     def spy(self, text, speaker, context, max_frames):
         contexts.append([(s.speaker, s.text) for s in context])
         return real(self, text, speaker, context, max_frames)
 
-    monkeypatch.setattr(CSMGenerator, "build_prompt", spy)
+    monkeypatch.setattr(PromptBuilder, "build", spy)
     monkeypatch.setenv("ECHOFORGE_CSM__MODEL", str(tiny_csm_dir))
     monkeypatch.setenv("ECHOFORGE_CSM__WATERMARK", "false")
     out = tmp_path / "out.wav"

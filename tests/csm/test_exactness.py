@@ -47,7 +47,7 @@ def test_backbone_and_decoder_logits_match(tiny_generator, hf_csm, prompt_audio,
         t = tokens.shape[0]
         pos = torch.arange(t)
         m.setup_caches(4)
-        hidden = m.backbone(m.embed_tokens(tokens[None], mask[None]), pos[None], pos, None, t)
+        hidden = m.backbone(m.embed_tokens(tokens[None], mask[None]), pos, None, t)
         logits = m.codebook0_head(hidden)
         assert (logits - ref.logits).abs().max() < 1e-4  # every position, context audio included
 
@@ -60,7 +60,7 @@ def test_backbone_and_decoder_logits_match(tiny_generator, hf_csm, prompt_audio,
         ).logits  # [1, 31, vocab]
         x = torch.cat([m.projection(h)[:, None]] + [m.embed_code(i, frame[:, i]) for i in range(31)], 1)
         p32 = torch.arange(32)
-        out = m.decoder(x, p32[None], p32, m.decoder_causal[None, None], None)
+        out = m.decoder(x, p32, m.decoder_causal[None, None], None)
         ours_dd = torch.stack([out[:, i] @ m.audio_head[i - 1] for i in range(1, 32)], 1)
         assert (ours_dd - ref_dd).abs().max() < 1e-4
 

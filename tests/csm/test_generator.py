@@ -120,13 +120,13 @@ def test_long_text_is_generated_piecewise_with_feedback(tiny_generator, monkeypa
     """Piece 2 continues in piece 1's KV slot: the same codes as generating it with piece 1 as context."""
     gen = tiny_generator
     seen = []
-    real = gen.build_prompt
+    real = gen.prompts.build
 
     def spy(text, speaker, context, max_frames):
         seen.append((text, list(context), max_frames))
         return real(text, speaker, context, max_frames)
 
-    monkeypatch.setattr(gen, "build_prompt", spy)
+    monkeypatch.setattr(gen.prompts, "build", spy)
     monkeypatch.setattr(gen, "max_piece_chars", 20)
     text = "hello world. how are you today? i am fine thanks."
     codes = gen.generate_codes(text, max_audio_length_ms=60 * 80, temperature=0)
@@ -246,7 +246,7 @@ def test_static_shape_frame_step_equals_eager(tiny_csm_dir, tiny_generator):
 
     static = CSMGenerator.from_pretrained(tiny_csm_dir, device="cpu", max_batch_size=2)
     static.static = True  # what compile=True selects on CUDA (uncompiled here)
-    assert static._decode_frame.__name__ == "decode_frame"
+    assert static.runner.static and static.runner.step_fn.__name__ == "frame_step"
     kw = dict(text=TEXT, max_audio_length_ms=4 * 80, temperature=0)
     assert torch.equal(static.generate_codes(**kw), tiny_generator.generate_codes(**kw))
     reqs = [dict(kw), dict(text="good morning", max_audio_length_ms=3 * 80, temperature=0)]

@@ -50,7 +50,7 @@ def drive(sched: FrameScheduler, streams, until=None) -> list[torch.Tensor]:
 
 def manual(gen: CSMGenerator, **kw) -> FrameScheduler:
     """A scheduler the test steps by hand (no background thread)."""
-    sched = FrameScheduler(gen, **{"max_rows": 4, "max_waiting": 8, **kw})
+    sched = gen.make_scheduler(**{"max_rows": 4, "max_waiting": 8, **kw})
     sched._thread = object()  # never start the background thread: the test steps it
     return sched
 
@@ -149,7 +149,7 @@ def test_window_holds_per_row(tmp_path):
     s_huge, s_short = sched.submit(huge), sched.submit(short)
     out = drive(sched, [s_huge, s_short])
     assert out[0].shape[0] == frames == gen.window - tok.shape[0]
-    assert s_huge._row.pos == gen.window  # every cache column used, none beyond
+    assert s_huge.seq.cache_len == gen.window  # every cache column used, none beyond
     assert torch.equal(out[1], solo(gen, short))
 
 
@@ -233,7 +233,7 @@ def test_sampled_frame_step_traces_as_one_graph_per_bucket():
         compiles.append(gm)
         return gm.forward
 
-    step = torch.compile(G.decode_frame, backend=backend, fullgraph=True, dynamic=False)
+    step = torch.compile(G.frame_step, backend=backend, fullgraph=True, dynamic=False)
     with torch.inference_mode():
         for trial in range(3):
             g = torch.Generator().manual_seed(trial)
@@ -242,14 +242,14 @@ def test_sampled_frame_step_traces_as_one_graph_per_bucket():
             sampler = G.Sampler(torch.rand(2, generator=g), torch.randint(1, 300, (2,), generator=g),
                                 torch.randint(0, 2**32, (2,), generator=g), torch.randint(0, 99, (2,), generator=g))  # fmt: skip
             frame, h_next = step(m, h, pos, sampler)
-            ref_frame, ref_h = G.decode_frame(m, h, pos, sampler)
+            ref_frame, ref_h = G.frame_step(m, h, pos, sampler)
             assert torch.equal(frame, ref_frame) and torch.allclose(h_next, ref_h)
     assert len(compiles) == 1
 
 
 def test_warm_up_covers_exactly_the_batch_sizes_the_compiled_step_runs():
     """Warm-up captures one graph per size the static path can pick (6 slots: 5 and 6 rows run at 6)."""
-    from echoforge.csm.scheduler import bucket_for, buckets
+    from echoforge.csm.runner import bucket_for, buckets
 
     assert buckets(6) == [1, 2, 4, 6] and buckets(64) == [1, 2, 4, 8, 16, 32, 64]
     assert {bucket_for(n, 6) for n in range(1, 7)} == set(buckets(6))

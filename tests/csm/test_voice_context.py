@@ -41,14 +41,14 @@ def test_full_window_keeps_the_pinned_voice_prompt_and_drops_the_oldest_turns(ti
     assert "dropped the" in caplog.text and "kept the voice prompt" in caplog.text
     assert frames == 100 and tokens.shape[0] + frames <= gen.window
 
-    v_tok, v_mask = gen._segment_rows(voice)
+    v_tok, v_mask = gen.prompts.segment_rows(voice)
     assert torch.equal(tokens[: v_tok.shape[0]], v_tok)  # the voice prompt leads the prompt, whole
     assert torch.equal(mask[: v_mask.shape[0]], v_mask)
     # what follows is exactly the newest turns (a suffix of the conversation), then the text
     rest = tokens[v_tok.shape[0] :]
     kept = [n for n in range(len(turns)) if bool((rest[:, 0] == 10 + n).any())]
     assert kept and kept == list(range(kept[0], len(turns))) and kept[0] > 0
-    expected = torch.cat([gen._segment_rows(t)[0] for t in turns[kept[0] :]] + [gen._text_rows(0, "hello there")[0]])
+    expected = torch.cat([gen.prompts.segment_rows(t)[0] for t in turns[kept[0] :]] + [gen.prompts.text_rows(0, "hello there")[0]])
     assert torch.equal(rest, expected)
     # the same overflow with an unpinned first segment still drops that one first (old behaviour)
     tokens2, _, _ = gen.build_prompt("hello there", 0, [Segment(0, "x", codes(150, 7)), *turns], max_frames=100)
@@ -73,14 +73,14 @@ def test_long_text_pieces_all_keep_the_voice_prompt(tiny_generator, monkeypatch)
     prompt still starts with the voice prompt and drops the oldest turns instead."""
     gen = tiny_generator
     seen: list[tuple[str, torch.Tensor]] = []
-    real = gen.build_prompt
+    real = gen.prompts.build
 
     def spy(text, speaker, context, max_frames):
         out = real(text, speaker, context, max_frames)
         seen.append((text, out[0]))
         return out
 
-    monkeypatch.setattr(gen, "build_prompt", spy)
+    monkeypatch.setattr(gen.prompts, "build", spy)
     monkeypatch.setattr(gen, "max_piece_chars", 20)
     voice = Segment(0, "my voice", codes(100, 7), pinned=True)
     # older unpinned turns: the first prompt just fits, the pieces fed back overflow the window
@@ -89,7 +89,7 @@ def test_long_text_pieces_all_keep_the_voice_prompt(tiny_generator, monkeypatch)
     out = gen.generate_codes(text, context=[voice, *history], max_audio_length_ms=150 * 80, temperature=0)
     assert out.shape[0] > 45  # more than the first piece
     assert len(seen) >= 2, "the window never overflowed: the test needs more context"
-    v_tok = gen._segment_rows(voice)[0]
+    v_tok = gen.prompts.segment_rows(voice)[0]
     for _, tokens in seen:
         assert torch.equal(tokens[: v_tok.shape[0]], v_tok)
     assert bool((seen[0][1][:, 0] == 20).any())
