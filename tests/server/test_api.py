@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import assert_error, wait_task
+from conftest import AppServer, assert_error, wait_task
 
 from echoforge.audio import encode, load_audio
 
@@ -203,3 +203,94 @@ def test_diagnostic(api):
 def test_oversized_body_is_413(api):
     big = b"x" * (21 * 1024 * 1024)
     assert_error(api.post("/api/generate", content=big, headers={"content-type": "application/json"}), 413)
+
+
+# ---------------------------------------------------------------- one text rule for /v1 and /api
+
+
+def _speech(api, fmt: str, text: str):
+    return api.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt})
+
+
+BAD_TEXT = {
+    "nul": ("Hello\x00there", "control character"),
+    "control only": ("\x01\x02\x03", "control character"),
+    "zero width only": ("\u200b\u200c\u200d", "nothing to say"),
+    "whitespace only": ("   \n ", "nothing to say"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TEXT))
+def test_one_text_rule_for_v1_and_api(api, case):
+    text, words = BAD_TEXT[case]
+    v1 = assert_error(_speech(api, "wav", text), 400, "input")
+    gen = assert_error(api.post("/api/generate", json={"text": text}), 400, "text")
+    conv = assert_error(
+        api.post("/api/conversations", json={"turns": [{"voice": "alloy", "text": "Hi."}, {"voice": "alloy", "text": text}]}),
+        400,
+        "turns.1.text",
+    )
+    for err in (v1, gen, conv):
+        assert words in err["message"], err
+    assert v1["message"].replace("input", "text", 1) == gen["message"]
+    assert "turn 2 text" in conv["message"]
+
+
+def test_zero_width_characters_are_dropped_not_refused(api):
+    r = _speech(api, "wav", "Hel\u200blo there.")
+    assert r.status_code == 200
+
+
+# ---------------------------------------------------------------- routes, bad bodies, uploads
+
+
+def test_api_paths_answer_405_with_their_methods_and_json_404(api):
+    r = api.get("/api/generate")
+    assert_error(r, 405)
+    assert r.headers["allow"] == "POST"
+    r = api.post("/api/health")
+    assert_error(r, 405)
+    assert r.headers["allow"] == "GET"
+    assert_error(api.get("/api/no-such-route"), 404)
+    assert_error(api.get("/v1/nothing"), 404)
+    assert api.get("/").status_code == 200  # the studio is still served
+
+
+def test_invalid_json_is_described_plainly(api):
+    headers = {"content-type": "application/json"}
+    err = assert_error(api.post("/v1/audio/speech", content=b'{"model": "tts-1", "input": ', headers=headers), 400)
+    assert "JSON decode error" not in err["message"] and "not valid JSON" in err["message"]
+    assert err["param"] is None
+    err = assert_error(api.post("/api/conversations", json={"turns": [{"voice": "alloy", "text": "Hi"}, {"voice": "alloy"}]}), 422)
+    assert err["message"].startswith("turn 2 text is required"), err
+
+
+def _flac(seconds: float, sr: int = 16_000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.full(int(seconds * sr), 0.25, dtype=np.float32), sr, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_long_uploads_are_refused_before_decoding(api, monkeypatch):
+    """An hour of audio is refused from its header: the decoder is never called (a spy on it)."""
+    hour = _flac(3600)
+    assert len(hour) < 2_000_000
+    decoded = []
+    real_read = sf.read  # load_audio decodes WAV/FLAC with soundfile.read (the server runs in this process)
+    monkeypatch.setattr(sf, "read", lambda *a, **k: decoded.append(1) or real_read(*a, **k))
+    err = assert_error(api.post("/api/voices", data={"name": "Long"}, files={"audio": ("a.flac", hour)}), 413, "audio")
+    assert "3600.0 s long; the limit is 120 s" in err["message"]
+    err = assert_error(api.post("/api/analyze", files={"audio": ("a.flac", hour)}), 413, "audio")
+    assert decoded == []
+    # Garbage is described in the user's terms, without library error numbers.
+    err = assert_error(api.post("/api/analyze", files={"audio": ("a.mp3", b"not audio at all" * 64)}), 400, "audio")
+    assert "Errno" not in err["message"] and "supported audio format" in err["message"]
+
+
+def test_incomplete_voice_folders_are_removed_at_start(tmp_path):
+    voices = tmp_path / "voices"
+    (voices / "v_deadbeef0000").mkdir(parents=True)  # left by a kill -9 mid-upload
+    (voices / ".staging-v_ba9876543210").mkdir()
+    with AppServer(tmp_path, "espeak").start():
+        assert not (voices / "v_deadbeef0000").exists()
+        assert not (voices / ".staging-v_ba9876543210").exists()

@@ -110,3 +110,37 @@ def test_errors_in_openai_shape(client, espeak_server):
     )
     assert_error(httpx.post(url, json={"voice": "alloy", "input": "hi"}), 400, "model")
     assert_error(httpx.post(url, json={"model": "tts-1", "voice": {"id": 3}, "input": "hi"}), 400, "voice")
+
+
+# ---------------------------------------------------------------- wire formats, whatever the engine
+
+SENTENCE = "The weather is lovely today, and the birds are singing."
+
+
+def _speech(api, fmt: str, text: str = SENTENCE):
+    return api.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt})
+
+
+def test_pcm_is_24khz_whatever_the_engine(api):
+    assert api.get("/api/health").json()["engine"]["sample_rate"] == 22_050  # espeak
+    wav = _speech(api, "wav")
+    pcm = _speech(api, "pcm")
+    assert wav.status_code == pcm.status_code == 200
+    audio, sr = sf.read(io.BytesIO(wav.content), dtype="float32")
+    assert sr == 22_050
+    pcm_seconds = len(pcm.content) / 2 / 24_000
+    assert abs(pcm_seconds - audio.size / sr) < 0.05, (pcm_seconds, audio.size / sr)
+    # Same pitch: the loudest frequency agrees once both are read at their own rates.
+    p = np.frombuffer(pcm.content, dtype="<i2").astype(np.float32)
+    f_pcm = np.argmax(np.abs(np.fft.rfft(p))) * 24_000 / p.size
+    f_wav = np.argmax(np.abs(np.fft.rfft(audio))) * sr / audio.size
+    assert abs(f_pcm - f_wav) < 0.05 * f_wav + 5
+
+
+def test_flac_is_readable_by_soundfile(api):
+    r = _speech(api, "flac")
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/flac"
+    info = sf.info(io.BytesIO(r.content))
+    assert 0.5 < info.duration < 30, info
+    audio, sr = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert sr == 22_050 and audio.size == info.frames and np.abs(audio).max() > 0.05

@@ -213,3 +213,20 @@ def test_same_request_same_audio(slow_server):
             )
             outs.append(load_audio(client.get(t["result_url"]).content)[0])
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_port_opens_before_requeued_tasks_run(tmp_path):
+    queue = SQLiteTaskQueue(tmp_path)
+    body = {"text": LONG, "voice": "atlas", "context": [], "format": "wav"}
+    task = queue.enqueue("generate", body, "wav")
+    queue.close()
+    gate, env = _file_gate(tmp_path)  # the re-queued task can never finish before we look
+    server = ServerProcess(tmp_path, "sine", env=env).start()
+    try:
+        with server.client() as c:
+            status = c.get(f"/api/tasks/{task.id}").json()
+            assert status["status"] in ("queued", "running"), status["error"]
+            c.delete(f"/api/tasks/{task.id}")
+    finally:
+        (gate / "open").touch()
+        server.stop()

@@ -6,10 +6,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import HERE, ServerProcess, child_env, free_port, wait_task
+from conftest import HERE, ServerProcess, assert_error, child_env, free_port, wait_task, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"
@@ -19,38 +18,30 @@ redis = pytest.importorskip("redis", reason="the redis client is not installed (
 LONG = " ".join(f"word{i}" for i in range(16)) + "."
 
 
+def start_redis(workdir) -> tuple[subprocess.Popen, str]:
+    """A throw-away ``redis-server`` on a free loopback port, answering PING; ``(process, url)``."""
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", str(workdir)]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def answers() -> bool:
+        assert proc.poll() is None, "redis-server exited"
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_until(answers, what="redis-server answering PING")
+    client.close()
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    client.close()
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
     proc.terminate()
     proc.wait(10)
 
@@ -63,8 +54,10 @@ def flushed(redis_url):
 
 def test_server_and_worker_process_share_the_queue(tmp_path, flushed):
     settings = {"server": {"queue_backend": "redis", "redis_url": flushed}}
-    env = {"SINE_DELAY": "0.05"}
-    server = ServerProcess(tmp_path, "sine", settings, env=env).start()
+    # The server's engine is gated (closed until the worker has done its share); the worker's is not.
+    server_gate = tmp_path / "server-gate"
+    server_gate.mkdir()
+    server = ServerProcess(tmp_path, "sine", settings, env={"SINE_GATE": str(server_gate)}).start()
     worker_log = tmp_path / "worker.log"
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); "
@@ -78,24 +71,29 @@ def test_server_and_worker_process_share_the_queue(tmp_path, flushed):
                 ECHOFORGE_DATA_DIR=str(tmp_path),
                 ECHOFORGE_SERVER__QUEUE_BACKEND="redis",
                 ECHOFORGE_SERVER__REDIS_URL=flushed,
-                **env,
             ),
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 60
-            while b"started" not in worker_log.read_bytes() and time.monotonic() < deadline:
+            def worker_started() -> bool:
                 assert worker.poll() is None, worker_log.read_text()
-                time.sleep(0.1)
+                return b"started" in worker_log.read_bytes()
+
+            wait_until(worker_started, what="the worker process")
             with server.client() as client:
                 assert client.get("/api/health").json()["queue"]["backend"] == "redis"
                 ids = [
                     client.post("/api/generate", json={"text": f"{LONG} {i}", "voice": "atlas"}).json()["task_id"]
                     for i in range(4)
                 ]
-                tasks = [wait_task(client, i, timeout=60) for i in ids]
+                # The server's workers (2 at most) hold tasks at their gate: the worker process
+                # does the rest. Then the gate opens and the server finishes its share.
+                wait_until(lambda: (server_gate / "blocked").exists(), what="the server mid-task")
+                wait_until(lambda: b"task done" in worker_log.read_bytes(), what="a task done by the worker")
+                (server_gate / "open").touch()
+                tasks = [wait_task(client, i) for i in ids]
                 assert [t["status"] for t in tasks] == ["done"] * 4
                 assert len(client.get(tasks[0]["result_url"]).content) > 1000
                 listed = {t["id"] for t in client.get("/api/tasks").json()["tasks"]}
@@ -103,6 +101,7 @@ def test_server_and_worker_process_share_the_queue(tmp_path, flushed):
         finally:
             worker.terminate()
             worker.wait(30)
+            (server_gate / "open").touch()
             server.stop()
     assert "task done" in worker_log.read_text(), worker_log.read_text()  # the worker process did real work
     assert "task done" in server.log()
@@ -160,3 +159,30 @@ def test_cancelling_a_running_task_releases_the_worker_claim(flushed):
     queue.complete(task.id, b"late", {})  # a late completion never overrides the cancel
     assert queue.get(task.id).status == "cancelled" and queue.result(task.id) is None
     queue.close()
+
+
+def test_redis_down_is_503_with_retry_after(tmp_path):
+    redis_proc, url = start_redis(tmp_path)
+    try:
+        server = ServerProcess(tmp_path, "espeak", {"server": {"queue_backend": "redis", "redis_url": url}}).start()
+        try:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+            with server.client() as c:
+                r = c.get("/api/health")
+                assert r.status_code == 503 and r.headers["Retry-After"]
+                health = r.json()
+                assert health["status"] == "degraded" and health["queue"]["reachable"] is False
+                assert "unreachable" in health["queue"]["error"]
+                for r in (c.post("/api/generate", json={"text": "Hello."}), c.get("/api/tasks")):
+                    err = assert_error(r, 503)
+                    assert err["code"] == "queue_unavailable" and r.headers["Retry-After"]
+                assert c.post(
+                    "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Still speaking.", "response_format": "wav"}
+                ).status_code == 200
+            assert "Traceback" not in server.log()
+        finally:
+            server.stop()
+    finally:
+        if redis_proc.poll() is None:
+            redis_proc.kill()

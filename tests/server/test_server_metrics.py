@@ -13,10 +13,9 @@ import time
 
 import httpx
 import pytest
+from test_metrics import scrape_value
 
 from echoforge import metrics
-
-from test_metrics import scrape_value
 
 server_app = pytest.importorskip("echoforge.server.app")
 
