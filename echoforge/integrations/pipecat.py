@@ -1,35 +1,44 @@
 """A pipecat TTS service that speaks through a running EchoForge server (extra ``[pipecat]``).
 
-:class:`EchoForgeTTSService` is a pipecat ``TTSService``: pipecat aggregates the LLM's text into
-sentences and calls :meth:`EchoForgeTTSService.run_tts` for each; that opens one session on the
-server's WebSocket (``WS /api/stream``, docs/websocket.md) — ``start`` with the voice and
-sampling fields, the sentence, ``end`` — and yields ``TTSAudioRawFrame`` as the PCM arrives
-(resampled by pipecat to the pipeline's output rate when the engine's differs).
+:class:`EchoForgeTTSService` follows pipecat's WebSocket TTS services (``InterruptibleTTSService``):
+
+* **One persistent connection** to the server's WebSocket (``WS /api/stream``, docs/websocket.md),
+  opened by the first text and kept: ``start`` with the voice and sampling fields, answered by
+  ``ready`` with the audio's sample rate. A background task receives the PCM and appends it to
+  pipecat's audio context of the turn being spoken (resampled to the pipeline's rate).
+* **One context per turn**: :meth:`~EchoForgeTTSService.run_tts` only sends text. With
+  sentence aggregation (pipecat's default) each sentence is sent and flushed; in TOKEN mode the
+  tokens go as they come and the *server* cuts sentences (one rule, ``echoforge.text``), so six
+  tokens are one utterance, not six sessions. The turn's end (``flush_audio``) speaks the rest.
+* **Reconnect**: a dropped connection is reopened by pipecat's receive loop (with back-off);
+  changing voice or sampling settings reopens it with a new ``start``.
+* Interruption: pipecat's ``InterruptibleTTSService`` reconnects when the bot is interrupted
+  while speaking; closing the socket stops the server's synthesis at once.
 
 * Voice: an EchoForge voice id, name or OpenAI alias (``alloy`` …), as everywhere else.
 * Tone: ``tone="gently"`` (or an inline ``(excited) …`` in the text) selects the emotion's
   sampling parameters on the server — the same tone modifiers as every EchoForge input. A
   sentence's own modifier wins and is carried on to the following sentences of the same turn.
-* Interruption: pipecat cancels ``run_tts`` on an ``InterruptionFrame``; leaving the generator
-  closes the WebSocket, and the server stops that stream's synthesis at once.
 
 Voice, tone and sampling fields are runtime settings (``TTSUpdateSettingsFrame``); they apply
-from the next sentence.
+from the next sentence (the connection is reopened with them).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import websockets
-from pipecat.frames.frames import ErrorFrame, Frame
+from loguru import logger
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import NOT_GIVEN, NotGiven, TTSSettings
-from pipecat.services.tts_service import TTSService
-from websockets.asyncio.client import ClientConnection, connect
+from pipecat.services.tts_service import InterruptibleTTSService
+from websockets.protocol import State
 
 from echoforge.integrations import ToneCarry
 
@@ -66,8 +75,8 @@ class EchoForgeTTSSettings(TTSSettings):
     seed: int | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-class EchoForgeTTSService(TTSService):
-    """EchoForge (CSM-1B, or its labelled fallback) as a pipecat TTS service."""
+class EchoForgeTTSService(InterruptibleTTSService):
+    """EchoForge (CSM-1B, or its labelled fallback) as a pipecat TTS service over one WebSocket."""
 
     Settings = EchoForgeTTSSettings
     _settings: EchoForgeTTSSettings
@@ -91,8 +100,8 @@ class EchoForgeTTSService(TTSService):
             voice: EchoForge voice id, name or OpenAI alias.
             tone: default tone modifier / emotion (``gently``, ``excited`` …).
             settings: further runtime settings (sampling); its values win over ``voice``/``tone``.
-            open_timeout_s: how long to wait for the WebSocket handshake.
-            **kwargs: passed to pipecat's ``TTSService`` (e.g. ``sample_rate``).
+            open_timeout_s: how long to wait for the WebSocket handshake and the ``ready`` event.
+            **kwargs: passed to pipecat's ``TTSService`` (e.g. ``sample_rate``, ``text_aggregation_mode``).
         """
         store = self.Settings(model=None, voice=voice, language=None, tone=tone)
         for name in _SAMPLING:
@@ -105,7 +114,14 @@ class EchoForgeTTSService(TTSService):
         self._open_timeout_s = open_timeout_s
         self._tone = ToneCarry()
         self._tone_context: str | None = None
-        self._websocket: ClientConnection | None = None  # the session of the sentence being spoken
+        self._receive_task: asyncio.Task | None = None
+        self._in_rate: int | None = None  # the server's audio rate (its ``ready`` event)
+        self._odd = b""  # a sample split across two WebSocket frames
+        # Contexts whose text was sent, in order, until the server says their flush is spoken:
+        # the server speaks in order, so the head of this queue owns the audio that arrives.
+        self._pending: collections.deque[str] = collections.deque()
+        self._open: str | None = None  # the context whose text is still unflushed
+        self.sessions = 0  # WebSocket sessions opened (one per connection, not per sentence)
 
     def can_generate_metrics(self) -> bool:
         """TTFB and usage metrics are reported."""
@@ -121,63 +137,166 @@ class EchoForgeTTSService(TTSService):
 
     def _with_tone(self, text: str, context_id: str) -> str:
         """Prefix the turn's tone to a sentence that has no modifier of its own."""
-        if context_id != self._tone_context:  # a new turn starts from the configured tone
+        new_turn = context_id != self._tone_context
+        if new_turn:  # a new turn starts from the configured tone
             self._tone_context = context_id
             self._tone.default = self._settings.tone or None
             self._tone.reset()
+        if self._is_streaming_tokens:  # tokens: the tone once, before the turn's first token
+            tone = self._tone.default if new_turn else None
+            return f"({tone}) {text}" if tone and not text.lstrip().startswith(("(", "[")) else text
         tone = self._tone.see(text)
         return f"({tone}) {text}" if tone else text
 
+    # ------------------------------------------------------------------ connection
+    # Opened by the first text (and kept): a voice fixed by a settings update before the first
+    # sentence is never refused first.
+
+    async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
+        changed = await super()._update_settings(delta)
+        if changed and self._websocket is not None:  # voice / sampling live in the start message
+            await self._disconnect()
+            await self._connect()
+        return changed
+
+    async def _connect(self) -> None:
+        await super()._connect()
+        await self._connect_websocket()
+        if self._websocket is not None and self._receive_task is None:
+            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
+
+    async def _disconnect(self) -> None:
+        await super()._disconnect()
+        if self._receive_task is not None:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._disconnect_websocket()
+
+    async def _connect_websocket(self) -> None:
+        if self._websocket is not None and self._websocket.state is State.OPEN:
+            return
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
+        try:
+            ws = await self._websocket_connect(
+                self._url, additional_headers=headers, open_timeout=self._open_timeout_s, max_size=None
+            )
+            await ws.send(json.dumps(self._start_message()))
+            ready = json.loads(await asyncio.wait_for(ws.recv(), self._open_timeout_s))
+        except Exception as exc:  # unreachable, handshake refused, no ready in time
+            self._websocket = None
+            await self.push_error(error_msg=f"EchoForge server at {self._url}: {exc}", exception=exc)
+            await self._call_event_handler("on_connection_error", str(exc))
+            return
+        if ready.get("type") != "ready":
+            await ws.close()
+            self._websocket = None
+            message = f"EchoForge refused the session: {ready.get('message', ready)}"
+            await self.push_error(error_msg=message)
+            await self._call_event_handler("on_connection_error", message)
+            return
+        self._websocket = ws
+        self._in_rate = int(ready["sample_rate"])
+        self._odd = b""
+        self._pending.clear()
+        self._open = None
+        self.sessions += 1
+        await self._call_event_handler("on_connected")
+
+    async def _disconnect_websocket(self) -> None:
+        ws, self._websocket = self._websocket, None
+        try:
+            await self.stop_all_metrics()
+            if ws is not None:
+                await ws.close()  # the server stops synthesizing at once
+        except Exception as exc:
+            logger.debug(f"{self}: closing the EchoForge WebSocket: {exc}")
+        finally:
+            if ws is not None:
+                await self._call_event_handler("on_disconnected")
+
+    async def _receive_messages(self) -> None:
+        ws = self._websocket
+        if ws is None:
+            return
+        async for message in ws:
+            if isinstance(message, bytes):
+                await self._audio(message)
+                continue
+            event = json.loads(message)
+            if event.get("type") == "flushed":
+                if self._pending:
+                    self._pending.popleft()
+            elif event.get("type") == "error":
+                await self.push_error(error_msg=f"EchoForge: {event.get('message')} ({event.get('code')})")
+
+    async def _audio(self, data: bytes) -> None:
+        data = self._odd + data
+        cut = len(data) & ~1
+        pcm, self._odd = data[:cut], data[cut:]
+        if not pcm:
+            return
+        if self._in_rate and self._in_rate != self.sample_rate:
+            pcm = await self._resampler.resample(pcm, self._in_rate, self.sample_rate)
+        context_id = self._pending[0] if self._pending else self.get_active_audio_context_id()
+        if context_id is None or not pcm or not self.audio_context_available(context_id):
+            return  # audio of an interrupted turn
+        await self.stop_ttfb_metrics()
+        await self.append_to_audio_context(
+            context_id, TTSAudioRawFrame(pcm, self.sample_rate, 1, context_id=context_id)
+        )
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        ws = self._websocket
+        if ws is None or ws.state is not State.OPEN:
+            await self._connect()
+            ws = self._websocket
+        if ws is None:
+            raise ConnectionError(f"EchoForge server at {self._url} is not connected")
+        await ws.send(json.dumps(message))
+
+    async def _send_text(self, text: str, context_id: str) -> None:
+        if self._open != context_id:
+            if self._open is not None:  # the previous turn never flushed: close it first
+                await self._flush()
+            await self._send({"type": "text", "text": ""})  # (re)connects if needed, before queueing
+            self._pending.append(context_id)
+            self._open = context_id
+        await self._send({"type": "text", "text": text})
+
+    async def _flush(self) -> None:
+        if self._open is None:
+            return
+        self._open = None
+        if self._websocket is not None and self._websocket.state is State.OPEN:
+            await self._websocket.send(json.dumps({"type": "flush"}))
+
+    async def flush_audio(self, context_id: str | None = None) -> None:
+        """The turn's text is complete: speak what the server still buffers."""
+        await self._flush()
+
+    async def _handle_interruption(self, frame, direction) -> None:  # noqa: ANN001 - pipecat's types
+        await super()._handle_interruption(frame, direction)
+        self._pending.clear()  # what the server still sends belongs to interrupted turns
+        self._open = None
+
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Speak one sentence: audio frames as the server streams them.
+        """Send text of the turn ``context_id``; its audio arrives on the receive task.
 
         Args:
-            text: the sentence (pipecat's aggregation), possibly with a tone modifier.
+            text: a sentence (pipecat's aggregation) or a token (TOKEN mode), possibly with a
+                tone modifier.
             context_id: pipecat's audio context for this turn.
 
         Yields:
-            ``TTSAudioRawFrame`` at the service's sample rate; an ``ErrorFrame`` when the server
-            refuses the session (unknown voice, bad key …) or cannot be reached.
+            ``None`` (audio follows on the audio context), or an ``ErrorFrame`` when the server
+            cannot be reached.
         """
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
-        errors: list[str] = []
         try:
-            async with connect(
-                self._url, additional_headers=headers, open_timeout=self._open_timeout_s, close_timeout=2, max_size=None
-            ) as ws:
-                self._websocket = ws
-                await ws.send(json.dumps(self._start_message()))
-                ready = json.loads(await ws.recv())
-                if ready.get("type") != "ready":
-                    yield ErrorFrame(error=f"EchoForge refused the session: {ready.get('message', ready)}")
-                    return
-                await ws.send(json.dumps({"type": "text", "text": self._with_tone(text, context_id)}))
-                await ws.send(json.dumps({"type": "end"}))
-                await self.start_tts_usage_metrics(text)
-                async for frame in self._stream_audio_frames_from_iterator(
-                    _pcm(ws, errors), in_sample_rate=int(ready["sample_rate"]), context_id=context_id
-                ):
-                    await self.stop_ttfb_metrics()
-                    yield frame
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            errors.append(f"EchoForge server at {self._url}: {exc}")
-        finally:
-            # Also on interruption: pipecat cancels this generator, the socket closes above and
-            # the server stops synthesizing this sentence.
-            self._websocket = None
-            await self.stop_ttfb_metrics()
-        for message in errors:
-            yield ErrorFrame(error=message)
-
-
-async def _pcm(ws: ClientConnection, errors: list[str]) -> AsyncIterator[bytes]:
-    """The session's audio until ``done``; ``error`` events are collected into ``errors``."""
-    async for message in ws:
-        if isinstance(message, bytes):
-            yield message
-            continue
-        event = json.loads(message)
-        if event.get("type") == "error":
-            errors.append(f"EchoForge: {event.get('message')} ({event.get('code')})")
-        elif event.get("type") == "done":
+            await self._send_text(self._with_tone(text, context_id), context_id)
+            if not self._is_streaming_tokens:  # a whole sentence: speak it now
+                await self._flush()
+            await self.start_tts_usage_metrics(text)
+        except Exception as exc:
+            yield ErrorFrame(error=f"EchoForge server at {self._url}: {exc}")
             return
+        yield None

@@ -78,7 +78,9 @@ def _norm_language(tag: str) -> str:
 class WyomingTTS:
     """What every connection shares: the synthesis service and the server's defaults."""
 
-    def __init__(self, synthesis: SynthesisService, *, default_voice: str = "alloy", samples_per_chunk: int = 1024) -> None:
+    def __init__(
+        self, synthesis: SynthesisService, *, default_voice: str = "alloy", samples_per_chunk: int = 1024
+    ) -> None:
         """Wrap a ready synthesis service.
 
         Args:

@@ -299,7 +299,9 @@ def _add_docs(app: FastAPI, *, private: bool) -> None:
     """
     assets = _docs_assets_dir()
     if assets is None:
-        log.warning("fastapi-offline is not installed: /docs and /redoc load their scripts from a CDN (pip install fastapi-offline)")
+        log.warning(
+            "fastapi-offline is not installed: /docs and /redoc load their scripts from a CDN (pip install fastapi-offline)"
+        )
         js, css, redoc_js, favicon = (None,) * 4
     else:
         redoc_bundle: list[bytes] = []
@@ -309,11 +311,17 @@ def _add_docs(app: FastAPI, *, private: bool) -> None:
         def _redoc_js() -> Response:
             if not redoc_bundle:
                 js = (assets / "redoc.standalone.js").read_bytes()
-                redoc_bundle.append(js.replace(b"https://cdn.redoc.ly/redoc/logo-mini.svg", f"{DOCS_ASSETS}/favicon.png".encode()))
-            return Response(redoc_bundle[0], media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+                redoc_bundle.append(
+                    js.replace(b"https://cdn.redoc.ly/redoc/logo-mini.svg", f"{DOCS_ASSETS}/favicon.png".encode())
+                )
+            return Response(
+                redoc_bundle[0], media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+            )
 
         app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
-        js, css, redoc_js = (f"{DOCS_ASSETS}/{n}" for n in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"))
+        js, css, redoc_js = (
+            f"{DOCS_ASSETS}/{n}" for n in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+        )
         favicon = "/favicon.svg" if (STATIC_DIR / "favicon.svg").is_file() else f"{DOCS_ASSETS}/favicon.png"
     deps = [Authenticated] if private else []
     oauth2_redirect = "/docs/oauth2-redirect"
@@ -382,7 +390,11 @@ class StudioFiles:
             return
         allowed = {m for pattern, methods in self._routes() if pattern.fullmatch(path) for m in methods}
         if allowed:
-            status, message, code = 405, f"{scope['method']} is not allowed on {path}; use {', '.join(sorted(allowed))}", "method_not_allowed"
+            status, message, code = (
+                405,
+                f"{scope['method']} is not allowed on {path}; use {', '.join(sorted(allowed))}",
+                "method_not_allowed",
+            )
         else:
             status, message, code = 404, f"no API route {path}; see /docs", "not_found"
         body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()

@@ -30,6 +30,7 @@ log = logging.getLogger("echoforge.server.stream")
 
 MAX_BUFFER_CHARS = 8192
 _END = object()
+_FLUSHED = object()  # a flush's sentences are spoken: tell the client ({"type": "flushed"})
 
 
 async def receive_message(ws: WebSocket) -> Any:
@@ -87,6 +88,9 @@ class SpeechSession:
             if item is _END:
                 await self.ws.send_json({"type": "done"})
                 return
+            if item is _FLUSHED:
+                await self.ws.send_json({"type": "flushed"})
+                continue
             await self.speak(item)
 
     async def speak(self, text: str) -> None:
@@ -168,6 +172,7 @@ class SpeechSession:
                     self.queue_text(text)
                 elif kind == "flush":
                     self.queue_text("", final=True)
+                    self.sentences.put_nowait(_FLUSHED)
                 elif kind == "end":
                     self.queue_text("", final=True)
                     self.sentences.put_nowait(_END)
