@@ -66,7 +66,7 @@ from echoforge.agent.llm import (
     support,
     ungrounded,
 )
-from echoforge.agent.processors import DOWN, UP, Direction, FrameProcessor, Pipeline, iterate_in_thread
+from echoforge.agent.processors import DOWN, UP, Clock, Direction, FrameProcessor, Pipeline, iterate_in_thread
 from echoforge.agent.sentences import SentenceSplitter
 from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
 from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
@@ -526,8 +526,15 @@ class OutputProcessor(FrameProcessor):
     within ``playback_lead_ms`` of the wall clock.
     """
 
-    def __init__(self, conversation: Conversation, settings: AgentSettings, detector: TurnDetector | None = None) -> None:
+    def __init__(
+        self,
+        conversation: Conversation,
+        settings: AgentSettings,
+        detector: TurnDetector | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         super().__init__()
+        self.clock = clock or Clock()
         self.conversation = conversation
         self.settings = settings
         self.detector = detector
@@ -594,20 +601,20 @@ class OutputProcessor(FrameProcessor):
                 continue
             kind, item = self._buffer.popleft()
             if kind == "end":
-                await asyncio.sleep(max(0.0, self._play_until - time.monotonic()))
+                await self.clock.sleep(self._play_until - self.clock.now())
                 await self._finish_reply(item)
                 continue
             index, chunk, sr = item
-            wait = self._play_until - time.monotonic() - lead
+            wait = self._play_until - self.clock.now() - lead
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self.clock.sleep(wait)
             reply = self._reply
             if reply is None or self._hold:
                 continue
             if not self.speaking:
                 self.speaking = True
                 await self._announce(BotStartedSpeakingFrame())
-            now = time.monotonic()
+            now = self.clock.now()
             self._play_until = max(self._play_until, now) + chunk.size / sr
             reply.sentences[index].sent += chunk.size
             reply.audio.append(chunk)
@@ -639,7 +646,7 @@ class OutputProcessor(FrameProcessor):
         subtracted; the cut sentence keeps the share of its words that matches the share of its
         audio heard (audio known so far: sent + queued).
         """
-        unplayed = max(0.0, self._play_until - time.monotonic()) * reply.sample_rate
+        unplayed = max(0.0, self._play_until - self.clock.now()) * reply.sample_rate
         heard_left = sum(s.sent for s in reply.sentences.values()) - unplayed
         words: list[str] = []
         for i in sorted(reply.sentences):
@@ -668,7 +675,7 @@ class OutputProcessor(FrameProcessor):
             heard = self._heard_text(reply)  # before the buffer is cleared: it sizes the cut sentence
         self._buffer.clear()
         self._hold = False
-        self._play_until = time.monotonic()
+        self._play_until = self.clock.now()
         await self.push_frame(frame, DOWN)  # transports flush their players first
         if reply is not None:
             self._reply = None
@@ -755,6 +762,7 @@ class VoiceAgent:
         vad: a ready :class:`TurnDetector` (tests share one model); default: built from settings.
         voice_prompt: ``voice id -> Segment | None``, the voice prompt (reference clip) of a saved
             voice for context-aware engines; see :func:`voice_prompts`. Default: none.
+        clock: paces the audio output (default: the monotonic clock; tests pass a fake one).
     """
 
     def __init__(
@@ -767,6 +775,7 @@ class VoiceAgent:
         emotion_detector: Callable[[np.ndarray, int], dict | None] | None = None,
         vad: TurnDetector | None = None,
         voice_prompt: Callable[[str | None], Segment | None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -780,7 +789,7 @@ class VoiceAgent:
         self.llm = LLMProcessor(llm, self.conversation, settings, kb, emotion_detector, lambda: self.style)
         self.sentences = SentenceProcessor(settings.reply_max_sentences)
         self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice, voice_prompt)
-        self.output = OutputProcessor(self.conversation, settings, detector)
+        self.output = OutputProcessor(self.conversation, settings, detector, clock)
         self.pipeline = Pipeline([self.vad, self.stt, self.llm, self.sentences, self.tts, self.output], self._observe)
         self._events: asyncio.Queue[Frame] = asyncio.Queue()
         self.state = STOPPED

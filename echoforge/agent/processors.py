@@ -17,6 +17,7 @@ import contextlib
 import enum
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -24,6 +25,21 @@ from echoforge.agent.frames import ErrorFrame, Frame, InterruptionFrame, SystemF
 
 log = logging.getLogger("echoforge.agent")
 T = TypeVar("T")
+
+
+class Clock:
+    """Wall time for the stages that pace themselves (the audio output): ``now()`` and ``sleep()``.
+
+    The default is the monotonic clock; tests pass :class:`echoforge.agent.testing.FakeClock`,
+    whose time moves only when the test says so, so "still playing" never depends on how fast
+    the machine is.
+    """
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
 
 
 class Direction(enum.Enum):

@@ -20,6 +20,7 @@ import soundfile as sf
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (browser test)")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.integration  # real Whisper, llama.cpp, Silero and espeak behind a real server
 
 
 @pytest.fixture
@@ -50,9 +51,9 @@ def test_agent_page_answers_a_spoken_question(server, say, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM}")
     wav = tmp_path / "mic.wav"
-    # The fake device loops the file: the question, then 6 s of silence for the agent to answer
+    # The fake device loops the file: the question, then 10 s of silence for the agent to answer
     # (the next loop may talk over it: that is a barge-in, also fine here).
-    audio = np.concatenate([say("What port does the server use?"), np.zeros(96_000, np.float32)])
+    audio = np.concatenate([say("What port does the server use?"), np.zeros(160_000, np.float32)])
     sf.write(wav, (audio * 32767).astype(np.int16), 16_000, subtype="PCM_16")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
@@ -74,18 +75,29 @@ def test_agent_page_answers_a_spoken_question(server, say, tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{server}/agent.html")
             page.click("#start")
-            # The fake device starts playing before the socket is open, so the first pass of the
-            # loop may be cut; the next one is heard whole.
+            # What happened and in which order, at any speed: the question's words in the user's
+            # line(s) (a slow machine's VAD may cut the question into two turns, and the first
+            # pass of the loop may be cut because the device starts before the socket opens),
+            # then retrieval from server.md, then an answer from the agent citing it. How many
+            # turns it took is not asserted.
             page.wait_for_function(
-                "[...document.querySelectorAll('#log li.user')].some(li => /port/i.test(li.textContent))", timeout=60_000
+                """() => {
+                  const lis = [...document.querySelectorAll('#log li')];
+                  const users = lis.filter(li => li.classList.contains('user'));
+                  if (!/port/i.test(users.map(li => li.textContent).join(' '))) return false;
+                  const first = lis.indexOf(users[0]);
+                  const kb = lis.findIndex((li, i) => i > first && li.classList.contains('meta')
+                    && li.textContent.includes('knowledge base: ') && li.textContent.includes('server.md'));
+                  return kb >= 0 && lis.some((li, i) => i > kb && li.classList.contains('agent')
+                    && li.textContent.includes('server.md'));
+                }""",
+                timeout=120_000,
             )
-            page.wait_for_function(  # the retrieved source is shown
-                "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('server.md'))", timeout=30_000
+            # A reply that made sound has a latency row with its voice-to-voice time (ms).
+            page.wait_for_function(
+                "[...document.querySelectorAll('#latency tr')].some(tr => Number(tr.lastElementChild.textContent) > 0)",
+                timeout=60_000,
             )
-            page.wait_for_selector("#latency tr", timeout=60_000)
-            page.wait_for_selector("#log li.agent", timeout=60_000)
-            cells = page.locator("#latency tr").first.locator("td").all_inner_texts()
-            assert cells[0] == "1" and int(cells[-1]) > 0  # voice-to-voice in ms
             page.click("#stop")
             assert page.get_attribute("#state", "data-state") == "stopped"
             assert not errors, errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ def last_json(output: str) -> dict:
     return json.loads(line[line.index("{"):])
 
 
+@pytest.mark.integration
 def test_kb_build_and_query(kb_dirs, tmp_path, monkeypatch):
     kb, _ = kb_dirs
     monkeypatch.setenv("ECHOFORGE_DATA_DIR", str(tmp_path / "data"))
@@ -38,6 +40,7 @@ def test_kb_build_and_query(kb_dirs, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "not found" in result.output
 
 
+@pytest.mark.integration
 def test_kb_calibrate_suggests_a_threshold(kb_dirs, tmp_path, monkeypatch):
     kb, _ = kb_dirs
     monkeypatch.setenv("ECHOFORGE_DATA_DIR", str(tmp_path / "data"))
@@ -55,6 +58,7 @@ def test_kb_calibrate_suggests_a_threshold(kb_dirs, tmp_path, monkeypatch):
     assert data["recall_at_k"] == 1.0 and data["balanced_accuracy"] == 1.0 and 0 < data["threshold"] < 1
 
 
+@pytest.mark.integration
 def test_agent_with_input_and_output_files(kb_dirs, say, tmp_path, monkeypatch):
     kb, _ = kb_dirs
     monkeypatch.setenv("ECHOFORGE_DATA_DIR", str(tmp_path / "data"))

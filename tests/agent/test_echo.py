@@ -34,6 +34,8 @@ REPLY = (
 )
 TICK = 320  # 20 ms at 16 kHz
 
+pytestmark = pytest.mark.integration  # real models: Silero, Whisper, llama.cpp, espeak
+
 
 class ScriptedLLM:
     """A fixed long reply, streamed word by word (the room, not the language model, is under test)."""

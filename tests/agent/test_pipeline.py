@@ -1,12 +1,14 @@
-"""The whole agent on real models: a spoken question in, a spoken answer out; barge-in; self-echo; noise."""
+"""The whole agent: a spoken question in, a spoken answer out (real models); barge-in (fakes the
+test drives, so the LLM is still writing when the user talks, on any machine); self-echo; noise."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
+import pytest
 
+from echoforge.agent.config import AgentSettings
 from echoforge.agent.frames import (
     AssistantTurnFrame,
     BotStartedSpeakingFrame,
@@ -19,6 +21,9 @@ from echoforge.agent.frames import (
     TranscriptionFrame,
     UserStartedSpeakingFrame,
 )
+from echoforge.agent.pipeline import VoiceAgent, vad_params
+from echoforge.agent.testing import SAFETY_TIMEOUT_S, FakeClock, FakeLLM, FakeSTT, FakeTTS, FakeVAD, silence, tone
+from echoforge.agent.vad import TurnDetector
 from echoforge.audio import resample
 
 
@@ -26,6 +31,7 @@ def of(frames, kind):
     return [f for f in frames if isinstance(f, kind)]
 
 
+@pytest.mark.integration
 async def test_spoken_question_gets_a_spoken_answer_from_the_kb(make_agent, say, helpers):
     agent = make_agent()
     await agent.start()
@@ -47,7 +53,9 @@ async def test_spoken_question_gets_a_spoken_answer_from_the_kb(make_agent, say,
     states = [f.state for f in of(frames, StateFrame)]
     assert states[:3] == ["listening", "thinking", "speaking"] and states[-1] == "listening"
     latency = of(frames, MetricsFrame)[0].latency
-    assert all(latency[k] is not None and latency[k] >= 0 for k in ("stt_s", "rag_s", "llm_first_token_s", "tts_first_audio_s"))
+    assert all(
+        latency[k] is not None and latency[k] >= 0 for k in ("stt_s", "rag_s", "llm_first_token_s", "tts_first_audio_s")
+    )
     assert latency["voice_to_voice_s"] >= latency["first_token_at_s"] >= latency["transcript_at_s"]
     # History: the user's words and the full (uninterrupted) reply, with the reply's audio for TTS context.
     user, assistant = agent.conversation.turns
@@ -58,45 +66,71 @@ async def test_spoken_question_gets_a_spoken_answer_from_the_kb(make_agent, say,
     assert [s.speaker for s in ctx] == [1, 0] and ctx[1].audio.size == sum(f.audio.size for f in audio)
 
 
-async def test_barge_in_stops_audio_and_cancels_generation(make_agent, say, helpers):
-    # A question with nothing in the KB and room for a long reply: the LLM is still writing
-    # while the first sentence plays.
-    agent = make_agent(llm_max_tokens=120, reply_max_sentences=10)
+async def _events_until(agent, predicate) -> list:
+    """Events until ``predicate(frame)`` (included); the timeout only guards against a hang."""
+    frames = []
+    while not frames or not predicate(frames[-1]):
+        frames.append(await agent.next_event(SAFETY_TIMEOUT_S))
+    return frames
+
+
+async def _feed_in_step(agent, clock, audio: np.ndarray, chunk_s: float = 0.02) -> None:
+    """Push 16 kHz audio in 20 ms chunks, moving the fake clock by as much: a live mic, in step."""
+    step = int(16_000 * chunk_s)
+    for i in range(0, audio.size, step):
+        await agent.push_audio(audio[i : i + step], 16_000)
+        await clock.run_for(chunk_s, step=chunk_s)
+
+
+async def test_barge_in_stops_audio_and_cancels_generation():
+    # Fake models driven by the test: the LLM writes only the tokens the test allows, so it is
+    # still generating when the user talks over the agent, on any machine; the output's clock
+    # moves only with the audio the test feeds.
+    story = "Once upon a time a dragon lived on a hill. It guarded gold and slept all day long. One day a knight came."
+    llm = FakeLLM(story, gated=True)
+    clock = FakeClock()
+    cfg = AgentSettings(use_analysis=False, report_memory=False, llm_max_tokens=120, reply_max_sentences=10)
+    agent = VoiceAgent(
+        FakeTTS(seconds_per_word=0.25),
+        cfg,
+        FakeSTT(["Tell me a long story about a dragon.", "Stop talking please."]),
+        llm,
+        vad=TurnDetector(vad_params(cfg), FakeVAD()),
+        clock=clock,
+    )
     await agent.start()
     try:
-        await helpers.feed(agent, helpers.with_silence(say("Tell me a long story about a dragon.")))
-        frames = await helpers.collect_until(agent, lambda f: isinstance(f, BotStartedSpeakingFrame))
+        await _feed_in_step(agent, clock, np.concatenate([silence(0.3), tone(1.2), silence(0.8)]))
+        llm.allow(12)  # the first sentence and two words of the second; the rest is held back
+        frames = await _events_until(agent, lambda f: isinstance(f, BotStartedSpeakingFrame))
         assert of(frames, RetrievalFrame)[0].fallback  # nothing relevant: the light persona answers
-        # Let a few chunks play, then talk over the agent at real-time pace.
-        played = [0]
-
-        def fifth_chunk(f) -> bool:
-            played[0] += isinstance(f, OutputAudioFrame)
-            return played[0] >= 5
-
-        frames += await helpers.collect_until(agent, fifth_chunk)
-        assert agent.llm.generating
-        # A live mic streams all the time: 0.5 s of room silence (the VAD learns the echo level
-        # from it: none here), then the user talks over the agent.
-        interrupt_speech = helpers.with_silence(say("Stop talking please, I want to ask something else."), before_s=0.5, after_s=0.0)
-        t_feed = time.monotonic() + 0.5
-        feeder = asyncio.create_task(helpers.feed(agent, interrupt_speech, realtime=True))
-        after = await helpers.collect_until(agent, lambda f: isinstance(f, AssistantTurnFrame), timeout=30)
-        await feeder
+        await clock.run_for(0.4)  # a few chunks play
+        frames += drain(agent)
+        assert agent.llm.generating and llm.yielded == 12 and not llm.finished.is_set()
+        n_before = len(of(frames, OutputAudioFrame))
+        assert n_before >= 10
+        # A live mic streams all the time: 0.5 s of room silence, then the user talks over the agent.
+        await _feed_in_step(agent, clock, silence(0.5))
+        frames += drain(agent)
+        t_speech = clock.now()
+        await _feed_in_step(agent, clock, tone(0.6, 0.5))
+        after = drain(agent)
+        if not of(after, AssistantTurnFrame):
+            after += await _events_until(agent, lambda f: isinstance(f, AssistantTurnFrame))
+        assert await asyncio.to_thread(llm.stopped.wait, SAFETY_TIMEOUT_S)  # the model saw the stop
     finally:
         await agent.stop()
     barge = [f for f in after if isinstance(f, UserStartedSpeakingFrame)]
     assert barge and barge[0].during_bot_speech
     i_barge = after.index(barge[0])
-    # Audio stops at once: no chunk leaves after the barge-in. Between the user's first sound and
-    # the barge-in only the time needed to confirm speech passes (Piper's leading silence, then
-    # interrupt_min_speech_ms = 250 ms of confident speech): at most 20 chunks of 40 ms (0.8 s).
+    # Audio stops at once: no chunk leaves after the barge-in. Before it, only the time needed to
+    # confirm speech passes (interrupt_min_speech_ms = 250 ms): a handful of 40 ms chunks.
     assert not of(after[i_barge:], OutputAudioFrame)
-    sent_meanwhile = [f for f in of(frames + after, OutputAudioFrame) if t_feed <= f.created <= barge[0].created]
-    assert len(sent_meanwhile) <= 20
-    assert of(after, InterruptionFrame)
+    sent_meanwhile = of(after[:i_barge], OutputAudioFrame)
+    assert 1 <= len(sent_meanwhile) <= (cfg.interrupt_min_speech_ms + 100) // cfg.output_chunk_ms
+    assert of(after, InterruptionFrame) and t_speech < clock.now()
     # Generation was cancelled, not left running.
-    assert agent.llm.cancelled == 1 and not agent.llm.generating
+    assert agent.llm.cancelled == 1 and not agent.llm.generating and not llm.finished.is_set()
     # History keeps only what was heard: a strict prefix of what had been written.
     cut = of(after, AssistantTurnFrame)[0]
     written = "".join(f.text for f in of(frames + after, LLMTextFrame))
@@ -107,6 +141,15 @@ async def test_barge_in_stops_audio_and_cancels_generation(make_agent, say, help
     assert last.role == "assistant" and last.interrupted and last.text == cut.text
 
 
+def drain(agent) -> list:
+    """The events already out (no waiting)."""
+    out = []
+    while (frame := agent.next_event_nowait()) is not None:
+        out.append(frame)
+    return out
+
+
+@pytest.mark.integration
 async def test_own_echo_and_noise_do_not_interrupt(make_agent, say, helpers):
     agent = make_agent(llm_max_tokens=40)
     await agent.start()

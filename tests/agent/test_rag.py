@@ -56,6 +56,7 @@ def test_reads_pdf_md_txt(tmp_path, helpers):
     assert "hello" in read_document(tmp_path / "a.md")
 
 
+@pytest.mark.integration
 def test_query_finds_the_right_source_and_scores(fresh_kb):
     report = fresh_kb.build()
     assert sorted(report.added) == ["bread.txt", "server.md", "telescope.pdf"]
@@ -72,6 +73,7 @@ def test_query_finds_the_right_source_and_scores(fresh_kb):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.integration
 def test_irrelevant_query_means_fallback(fresh_kb):
     fresh_kb.build()
     result = fresh_kb.query("Tell me a joke about penguins", 3)
@@ -79,6 +81,7 @@ def test_irrelevant_query_means_fallback(fresh_kb):
     assert result.passages and result.passages[0].score < fresh_kb.relevance_threshold
 
 
+@pytest.mark.integration
 def test_incremental_rebuild_touches_only_changed_files(fresh_kb, tmp_path):
     first = fresh_kb.build()
     total = first.total_chunks
@@ -107,6 +110,7 @@ def test_incremental_rebuild_touches_only_changed_files(fresh_kb, tmp_path):
     assert report.total_chunks < total + 1
 
 
+@pytest.mark.integration
 def test_index_persists_across_instances(fresh_kb, tmp_path):
     fresh_kb.build()
     reloaded = KnowledgeBase(fresh_kb.kb_dir, fresh_kb.index_dir, fresh_kb.embedder, chunk_chars=300, chunk_overlap=60)

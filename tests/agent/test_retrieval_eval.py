@@ -33,6 +33,7 @@ def test_labelled_set_is_big_enough():
     assert all((ROOT / "knowledge_base" / q["source"]).is_file() for q in answerable)
 
 
+@pytest.mark.integration
 def test_recall_at_3_and_the_calibrated_threshold(project_kb):
     result = calibrate_threshold(project_kb, QUESTIONS, top_k=3)
     misses = [r for r in result["rows"] if r["source"] and not r["hit"]]
@@ -45,6 +46,7 @@ def test_recall_at_3_and_the_calibrated_threshold(project_kb):
     assert tpr >= 0.9 and tnr >= 0.9, (tpr, tnr, rows)
 
 
+@pytest.mark.integration
 def test_privacy_question_finds_the_privacy_file(project_kb):
     r = project_kb.query("Does any audio leave my machine?", 3)
     assert r.relevant and r.passages[0].source == "what-is-echoforge.md", r.passages
@@ -79,6 +81,7 @@ async def _reply(models, kb, question: str, answer_style: str = "generate") -> t
     return " ".join(spoken), upstream
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "item", [q for q in QUESTIONS if q["q"] in (
         "what port does the server use", "does any audio leave my machine", "which language model runs by default",
@@ -96,12 +99,14 @@ async def test_generated_answers_contain_the_fact_and_end_at_a_sentence(models, 
     assert "3000" not in reply
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("question", ["Who founded the lighthouse in the harbour?", "What is the capital of Australia?"])
 async def test_unanswerable_facts_get_i_dont_know(models, project_kb, question):
     reply, _ = await _reply(models, project_kb, question)
     assert reply == DONT_KNOW
 
 
+@pytest.mark.integration
 async def test_quoted_answers_contain_the_fact(models, project_kb):
     # The default with the embedded model (answer_style auto → quote): the notes' best sentence.
     answerable = [q for q in QUESTIONS if q["source"]]

@@ -83,6 +83,7 @@ def test_fact_questions_small_talk_and_grounding():
     assert extractive_answer("what port does the server use", passages) == "By default the server listens on port 8000."
 
 
+@pytest.mark.integration
 def test_embedded_llm_streams_and_stops_on_event(models):
     llm = models.llm
     msgs = [{"role": "user", "content": "Tell me a long story about a dragon and a knight."}]

@@ -7,6 +7,8 @@ import pytest
 
 from echoforge.agent.vad import SileroVAD, TurnDetector, VADParams
 
+pytestmark = pytest.mark.integration  # real Silero VAD on Piper speech
+
 
 @pytest.fixture(scope="module")
 def silero():

@@ -15,6 +15,8 @@ from echoforge.audio import float_to_pcm16
 from echoforge.config import load_settings
 from echoforge.server.routers.agent import router
 
+pytestmark = pytest.mark.integration  # the agent WebSocket on the real models
+
 
 @pytest.fixture
 def client(models, espeak, tmp_path):
