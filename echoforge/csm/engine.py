@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from echoforge.audio import TempoStretcher, change_tempo
-from echoforge.engines.base import BaseEngine, EngineUnavailable, SynthesisRequest, VoiceInfo
+from echoforge.engines.base import BaseEngine, EngineUnavailable, Segment, SynthesisRequest, VoiceInfo
 
 if TYPE_CHECKING:
     from echoforge.config import Settings
@@ -144,8 +144,30 @@ class CSMEngine(BaseEngine):
     def scheduler_stats(self) -> dict:
         """Continuous-batching counters of this device's scheduler (for /api/diagnostic and /api/health)."""
         sch = self.generator.scheduler
+        cache = sch.runner.prefix_cache
         return {**sch.stats, "slots": sch.max_rows, "active": sch.active, "waiting": len(sch.waiting),
-                "max_waiting": sch.max_waiting}  # fmt: skip
+                "max_waiting": sch.max_waiting, "prefix_cache_entries": len(cache), "prefix_cache_bytes": cache.bytes}  # fmt: skip
+
+    # ------------------------------------------------------------------ the protocol's optional parts
+
+    def load(self) -> tuple[int, int]:
+        """``(running, waiting)`` streams of the scheduler: the one admission queue of CSM."""
+        sch = self.generator.scheduler
+        return sch.active, len(sch.waiting)
+
+    def retry_after_s(self) -> float:
+        """The scheduler's one Retry-After estimate."""
+        return self.generator.scheduler.retry_after()
+
+    @property
+    def max_reference_s(self) -> float | None:
+        """Voice prompts longer than this are trimmed (``csm.max_reference_s``; part of the prompt cache key)."""
+        return self.generator.max_reference_s
+
+    def encode_prompt(self, segment: Segment) -> Segment:
+        """A voice's reference segment -> the prompt CSM reads: Mimi codes ``[frames, 32]``, a long clip
+        trimmed at a pause (VoiceStore caches the result on disk per voice)."""
+        return self.generator.prepare_segment(segment)
 
     def voices(self) -> list[VoiceInfo]:
         # CSM has no named voices: speaker ids plus context clips define the voice.
@@ -173,11 +195,21 @@ class CSMEngine(BaseEngine):
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """Chunks as frames arrive (``csm.first_chunk_frames``, then ``csm.chunk_frames``), each watermarked."""
-        offset = 0
-        stretch = TempoStretcher(self.sample_rate, request.speed) if request.speed != 1.0 else None
-        for chunk in self.generator.stream(
+        yield from self.open_stream(request)
+
+    def open_stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        """Like :meth:`stream`, but the request is admitted *now*, by the scheduler's queue (the one
+        admission point of CSM): raises :class:`~echoforge.engines.base.EngineBusy` (with
+        ``retry_after``) when every slot is taken and the queue is full; iterate for the chunks."""
+        chunks = self.generator.submit_stream(
             **self._kwargs(request), first_chunk_frames=self.first_chunk_frames, chunk_frames=self.chunk_frames
-        ):
+        )
+        return self._finish_chunks(chunks, request.speed)
+
+    def _finish_chunks(self, chunks: Iterator, speed: float) -> Iterator[np.ndarray]:
+        offset = 0
+        stretch = TempoStretcher(self.sample_rate, speed) if speed != 1.0 else None
+        for chunk in chunks:
             audio = chunk.numpy().astype(np.float32, copy=False)
             if stretch is not None:
                 audio = stretch.process(audio)

@@ -302,24 +302,40 @@ class CSMGenerator:
         the caller's thread while the scheduler generates the next frames; on CUDA it runs on a
         side stream of its own, so it overlaps with the frame graphs instead of queueing behind them.
         """
+        req = Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed, should_stop)
+        yield from self._decode_chunks(self._codes_iter(req), first_chunk_frames, chunk_frames)
+
+    def submit_stream(self, text: str, speaker: int = 0, context: Sequence[Segment] = (), max_audio_length_ms: float = 90_000,
+                      temperature: float = 0.9, topk: int = 50, seed: int | None = None, first_chunk_frames: int = 2,
+                      chunk_frames: int = 8, should_stop: Callable[[], bool] | None = None) -> Iterator[Tensor]:  # fmt: skip
+        """:meth:`stream`, admitted now: the scheduler takes the request (or raises
+        :class:`~echoforge.csm.scheduler.SchedulerBusy`) before this returns the chunk iterator."""
+        req = Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed, should_stop)
+        return self._decode_chunks(iter(self.scheduler.submit(req)), first_chunk_frames, chunk_frames)
+
+    def _decode_chunks(self, frames: Iterator[Tensor], first_chunk_frames: int, chunk_frames: int) -> Iterator[Tensor]:
         dec = self.codec.streaming_decoder()
         pending: list[Tensor] = []
         want = first_chunk_frames
-        req = Request(text, speaker, list(context), max_audio_length_ms, temperature, topk, seed, should_stop)
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
         def decode(frames: list[Tensor]) -> Tensor:
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 return dec.decode(torch.stack(frames).clamp(0, 2047)).float().reshape(-1).cpu()
 
-        with torch.inference_mode():
-            for frame in self._codes_iter(req):
-                pending.append(frame)
-                if len(pending) >= want:
+        try:
+            with torch.inference_mode():
+                for frame in frames:
+                    pending.append(frame)
+                    if len(pending) >= want:
+                        yield decode(pending)
+                        pending, want = [], chunk_frames
+                if pending:
                     yield decode(pending)
-                    pending, want = [], chunk_frames
-            if pending:
-                yield decode(pending)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # a consumer that stops early cancels the row
 
     def generate_batch(self, requests: Sequence[Request | dict], decode: bool = True) -> list[Tensor]:
         """Several requests at once: all are submitted to the scheduler and decode frame by frame together.

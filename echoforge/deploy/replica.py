@@ -116,13 +116,7 @@ class EngineReplica:
 
     def encode_prompt(self, segment: Segment) -> Segment:
         """A voice's reference segment → the engine's prompt (CSM: Mimi codes ``[frames, 32]``)."""
-        encode = getattr(self.engine, "encode_prompt", None)
-        generator = getattr(self.engine, "generator", None)
-        if encode is None and hasattr(generator, "prepare_segment"):
-            encode = generator.prepare_segment
-        elif encode is None and hasattr(generator, "encode_audio"):
-            codes = generator.encode_audio(segment.audio, segment.sample_rate)
-            return dataclasses.replace(segment, audio=codes)
+        encode = getattr(self.engine, "encode_prompt", None)  # CSM: Mimi codes, a long clip trimmed
         return encode(segment) if encode is not None else segment
 
     def check_health(self) -> None:

@@ -161,6 +161,37 @@ class TTSEngine(Protocol):
         ...
 
 
+@runtime_checkable
+class ScheduledEngine(TTSEngine, Protocol):
+    """Optional parts of an engine with its own request scheduler and voice prompts (CSM).
+
+    Callers (the synthesis service, ``VoiceStore``, the Ray replica) use these instead of
+    reaching into the engine's internals; every part is looked up with ``getattr``, so an
+    engine may offer any subset.
+    """
+
+    max_reference_s: float | None  # voice prompts are trimmed to this (part of the prompt cache key)
+
+    def open_stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        """Admit ``request`` now (the engine's one admission point) and return its chunk iterator.
+
+        Raises :class:`EngineBusy` (with ``retry_after``) when the engine's queue is full.
+        """
+        ...
+
+    def load(self) -> tuple[int, int]:
+        """``(running, waiting)`` requests of the engine's scheduler."""
+        ...
+
+    def retry_after_s(self) -> float:
+        """The engine's estimate of when a refused request should retry."""
+        ...
+
+    def encode_prompt(self, segment: Segment) -> Segment:
+        """A voice's reference segment -> the form the engine reads (CSM: Mimi codes), cacheable."""
+        ...
+
+
 def engine_concurrency(engine: object) -> int:
     """How many requests ``engine`` can synthesize at once (its ``max_concurrency``, default 1).
 

@@ -164,3 +164,57 @@ def test_piper_concurrent_equals_sequential(tmp_path):
     assert probe.max_in_flight >= N  # N ONNX runs were in flight together (no engine-wide lock)
     for i, audio in enumerate(concurrent):
         np.testing.assert_array_equal(audio, sequential[i % len(TEXTS)])
+
+
+# ------------------------------------------------------------------------------ CSM: one admission point
+
+
+def test_csm_streams_are_admitted_once_by_the_scheduler_queue(tmp_path):
+    """CSM has no slot gate in the service: the scheduler's queue admits (or refuses with its own
+    Retry-After), and the voice store / replica use the engine's protocol, not its generator."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "csm"))
+    from tiny_models import build_tiny_csm
+
+    from echoforge.csm.engine import CSMEngine
+    from echoforge.csm.generator import CSMGenerator
+    from echoforge.engines.base import ScheduledEngine, Segment
+    from echoforge.server.errors import Unavailable
+    from echoforge.server.services.synthesis import SynthesisService
+    from echoforge.server.services.voices import VoiceStore
+
+    gen = CSMGenerator.from_pretrained(build_tiny_csm(tmp_path / "m"), device="cpu", max_batch_size=1, max_waiting=1)
+    engine = CSMEngine(gen, watermark=False)
+    assert isinstance(engine, ScheduledEngine)
+    settings = load_settings(data_dir=tmp_path, server={"workers": 4}, csm={"max_waiting": 1})
+    service = SynthesisService(engine, VoiceStore(tmp_path), settings)
+    hold = threading.Event()
+    try:
+        assert service.scheduled and not hasattr(service._slots, "reserve")  # no second gate
+        long = SynthesisRequest(text="hello world", max_audio_length_ms=400 * 80, temperature=0.0,
+                                should_stop=hold.is_set)  # fmt: skip
+        running = engine.open_stream(long)  # takes the only slot
+        waiting = engine.open_stream(long)  # the one waiting place
+
+        async def refused():
+            agen = service.stream(SynthesisRequest(text="good morning", max_audio_length_ms=160, temperature=0.0))
+            with pytest.raises(Unavailable) as err:
+                await agen.__anext__()
+            return err.value
+
+        exc = asyncio.run(refused())
+        assert exc.code == "server_overloaded" and exc.retry_after >= 1
+        assert service.stats.rejected == 1 and engine.load() in ((1, 1), (0, 2))
+        hold.set()  # both held streams stop at the next frame
+        for it in (running, waiting):
+            list(it)
+        codes = engine.encode_prompt(Segment(0, "hi", np.zeros(4800, np.float32), 24_000, pinned=True))
+        assert codes.pinned and codes.audio.ndim == 2 and codes.audio.shape[1] == 32
+    finally:
+        hold.set()
+        service.close()
+        gen.scheduler.close()

@@ -1,13 +1,13 @@
 """The synthesis service: the only place the server touches the engine.
 
-* Engine calls run in worker threads — never on the event loop. A FIFO slot gate bounds how
-  many run at once: ``server.workers`` for CSM (one per device is the sane default), the
-  engine's own ``max_concurrency`` for the fallbacks (Piper/espeak: ``server.fallback_concurrency``,
-  by default the CPU count).
-* Admission control (fallback engines): a stream that finds every slot busy waits in a bounded
-  FIFO queue (``server.fallback_max_waiting``); past that it is refused at once with
-  ``503 server_overloaded`` and a ``Retry-After`` estimated from the queue and recent synthesis
-  times. Queue workers (``/api/generate`` tasks) always wait: the task queue bounds them itself
+* Engine calls run in worker threads — never on the event loop.
+* Admission control has one point per engine. CSM (an engine with ``open_stream``): its
+  scheduler's queue — every slot taken and ``csm.max_waiting`` waiting, a stream is refused at
+  once with ``503 server_overloaded`` and the scheduler's one ``Retry-After`` estimate; there is no
+  second gate here. Fallback engines (Piper/espeak): a FIFO slot gate of the engine's
+  ``max_concurrency`` (``server.fallback_concurrency``) with a bounded wait queue
+  (``server.fallback_max_waiting``), Retry-After from the queue and recent synthesis times.
+  Queue workers (``/api/generate`` tasks) always wait: the task queue bounds them itself
   (``429 queue_full``).
 * :meth:`SynthesisService.synthesize` is for queue workers (blocking, cancellable between
   chunks, reports progress). When the engine has ``synthesize_batch`` (or ``generate_batch``),
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from echoforge.analysis.params import apply_tone, tone_from_instructions
-from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine, engine_concurrency
+from echoforge.engines.base import EngineBusy, Segment, SynthesisRequest, TTSEngine, engine_concurrency
 from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Unavailable
 from echoforge.server.services.voices import VoiceStore
@@ -143,6 +143,21 @@ class SlotGate:
             self.release(ticket)
 
 
+class _SchedulerLoad:
+    """The CSM scheduler's queue seen through the gate's read-only counters (health, replica stats)."""
+
+    def __init__(self, engine: Any, capacity: int) -> None:
+        self._engine, self.capacity, self.max_waiting = engine, capacity, None
+
+    @property
+    def in_use(self) -> int:
+        return int(self._engine.load()[0])
+
+    @property
+    def waiting(self) -> int:
+        return int(self._engine.load()[1])
+
+
 def estimate_seconds(text: str, speed: float = 1.0) -> float:
     """About how long ``text`` takes to say (progress only): echoforge.text's one speaking rate."""
     return speech_seconds(text, speed)
@@ -177,13 +192,17 @@ class SynthesisService:
         # CSM: its scheduler's slots (it batches every stream frame by frame, csm.max_batch_size) or
         # server.workers if larger, with csm.max_waiting waiting beyond them.
         self.admission = True
+        # An engine with its own scheduler (CSM) admits streams itself, in one queue: no gate here.
+        self.scheduled = not engine.is_fallback and callable(getattr(engine, "open_stream", None))
         if engine.is_fallback:
             self.concurrency = engine_concurrency(engine)
             self.max_waiting = settings.server.fallback_max_waiting
         else:
             self.concurrency = max(settings.server.workers, engine_concurrency(engine))
             self.max_waiting = settings.csm.max_waiting
-        self._slots = SlotGate(self.concurrency, self.max_waiting)
+        self._slots: SlotGate | _SchedulerLoad = (
+            _SchedulerLoad(engine, self.concurrency) if self.scheduled else SlotGate(self.concurrency, self.max_waiting)
+        )
         self._batch_fn = getattr(engine, "synthesize_batch", None) or getattr(engine, "generate_batch", None)
         self.max_batch = settings.csm.max_batch_size if self._batch_fn else 1
         self.stats = SynthesisStats()
@@ -279,12 +298,17 @@ class SynthesisService:
     # ------------------------------------------------------------------ blocking (workers)
     @contextlib.contextmanager
     def slot(self, should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
-        """Hold one of the ``concurrency`` engine slots (waiting in arrival order)."""
+        """Hold one of the ``concurrency`` engine slots (waiting in arrival order); CSM's scheduler queues itself."""
+        if isinstance(self._slots, _SchedulerLoad):
+            yield
+            return
         with self._slots.hold(should_stop):
             yield
 
     def retry_after_s(self) -> float:
         """A client's fair wait before retrying: the queue ahead of it at the recent pace."""
+        if self.scheduled:
+            return float(self.engine.retry_after_s())  # type: ignore[attr-defined]
         with self._stats_lock:
             per_request = self.stats.synth_s / self.stats.requests if self.stats.requests else 1.0
         ahead = self._slots.waiting + self._slots.in_use
@@ -327,7 +351,7 @@ class SynthesisService:
             with self.slot(should_stop):
                 if should_stop is not None and request.should_stop is None:
                     request = dataclasses.replace(request, should_stop=should_stop)
-                for chunk in self.engine.stream(request):
+                for chunk in self._worker_chunks(request, should_stop):
                     if should_stop and should_stop():
                         raise Cancelled("cancelled")
                     chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
@@ -338,6 +362,20 @@ class SynthesisService:
             audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         self._account(audio.size / self.engine.sample_rate, time.perf_counter() - t0)
         return audio
+
+    def _worker_chunks(self, request: SynthesisRequest, should_stop: Callable[[], bool] | None) -> Iterator[Any]:
+        """The engine's chunks for a queue worker: with CSM's scheduler full, wait and retry (workers always wait)."""
+        if not self.scheduled:
+            return self.engine.stream(request)
+        while True:
+            try:
+                return self.engine.open_stream(request)  # type: ignore[attr-defined]
+            except EngineBusy as exc:
+                deadline = time.monotonic() + max(0.1, min(exc.retry_after, 5.0))
+                while time.monotonic() < deadline:
+                    if should_stop and should_stop():
+                        raise Cancelled("cancelled while waiting for the CSM scheduler") from None
+                    time.sleep(0.05)
 
     def _account(self, audio_s: float, synth_s: float, ttfa_s: float | None = None) -> None:
         observability.synthesis_done(self.engine.name, audio_s, synth_s, ttfa_s)
@@ -402,10 +440,36 @@ class SynthesisService:
                     if loop.is_closed():
                         return
 
-        ticket = self._admit()  # before anything starts: may raise 503 (Unavailable)
+        # Admission before anything starts: may raise 503 (Unavailable). CSM: the scheduler's queue.
+        chunks: Iterator[Any] | None = None
+        ticket: Any = None
+        if self.scheduled:
+            try:
+                chunks = self.engine.open_stream(dataclasses.replace(request, should_stop=stop.is_set))  # type: ignore[attr-defined]
+            except EngineBusy as exc:
+                with self._stats_lock:
+                    self.stats.rejected += 1
+                active, waiting = self.engine.load()  # type: ignore[attr-defined]
+                log.info("overloaded: %d busy, %d waiting — refusing a stream", active, waiting)
+                raise Unavailable(
+                    f"the {self.engine.name} engine is busy ({active} running, {waiting} waiting); "
+                    "retry after the time in Retry-After",
+                    code="server_overloaded",
+                    retry_after=float(min(60.0, max(1.0, exc.retry_after))),
+                ) from None
+        else:
+            ticket = self._admit()
+
+        def release() -> None:
+            if ticket is not None:
+                self._slots.release(ticket)  # type: ignore[union-attr]
+            elif chunks is not None:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
 
         def produce() -> None:
-            if not self._slots.wait(ticket, stop.is_set):
+            if ticket is not None and not self._slots.wait(ticket, stop.is_set):  # type: ignore[union-attr]
                 put("end", None)
                 return
             t0 = time.perf_counter()
@@ -415,7 +479,8 @@ class SynthesisService:
                 if stop.is_set():
                     return
                 # The engine polls this too: a disconnect stops CSM at the next frame, not the next chunk.
-                for chunk in self.engine.stream(dataclasses.replace(request, should_stop=stop.is_set)):
+                it = chunks if chunks is not None else self.engine.stream(dataclasses.replace(request, should_stop=stop.is_set))
+                for chunk in it:
                     if stop.is_set():
                         return
                     chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
@@ -426,7 +491,7 @@ class SynthesisService:
             except BaseException as exc:
                 put("error", exc)
             finally:
-                self._slots.release(ticket)
+                release()
                 self._account(samples / self.engine.sample_rate, time.perf_counter() - t0, first)
                 put("end", None)
 
@@ -435,7 +500,8 @@ class SynthesisService:
         try:
             fut = loop.run_in_executor(self._executor, produce)
         except BaseException:  # executor shut down: give the slot back
-            self._slots.release(ticket)
+            stop.set()
+            release()
             raise
         try:
             while True:

@@ -3,7 +3,7 @@
 A voice is a reference clip, its transcript, a CSM speaker id and some tags. For CSM the
 reference becomes the prompt that leads the context, marked ``pinned`` so a long conversation
 never pushes it out of CSM's window; when the engine can pre-encode a prompt
-(``engine.encode_prompt(segment) -> Segment``, or for CSM ``engine.generator.prepare_segment`` →
+(``engine.encode_prompt(segment) -> Segment``; for CSM →
 Mimi codes, over-long clips trimmed to ``csm.max_reference_s``), the result is computed once
 per (voice, engine) and cached on disk under ``voices/.prompts/``. Fallback engines get the
 voice's ``fallback_voice`` (an espeak-ng voice such as ``en-us+f3``) instead.
@@ -319,7 +319,7 @@ class VoiceStore:
         The segment is marked ``pinned`` (the voice prompt): CSM keeps it when a long
         conversation fills the window and drops older turns instead. Fallback engines get
         ``None`` (they use :attr:`Voice.fallback_voice`). When the engine offers
-        ``encode_prompt`` (or, for CSM, ``generator.prepare_segment``: Mimi codes, a clip
+        ``encode_prompt`` (for CSM: Mimi codes, a clip
         longer than ``csm.max_reference_s`` cut at a pause), its result is cached on disk per
         voice, engine, transcript, speaker and reference limit.
         """
@@ -333,19 +333,8 @@ class VoiceStore:
             sample_rate=engine.sample_rate,
             pinned=True,
         )
-        encode = getattr(engine, "encode_prompt", None)
-        generator = getattr(engine, "generator", None)
-        limit = getattr(generator, "max_reference_s", None)
-        if encode is None and hasattr(generator, "prepare_segment"):  # CSM: Segment audio may be Mimi codes [F, 32]
-            encode = generator.prepare_segment
-        elif encode is None and hasattr(generator, "encode_audio"):
-
-            def encode(seg: Segment) -> Segment:
-                return Segment(
-                    seg.speaker, seg.text, generator.encode_audio(seg.audio, seg.sample_rate), seg.sample_rate,
-                    pinned=True,
-                )  # fmt: skip
-
+        encode = getattr(engine, "encode_prompt", None)  # CSM: Segment audio becomes Mimi codes [F, 32]
+        limit = getattr(engine, "max_reference_s", None)
         if encode is None:
             return segment
         digest = hashlib.sha256(
