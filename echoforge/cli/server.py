@@ -23,6 +23,8 @@ def serve(
     reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
     ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve: one engine replica per device (needs the 'ray' extra; sized by the ray.* settings).")] = False,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --ray: auto, ray://head:10001 or host:6379 (default: ray.address, else a local Ray instance).")] = None,
+    replicas: Annotated[int | None, typer.Option(min=1, max=1024, help="With --ray: engine replicas (default: ray.replicas, else one per GPU).")] = None,
+    autoscaling_config: Annotated[str | None, typer.Option(help="With --ray: Ray Serve's autoscaling_config for the engine replicas, as JSON or a JSON/YAML file (every Ray field passes through, e.g. '{\"min_replicas\": 1, \"max_replicas\": 4, \"upscale_delay_s\": 5}').")] = None,
 ) -> None:
     """Start the EchoForge server: REST + OpenAI-compatible API, WebSocket streaming, web studio."""
     import uvicorn
@@ -32,6 +34,8 @@ def serve(
     port = port or settings.server.port
     console.print(f"EchoForge on [bold]http://{host}:{port}[/]  (API docs: /docs)")
     with user_errors():
+        if (replicas is not None or autoscaling_config) and not (ray or ray_address):
+            raise ValueError("--replicas and --autoscaling-config need --ray")
         if ray or ray_address:
             try:
                 from echoforge.deploy.app import run as run_on_ray
@@ -39,7 +43,10 @@ def serve(
                 fail(f"--ray needs Ray Serve ({exc.name} is missing): pip install 'echoforge[ray]'")
             if engine:
                 settings = settings.model_copy(update={"engine": engine})
-            run_on_ray(settings, address=ray_address, host=host, port=port)
+            if replicas is not None:
+                settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"replicas": replicas})})
+            autoscaling = _autoscaling_config(autoscaling_config) if autoscaling_config else None
+            run_on_ray(settings, address=ray_address, host=host, port=port, autoscaling_config=autoscaling)
             return
         if reload:
             if engine:
@@ -55,6 +62,31 @@ def serve(
         # With the metrics middleware, `echoforge.access` logs each request (with its request id).
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), timeout_graceful_shutdown=15,
                     access_log=observability.metrics is None)  # fmt: skip
+
+
+def _autoscaling_config(value: str) -> dict:
+    """``--autoscaling-config``: inline JSON, or a JSON/YAML file holding the mapping."""
+    import json
+    from pathlib import Path
+
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"--autoscaling-config: {value!r} is neither JSON nor a file")
+        text = path.read_text(encoding="utf-8")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--autoscaling-config is not JSON or YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError("--autoscaling-config must be a mapping such as {\"min_replicas\": 1, \"max_replicas\": 4}")
+    return config
 
 
 def worker(

@@ -54,8 +54,14 @@ def _cluster_gpus() -> float:
         return 0.0
 
 
-def engine_options(settings: Settings) -> dict[str, Any]:
-    """Ray Serve options of the engine deployment, from ``settings.ray`` (and the cluster's GPUs)."""
+def engine_options(settings: Settings, autoscaling_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ray Serve options of the engine deployment, from ``settings.ray`` (and the cluster's GPUs).
+
+    ``autoscaling_config``: Ray Serve's full ``autoscaling_config`` (every field passes through,
+    validated by Ray); it replaces a fixed replica count. Missing ``target_ongoing_requests``
+    defaults to one replica's slots, ``min_replicas`` / ``max_replicas`` to
+    ``ray.autoscaling_min`` / ``ray.autoscaling_max`` when those are set.
+    """
     r = settings.ray
     gpus = _cluster_gpus()
     num_gpus = r.num_gpus if r.num_gpus is not None else (1.0 if gpus else 0.0)
@@ -67,12 +73,14 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "health_check_timeout_s": 60.0,
         "graceful_shutdown_timeout_s": 15.0,
     }
-    if r.autoscaling_max is not None:
-        options["autoscaling_config"] = {
-            "min_replicas": r.autoscaling_min if r.autoscaling_min is not None else 1,
-            "max_replicas": r.autoscaling_max,
-            "target_ongoing_requests": max(1, slots),
-        }
+    if autoscaling_config is not None or r.autoscaling_max is not None:
+        auto: dict[str, Any] = {"target_ongoing_requests": max(1, slots)}
+        if r.autoscaling_max is not None:
+            auto.update(
+                min_replicas=r.autoscaling_min if r.autoscaling_min is not None else 1, max_replicas=r.autoscaling_max
+            )
+        auto.update(autoscaling_config or {})
+        options["autoscaling_config"] = auto
     else:  # one replica per device: the GPUs when replicas use them, else one (or what is configured)
         options["num_replicas"] = r.replicas or (max(1, int(gpus // num_gpus)) if num_gpus else 1)
     return options
@@ -80,7 +88,9 @@ def engine_options(settings: Settings) -> dict[str, Any]:
 
 def max_replicas(options: dict[str, Any]) -> int:
     auto = options.get("autoscaling_config")
-    return int(auto["max_replicas"]) if auto else int(options["num_replicas"])
+    if auto:
+        return int(auto.get("max_replicas") or auto.get("initial_replicas") or auto.get("min_replicas") or 1)
+    return int(options["num_replicas"])
 
 
 @serve.ingress()
@@ -116,7 +126,11 @@ class EchoForgeIngress:
 
 
 def build_app(
-    settings: Settings, *, engine_factory: EngineFactory | None = None, engine_options_override: dict | None = None
+    settings: Settings,
+    *,
+    engine_factory: EngineFactory | None = None,
+    engine_options_override: dict | None = None,
+    autoscaling_config: dict[str, Any] | None = None,
 ) -> Any:
     """The bound Ray Serve application for ``settings``.
 
@@ -124,12 +138,13 @@ def build_app(
         settings: EchoForge settings; ``data_dir`` must be shared by every node of a cluster.
         engine_factory: builds each replica's engine (default: ``settings.engine``).
         engine_options_override: extra Ray Serve options for the engine deployment.
+        autoscaling_config: Ray Serve's ``autoscaling_config`` for the engine replicas (passed through).
 
     Returns:
         A ``ray.serve.Application`` for ``serve.run``.
     """
     settings = settings.model_copy(update={"data_dir": Path(settings.data_dir).resolve()})
-    options = {**engine_options(settings), **(engine_options_override or {})}
+    options = {**engine_options(settings, autoscaling_config), **(engine_options_override or {})}
     capacity = replica_slots(settings) * max_replicas(options)
     engine = serve.deployment(EngineReplica, name=ENGINE_DEPLOYMENT).options(**options)
     ingress = serve.deployment(EchoForgeIngress, name=INGRESS_DEPLOYMENT).options(
@@ -142,17 +157,27 @@ def build_app(
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """``import_path`` of ``serve run``/``serve deploy`` configs: ``args.settings`` overrides settings."""
-    return build_app(load_settings(**(args or {}).get("settings", {})))
+    """``import_path`` of ``serve run``/``serve deploy`` configs: ``args.settings`` overrides settings,
+    ``args.autoscaling_config`` is the engine replicas' Ray Serve ``autoscaling_config``."""
+    args = args or {}
+    return build_app(load_settings(**args.get("settings", {})), autoscaling_config=args.get("autoscaling_config"))
 
 
-def run(settings: Settings, *, address: str | None = None, host: str | None = None, port: int | None = None) -> None:
+def run(
+    settings: Settings,
+    *,
+    address: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    autoscaling_config: dict[str, Any] | None = None,
+) -> None:
     """``echoforge serve --ray``: start (or join) Ray, deploy, serve until Ctrl+C.
 
     Args:
         settings: EchoForge settings (``settings.ray`` sizes the deployment).
         address: a Ray cluster (``auto``, ``ray://head:10001``, ``host:6379``); None starts a local one.
         host, port: where Ray Serve's HTTP proxy listens (default: ``server.host``/``server.port``).
+        autoscaling_config: Ray Serve's ``autoscaling_config`` for the engine replicas (``--autoscaling-config``).
     """
     address = address or settings.ray.address
     started = not ray.is_initialized()
@@ -160,7 +185,7 @@ def run(settings: Settings, *, address: str | None = None, host: str | None = No
         init: dict[str, Any] = {"address": address} if address else {"num_cpus": settings.ray.num_cpus_local}
         ray.init(**init, log_to_driver=True)
     serve.start(http_options={"host": host or settings.server.host, "port": port or settings.server.port})
-    app = build_app(settings)
+    app = build_app(settings, autoscaling_config=autoscaling_config)
     serve.run(app, name=settings.ray.app_name, route_prefix="/")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -111,6 +111,7 @@ class RemoteEngine:
         self.name = description["name"]
         self.sample_rate = int(description["sample_rate"])
         self.is_fallback = bool(description["is_fallback"])
+        self.load_s = float(description.get("load_s") or 0.0)  # the replica's model load (for /api/health)
         self.max_concurrency = max(1, int(capacity))
         self.app_name, self.deployment = app_name, deployment
         base = EngineInfo(**description["info"])

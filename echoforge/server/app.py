@@ -203,8 +203,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if engine is not None:
-            eng, load_s = engine, 0.0
+        if engine is not None:  # injected (tests, Ray Serve): its own load time when it knows it
+            eng, load_s = engine, float(getattr(engine, "load_s", 0.0) or 0.0)
         else:
             eng, load_s = await asyncio.to_thread(load_engine, settings, engine_name)
         services = await asyncio.to_thread(

@@ -17,6 +17,21 @@ log = logging.getLogger("echoforge.server")
 router = APIRouter(tags=["health"])
 
 
+_READY: dict[int, bool] = {}  # id(services) → every replica ran once (start-up done)
+
+
+def _replicas_ready(services, replicas: dict) -> bool:  # noqa: ANN001 - Services
+    """Ray Serve: ready once every target replica has been running; after that (autoscaling
+    up and down), ready while at least one replica runs."""
+    running = replicas.get("running") or 0
+    if _READY.get(id(services)):
+        return running > 0
+    if running >= replicas["target"]:
+        _READY[id(services)] = True
+        return True
+    return False
+
+
 @router.get(
     "/api/health",
     response_model=Health,
@@ -25,8 +40,9 @@ router = APIRouter(tags=["health"])
 async def health(services: ServicesDep, response: Response) -> dict:
     """Engine in use (CSM or a fallback), queue depth, whether API keys are required.
 
-    ``503`` with ``status: "degraded"`` when the task queue (Redis, SQLite) cannot be reached:
-    streaming still works, queued generation does not.
+    ``503`` with ``status: "degraded"`` when the task queue (Redis, SQLite) cannot be reached
+    (streaming still works, queued generation does not), and on Ray Serve until every engine
+    replica is running (``replicas.running < replicas.target``).
     """
     info = services.engine.info()
     queue: dict = {"backend": services.queue.backend, "reachable": True}
@@ -38,8 +54,15 @@ async def health(services: ServicesDep, response: Response) -> dict:
         queue.update(depth=0, running=0, reachable=False, error=f"the {services.queue.backend} task queue is unreachable")
         response.status_code = 503
         response.headers["Retry-After"] = "5"
+    replicas = getattr(services.engine, "replicas", lambda: None)()  # Ray Serve (echoforge.deploy)
+    ready = queue["reachable"]
+    if replicas and replicas.get("target") and not _replicas_ready(services, replicas):
+        # Readiness waits for every engine replica: a load balancer should not send traffic yet.
+        ready = False
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
     return {
-        "status": "ok" if queue["reachable"] else "degraded",
+        "status": "ok" if ready else "degraded",
         "version": __version__,
         "engine": {
             "name": info.name,
@@ -57,7 +80,7 @@ async def health(services: ServicesDep, response: Response) -> dict:
             "capacity": services.synthesis.concurrency,
             "scheduler": getattr(services.engine, "scheduler_stats", lambda: None)(),
         },
-        "replicas": getattr(services.engine, "replicas", lambda: None)(),  # Ray Serve (echoforge.deploy)
+        "replicas": replicas,
         "auth_required": services.keys.required,
         "uptime_s": round(time.time() - services.started_at, 3),
         "model_load_s": round(services.model_load_s, 3),
