@@ -202,47 +202,25 @@ def test_keys_in_urls_never_reach_the_server_log(tmp_path):
     """`echoforge serve` end to end: keys sent as ?api_key= (HTTP and the WebSocket handshake)."""
     pytest.importorskip("echoforge.server.app")
     websockets = pytest.importorskip("websockets.sync.client")
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     import httpx
+    from _servers import ChildProcess, echoforge_cli, free_port, http_ready, wait_until
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
-    env.update(ECHOFORGE_ENGINE="espeak", ECHOFORGE_DATA_DIR=str(tmp_path / "data"), ECHOFORGE_LOG_FORMAT="json",
-               ECHOFORGE_SERVER__API_KEYS=f'["{SECRET}"]', ECHOFORGE_SERVER__RATE_LIMIT_PER_MINUTE="0", HF_HUB_OFFLINE="1")
-    exe = Path(sys.executable).parent / "echoforge"
-    log_path = tmp_path / "server.log"
-    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.25)
+    env = dict(ECHOFORGE_ENGINE="espeak", ECHOFORGE_DATA_DIR=str(tmp_path / "data"), ECHOFORGE_LOG_FORMAT="json",
+               ECHOFORGE_SERVER__API_KEYS=f'["{SECRET}"]', ECHOFORGE_SERVER__RATE_LIMIT_PER_MINUTE="0")  # fmt: skip
+    server = ChildProcess([*echoforge_cli(), "serve", "--host", "127.0.0.1", "--port", str(port)], tmp_path,
+                          env=env, name="server")  # fmt: skip
+    with server.start(http_ready(base)):
         httpx.get(f"{base}/api/voices?api_key={SECRET}")
         httpx.get(f"{base}/api/voices?api_key={WRONG}")
         httpx.get(f"{base}/api/voices", headers={"Authorization": f"Bearer {WRONG}"})
         with websockets.connect(f"ws://127.0.0.1:{port}/api/stream?api_key={SECRET}") as ws:
             ws.send('{"type": "start"}')
             assert "ready" in ws.recv(timeout=30)
-        time.sleep(0.5)
-    finally:
-        proc.terminate()
-        proc.wait(20)
+        # Access lines are written after each response: wait for the last one, not a time.
+        wait_until(lambda: server.log().count("/api/voices") >= 3, what="the access log lines")
+    log_path = server.log_path
     log = log_path.read_text()
     assert "/api/stream" in log or "WebSocket" in log or "GET /api/voices" in log  # the requests were logged …
     assert SECRET not in log and WRONG not in log  # … without the keys

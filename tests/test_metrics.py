@@ -16,6 +16,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from _servers import wait_until
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
@@ -189,7 +190,8 @@ def live_app():
 
     engine = create_engine(load_settings(engine="espeak"), "espeak")
     app = small_app()
-    gate = threading.Event()
+    gate = threading.Event()  # set: the queued requests may start
+    gate.mid = threading.Event()  # set: streams may go past their first chunk
     pending = {"n": 0}
 
     @app.get("/speak")
@@ -207,8 +209,9 @@ def live_app():
             step = engine.sample_rate // 10  # 100 ms chunks, sent in about half real time
             chunks = [audio[i : i + step] for i in range(0, audio.size, step)]
             with metrics.synthesis_timer(engine.name, engine.sample_rate) as t:
-                for chunk in chunks:
-                    await asyncio.sleep(0.05)  # paced like a real-time stream
+                for i, chunk in enumerate(chunks):
+                    if i == 1:  # mid-stream until the test has scraped it
+                        await asyncio.to_thread(gate.mid.wait, 120)
                     t.chunk(len(chunk))
                     yield chunk.astype("float32").tobytes()
 
@@ -253,20 +256,21 @@ def test_scrape_shows_queue_depth_and_rtf_moving_while_requests_run(live_app):
     assert scrape_value(httpx.get(f"{url}/metrics").text, "echoforge_http_requests_in_progress", method="GET") >= 3
 
     gate.set()
-    # While audio streams: active syntheses > 0 and a live RTF for the engine.
-    seen_active, seen_rtf, depths = False, None, []
-    deadline = time.monotonic() + 30
-    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+    # While audio streams (every stream holds after its first chunk): active syntheses > 0,
+    # a live RTF for the engine, and the queue drained.
+    def streaming() -> dict | None:
         text = httpx.get(f"{url}/metrics").text
-        depths.append(scrape_value(text, "echoforge_queue_depth"))
-        if (scrape_value(text, "echoforge_engine_active_syntheses", engine=name) or 0) > 0:
-            seen_active = True
-            seen_rtf = scrape_value(text, "echoforge_engine_last_real_time_factor", engine=name)
-        time.sleep(0.03)
+        active = scrape_value(text, "echoforge_engine_active_syntheses", engine=name) or 0
+        if active < 3 or scrape_value(text, "echoforge_queue_depth") != 0.0:
+            return None
+        return {"rtf": scrape_value(text, "echoforge_engine_last_real_time_factor", engine=name)}
+
+    seen = wait_until(streaming, what="all three streams in progress, none queued")
+    gate.mid.set()
     for t in threads:
-        t.join(30)
+        t.join(120)
     assert all(r.status_code == 200 and len(r.content) > 1000 for r in results)
-    assert seen_active, "no scrape saw a synthesis in progress"
+    seen_rtf, depths = seen["rtf"], [0.0]
     assert seen_rtf is not None and seen_rtf > 0
     assert 0.0 in depths  # the queue drained while we watched
     text = httpx.get(f"{url}/metrics").text
