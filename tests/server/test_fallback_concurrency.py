@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerProcess, assert_error, wait_task
+from conftest import AppServer, assert_error, wait_task, wait_until
+from probe_engine import ProbeEspeakEngine
 
 from echoforge.config import load_settings
 from echoforge.engines.base import BaseEngine, SynthesisRequest
@@ -165,17 +166,18 @@ def _speech(client, text):
     return client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"})
 
 
+def probe_engine(probe_dir: Path, parties: int, concurrency: int) -> ProbeEspeakEngine:
+    engine = ProbeEspeakEngine(max_concurrency=concurrency)
+    engine.dir, engine.parties = probe_dir, parties
+    return engine
+
+
 @pytest.fixture(scope="module")
 def probe_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("probe-server")
-    server = ServerProcess(
-        data,
-        "espeak_probe",
-        {"server": {"workers": 1, "fallback_concurrency": N}},
-        env={"PROBE_DIR": str(data), "PROBE_PARTIES": str(N)},
-    ).start()
-    yield server
-    server.stop()
+    engine = probe_engine(data, N, N)
+    with AppServer(data, engine, {"server": {"workers": 1, "fallback_concurrency": N}}).start() as server:
+        yield server
 
 
 def test_concurrent_speech_requests_overlap_in_the_engine(probe_server):
@@ -202,20 +204,14 @@ def test_concurrent_tasks_overlap_in_the_engine(probe_server):
 
 
 def test_overflow_is_503_with_retry_after(tmp_path):
-    server = ServerProcess(
-        tmp_path,
-        "espeak_probe",
-        {"server": {"fallback_concurrency": 1, "fallback_max_waiting": 0}},
-        env={"PROBE_DIR": str(tmp_path), "PROBE_PARTIES": "1"},
-    ).start()
+    engine = probe_engine(tmp_path, 1, 1)
+    server = AppServer(tmp_path, engine, {"server": {"fallback_concurrency": 1, "fallback_max_waiting": 0}}).start()
     try:
         with server.client() as client, ThreadPoolExecutor(1) as pool:
             held = pool.submit(_speech, client, "holdone this request keeps the only slot.")
             started = tmp_path / "started-one"
-            deadline = time.monotonic() + 60
-            while not started.exists():
-                assert time.monotonic() < deadline and not held.done(), "held request never started"
-                time.sleep(0.02)
+            wait_until(lambda: started.exists() or held.done(), what="the held request inside the engine")
+            assert not held.done(), held.result().text
             refused = _speech(client, "This one finds the engine busy.")
             err = assert_error(refused, 503)
             assert err["code"] == "server_overloaded" and err["type"] == "server_error"

@@ -172,3 +172,38 @@ def test_docs_pages_reference_only_local_assets(api):
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
         r = api.get(f"/docs-assets/{asset}")
         assert r.status_code == 200 and len(r.content) > 10_000, asset
+
+
+# ---------------------------------------------------------------- voices without a transcript (item 3)
+def _speech_clip(tmp_path, text: str) -> bytes:
+    import shutil
+    import subprocess
+
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng not installed")
+    path = tmp_path / "clip.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    return path.read_bytes()
+
+
+@pytest.mark.integration  # loads the bundled Whisper (tiny.en)
+def test_a_voice_without_transcript_is_transcribed_and_a_clip_without_speech_refused(api, tmp_path):
+    pytest.importorskip("faster_whisper")
+    clip = _speech_clip(tmp_path, "This is my reference voice, recorded for the studio test.")
+    r = api.post("/api/voices", data={"name": "Heard"}, files={"audio": ("clip.wav", clip, "audio/wav")})
+    assert r.status_code == 201, r.text
+    voice = r.json()
+    assert "reference voice" in voice["transcript"].lower(), voice["transcript"]
+    api.delete(f"/api/voices/{voice['id']}")
+
+    from echoforge.audio import encode
+
+    noise = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.1).astype(np.float32)
+    r = api.post("/api/voices", data={"name": "Noise"}, files={"audio": ("n.wav", encode(noise, 16000, "wav"), "audio/wav")})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "no_speech" and error["param"] == "audio" and "no speech" in error["message"]
+    # With a transcript nothing is second-guessed.
+    r = api.post("/api/voices", data={"name": "Given", "transcript": "Hello there."}, files={"audio": ("c.wav", clip, "audio/wav")})
+    assert r.status_code == 201 and r.json()["transcript"] == "Hello there."
+    api.delete(f"/api/voices/{r.json()['id']}")

@@ -1,7 +1,7 @@
 """Browser tests for the web studio: a real uvicorn server on loopback, Debian's Chromium via Playwright.
 
 The server is the real app (``echoforge.server.app:create_app``) with the espeak-ng fallback
-engine and a throw-away data directory. Chromium is the system binary (``/usr/bin/chromium``);
+engine and a throw-away data directory, served in this process (``tests/_servers.AppServer``). Chromium is the system binary (``/usr/bin/chromium``);
 ``playwright install`` is never needed. Screenshots go to ``tests/artifacts/web/``.
 
 Set ``ECHOFORGE_WEB_BASE_URL`` to point the tests at an already-running server instead.

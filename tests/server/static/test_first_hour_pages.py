@@ -43,3 +43,25 @@ def test_api_docs_render_offline(browser, base_url, console, path, operation):
         assert not [e for e in console.unexpected() if "SwaggerUIBundle" in e or "Redoc" in e]
     finally:
         context.close()
+
+
+def test_a_voice_made_without_transcript_shows_what_was_heard_for_editing(page, speech_wav):
+    pytest.importorskip("faster_whisper")
+    from .conftest import open_app
+
+    open_app(page, "#/create")
+    page.fill("#cv-name", "Heard In Browser")
+    page.set_input_files("#cv-file", str(speech_wav))
+    page.wait_for_selector("#cv-preview:not([hidden])")
+    with page.expect_response(lambda r: r.url.endswith("/api/voices") and r.request.method == "POST", timeout=120_000) as resp:
+        page.click("#cv-submit")
+    assert resp.value.status == 201, resp.value.text()
+    heard = page.wait_for_selector("#cv-heard")
+    assert "reference voice" in heard.input_value().lower()
+    voice_id = resp.value.json()["id"]
+    page.fill("#cv-heard", "This is my reference voice, recorded for the studio test.")
+    with page.expect_response(lambda r: voice_id in r.url and r.request.method == "PATCH") as patched:
+        page.click("#cv-heard-save")
+    assert patched.value.status == 200
+    page.wait_for_function("document.querySelector('#cv-heard-status').textContent.includes('saved')")
+    assert page.evaluate(f"fetch('/api/voices/{voice_id}').then(r => r.json())")["transcript"].endswith("studio test.")
