@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
+from _servers import wait_task
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -46,12 +46,7 @@ def test_profile_grows_from_generations_and_persists(tmp_path):
     with TestClient(create_app(settings)) as c:
         assert c.get("/api/voices/juniper/profile").status_code == 404
         task = c.post("/api/generate", json={"text": "A sentence long enough to analyse well.", "voice": "juniper"}).json()
-        for _ in range(200):
-            status = c.get(f"/api/tasks/{task['task_id']}").json()["status"]
-            if status in ("done", "failed"):
-                break
-            time.sleep(0.05)
-        assert status == "done"
+        assert wait_task(c, task["task_id"])["status"] == "done"
     with TestClient(create_app(settings)) as c:  # a restart: the profile is still there
         profile = c.get("/api/voices/juniper/profile").json()
         assert profile["turns"] == 1 and profile["pitch_mean_hz"] > 0 and profile["embedding_dim"] > 0

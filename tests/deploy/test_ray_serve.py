@@ -72,7 +72,7 @@ class Cluster:
         return client
 
 
-def wait_running(client: httpx.Client, n: int, timeout: float = 60.0) -> dict:
+def wait_running(client: httpx.Client, n: int, timeout: float = 300.0) -> dict:  # deadlines for a busy box
     deadline = time.monotonic() + timeout
     health: dict = {}
     while time.monotonic() < deadline:
@@ -84,7 +84,7 @@ def wait_running(client: httpx.Client, n: int, timeout: float = 60.0) -> dict:
     raise AssertionError(f"not {n} running replicas after {timeout} s: {health.get('replicas')}")
 
 
-def wait_task(client: httpx.Client, task_id: str, timeout: float = 60.0) -> dict:
+def wait_task(client: httpx.Client, task_id: str, timeout: float = 300.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         task = client.get(f"/api/tasks/{task_id}").json()
@@ -193,7 +193,7 @@ def test_tasks_survive_a_killed_replica(espeak):
     ]
     victim = health["replicas"]["replicas"][0]
     os.kill(victim["pid"], signal.SIGKILL)  # the replica's process, mid-work
-    results = [wait_task(espeak, t, timeout=90) for t in tasks]
+    results = [wait_task(espeak, t) for t in tasks]
     assert [t["status"] for t in results] == ["done"] * 8, [t.get("error") for t in results]
     audio, sr = load_audio(espeak.get(results[-1]["result_url"]).content)
     assert sr == 22_050 and audio.size > sr
@@ -201,9 +201,9 @@ def test_tasks_survive_a_killed_replica(espeak):
         r = speech(espeak)
         assert r.status_code == 200 and r.content[:4] == b"RIFF"
     # Ray Serve notices the death (its health check) and replaces the dead replica.
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300
     while True:
-        health = wait_running(espeak, 2, timeout=60)
+        health = wait_running(espeak, 2)
         ids = {r["id"] for r in health["replicas"]["replicas"]}
         if victim["id"] not in ids or time.monotonic() > deadline:
             break
@@ -260,7 +260,7 @@ def test_tiny_csm_on_two_replicas(cluster, tmp_path_factory):
         task = client.post(
             "/api/generate", json={"text": "hello world", "voice": "atlas", "seed": 1, "max_audio_length_ms": 640}
         ).json()
-        done = wait_task(client, task["task_id"], timeout=120)
+        done = wait_task(client, task["task_id"])
         assert done["status"] == "done", done
         audio, sr = load_audio(client.get(done["result_url"]).content)
         assert sr == 24_000 and 0 < audio.size <= 24_000 * 0.7 and np.isfinite(audio).all()
