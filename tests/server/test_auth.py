@@ -207,15 +207,12 @@ def test_keys_never_reach_the_logs(guarded):
 
 
 def test_docs_can_require_a_key(tmp_path):
-    server = ServerProcess(tmp_path, "espeak", {"server": {"api_keys": [KEY], "docs_require_key": True}}).start()
-    try:
+    with AppServer(tmp_path, "espeak", {"server": {"api_keys": [KEY], "docs_require_key": True}}).start() as server:
         with server.client() as c:
             assert_error(c.get("/openapi.json"), 401)
             assert_error(c.get("/docs"), 401)
             assert c.get("/openapi.json", headers=_auth()).status_code == 200
             assert c.get("/").status_code == 200  # static studio files stay open
-    finally:
-        server.stop()
 
 
 def test_unauthenticated_websocket_is_closed_without_a_start_message(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import AppServer
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install schemathesis)")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -27,13 +27,9 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
-    server = ServerProcess(
-        tmp_path_factory.mktemp("fuzz"),
-        "espeak",
-        {"server": {"max_text_chars": 300, "queue_max_pending": 20, "workers": 2}},
-    ).start()
-    yield server
-    server.stop()
+    settings = {"server": {"max_text_chars": 300, "queue_max_pending": 20, "workers": 2}}
+    with AppServer(tmp_path_factory.mktemp("fuzz"), "espeak", settings).start() as server:
+        yield server
 
 
 def test_no_server_errors_anywhere_in_the_api(fuzz_target):
