@@ -142,10 +142,24 @@ function initKeyBar() {
   $("#key-toggle").addEventListener("click", () => showKeyBar($("#key-bar").hidden));
   $("#key-bar").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    session.apiKey = $("#api-key").value.trim();
+    const key = $("#api-key").value.trim();
+    const previous = session.apiKey;
+    session.apiKey = key;
+    if (key) {  // check the key before calling it saved
+      try {
+        await api("/api/voices");
+      } catch (err) {
+        if (err.status === 401 || err.status === 403) {
+          session.apiKey = previous;
+          toast(`This server did not accept that API key: ${err.message}`, "error");
+          $("#api-key").focus();
+          return;
+        }
+      }
+    }
     store.set("apiKey", session.apiKey);
     showKeyBar(false);
-    toast(session.apiKey ? "API key saved in this browser." : "API key cleared.");
+    toast(session.apiKey ? "API key checked and saved in this browser." : "API key cleared.");
     await loadVoices();
   });
   $("#key-clear").addEventListener("click", () => {
@@ -360,7 +374,13 @@ async function deleteVoice(v) {
   try {
     await api(`/api/voices/${encodeURIComponent(v.id)}`, { method: "DELETE" });
     toast(`Deleted “${v.name}”.`);
+    const cards = $$("#voice-grid .voice-card");
+    const index = cards.findIndex((c) => c.dataset.voiceId === v.id);
     await loadVoices();
+    // Keep the keyboard where it was: the next card's first action (or the search field).
+    const rest = $$("#voice-grid .voice-card");
+    const next = rest[Math.min(Math.max(index, 0), rest.length - 1)];
+    (next?.querySelector("a, button") || $("#f-search"))?.focus();
   } catch (err) {
     toast(err.message, "error");
   }
@@ -861,7 +881,37 @@ function streamGenerate(payload, base) {
 const recorder = { rec: null, stream: null, chunks: [], timer: 0, started: 0 };
 let clip = null; // {blob, name}
 
+const AUDIO_EXTENSIONS = /\.(wav|mp3|flac|ogg|oga|opus|m4a|aac|webm|mp4)$/i;
+
+// Refuse what the server would refuse, when the file is chosen (not only on submit).
+function clipProblem(blob, name, seconds) {
+  const limits = state.health?.limits || {};
+  const maxMb = limits.max_upload_mb;
+  if (blob && !(blob.type || "").startsWith("audio/") && !(blob.type || "").startsWith("video/webm") && !AUDIO_EXTENSIONS.test(name || "")) {
+    return `“${name}” is not an audio file. Choose a recording (wav, mp3, flac, ogg, m4a or webm).`;
+  }
+  if (blob && Number.isFinite(maxMb) && blob.size > maxMb * 1024 * 1024) {
+    return `“${name}” is ${(blob.size / 1048576).toFixed(1)} MB; this server accepts up to ${maxMb} MB.`;
+  }
+  const maxS = limits.max_upload_seconds;
+  if (Number.isFinite(seconds) && Number.isFinite(maxS) && seconds > maxS) {
+    return `This clip is ${fmtSeconds(seconds)} long; this server accepts clips up to ${fmtSeconds(maxS)}. Trim it to a clean 5–30 s excerpt.`;
+  }
+  return "";
+}
+
+function refuseClip(message) {
+  showError($("#cv-error"), new ApiError(message));
+  setClip(null);
+  $("#cv-file").focus();
+}
+
 function setClip(blob, name) {
+  if (blob) {
+    const problem = clipProblem(blob, name);
+    if (problem) { refuseClip(problem); return; }
+    showError($("#cv-error"), null);
+  }
   const prev = $("#cv-audio").src;
   if (prev.startsWith("blob:")) URL.revokeObjectURL(prev);
   clip = blob ? { blob, name } : null;
@@ -875,6 +925,8 @@ function setClip(blob, name) {
     audio.addEventListener("loadedmetadata", () => {
       const d = audio.duration;
       if (!Number.isFinite(d) || clip?.blob !== blob) return;
+      const tooLong = clipProblem(null, name, d);
+      if (tooLong) { refuseClip(tooLong); return; }
       $("#cv-clip-name").textContent = `${name} · ${fmtSeconds(d)} · ${(blob.size / 1024).toFixed(0)} KB`;
       const msg = d < 5 ? `This clip is only ${fmtSeconds(d)}: 5–30 s of clean speech gives a much closer voice. Record or upload a longer one if you can.`
         : d > 30 ? `This clip is ${fmtSeconds(d)}: only about 30 s are useful; a shorter, clean excerpt works best.` : "";

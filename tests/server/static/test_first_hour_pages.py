@@ -53,7 +53,9 @@ def test_a_voice_made_without_transcript_shows_what_was_heard_for_editing(page, 
     page.fill("#cv-name", "Heard In Browser")
     page.set_input_files("#cv-file", str(speech_wav))
     page.wait_for_selector("#cv-preview:not([hidden])")
-    with page.expect_response(lambda r: r.url.endswith("/api/voices") and r.request.method == "POST", timeout=120_000) as resp:
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/voices") and r.request.method == "POST", timeout=120_000
+    ) as resp:
         page.click("#cv-submit")
     assert resp.value.status == 201, resp.value.text()
     heard = page.wait_for_selector("#cv-heard")
