@@ -190,3 +190,16 @@ def test_focus_stays_in_the_grid_after_delete(page, base_url):
     card.wait_for(state="detached")
     page.wait_for_function("document.activeElement && document.activeElement !== document.body")
     assert page.evaluate("document.activeElement.closest('#voice-grid, #filters') !== null")
+
+
+def test_the_studio_renders_long_text_in_full(page):
+    from .conftest import open_app
+    from .test_studio import audio_duration
+
+    sentence = "The morning train left the station a little after seven, carrying commuters and students. "
+    text = (sentence * 40)[:3600].rsplit(".", 1)[0] + "."  # ≈ 3,600 characters: the old limit refused ≈ 1,530
+    open_app(page, "#/studio")
+    page.fill("#gen-text", text)
+    page.click("#gen-submit")
+    page.wait_for_selector("#gen-result:not([hidden])", timeout=300_000)
+    assert audio_duration(page, "#gen-audio") > 150  # ≈ 3½ minutes, nothing cut at the old 90 s
