@@ -15,7 +15,9 @@ how fast the machine is changes how long a start takes, not whether a test passe
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -33,7 +35,8 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 SERVE_APP = TESTS / "server" / "serve_app.py"
 VENV_BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 180.0  # a deadline for a busy 2-core box, not an expectation
+START_TIMEOUT_S = 180.0
+_LOGGERS = ("", "uvicorn", "uvicorn.access")  # root (echoforge.* propagate to it) and uvicorn's own  # a deadline for a busy 2-core box, not an expectation
 
 
 def free_port() -> int:
@@ -214,6 +217,13 @@ class AppServer(_Server):
                                 timeout_graceful_shutdown=10)  # fmt: skip
         self._server = uvicorn.Server(config)
         self._error: BaseException | None = None
+        # The app's log (echoforge.* via the root logger, uvicorn's own loggers do not propagate),
+        # tracebacks included, for tests that read it like a process's log file.
+        self._log = io.StringIO()
+        self._log_handler = logging.StreamHandler(self._log)
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        for name in _LOGGERS:
+            logging.getLogger(name).addHandler(self._log_handler)
 
         def serve() -> None:
             try:
@@ -233,6 +243,10 @@ class AppServer(_Server):
         self.stop()
         raise RuntimeError(f"in-process server not started within {timeout:.0f} s")
 
+    def log(self) -> str:
+        """What the app logged while it ran (this process's loggers: other tests' lines may be in it)."""
+        return self._log.getvalue() if getattr(self, "_log", None) is not None else ""
+
     @property
     def services(self) -> Any:
         """The running app's services (engine, synthesis, queue …) for white-box assertions."""
@@ -245,6 +259,8 @@ class AppServer(_Server):
             if self._thread.is_alive():
                 self._server.force_exit = True
                 self._thread.join(10)
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(self._log_handler)
         return 0
 
 
