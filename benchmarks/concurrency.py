@@ -47,7 +47,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from csm_speed import PROMPT, build, sync  # noqa: E402
 
 from echoforge.csm.generator import CSMGenerator, pick_device, pick_dtype  # noqa: E402
-from echoforge.csm.scheduler import FrameScheduler  # noqa: E402
 
 FRAME_S = 0.08
 TEXT = PROMPT[3:]  # without the "[0]" speaker tag: the generator adds it
@@ -66,7 +65,7 @@ def pct(values: list[float], q: float) -> float | None:
 def set_slots(gen: CSMGenerator, slots: int) -> None:
     """Give ``gen`` a fresh scheduler with ``slots`` KV-cache slots (the old one is shut down)."""
     old = gen.scheduler
-    gen.scheduler = FrameScheduler(gen, slots, max(old.max_waiting, 64), old.prefill_chunk)
+    gen.scheduler = gen.make_scheduler(slots, max(old.max_waiting, 64), old.prefill_chunk)
     old.close()
 
 

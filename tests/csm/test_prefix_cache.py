@@ -182,3 +182,21 @@ def test_training_runs_the_inference_forward(gen):
     with torch.no_grad():
         got = tm.csm.backbone(tm.csm.embed_tokens(prompt.tokens[None], prompt.mask[None]), torch.arange(t), None, t)
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_runtime_modules_call_no_private_members_of_other_objects():
+    """prompt / sequence / scheduler / runner / generator / engine talk through public names only."""
+    import ast
+    from pathlib import Path
+
+    import echoforge.csm as pkg
+
+    root = Path(pkg.__file__).parent
+    bad = []
+    for name in ("prompt", "sequence", "scheduler", "runner", "prefix_cache", "generator", "engine", "generate"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "torch"))):  # fmt: skip
+                bad.append(f"{name}.py:{node.lineno} .{node.attr}")
+    assert bad == []
