@@ -630,7 +630,7 @@ def build_rows(segments: list[tuple[np.ndarray, np.ndarray]], num_codebooks: int
     mask = np.concatenate([p[1] for p in parts])
     scored = np.zeros(tokens.shape[0], dtype=bool)
     p = 0
-    for j, ((text, codes), n) in enumerate(zip(segments, lengths, strict=True)):
+    for j, ((text, _codes), n) in enumerate(zip(segments, lengths, strict=True)):
         if loss_on_context or j == len(segments) - 1:
             scored[p + text.size : p + n] = True  # the audio rows and the EOS frame
         p += n
