@@ -199,11 +199,36 @@ def test_a_voice_without_transcript_is_transcribed_and_a_clip_without_speech_ref
     from echoforge.audio import encode
 
     noise = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.1).astype(np.float32)
-    r = api.post("/api/voices", data={"name": "Noise"}, files={"audio": ("n.wav", encode(noise, 16000, "wav"), "audio/wav")})
+    r = api.post(
+        "/api/voices", data={"name": "Noise"}, files={"audio": ("n.wav", encode(noise, 16000, "wav"), "audio/wav")}
+    )
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["code"] == "no_speech" and error["param"] == "audio" and "no speech" in error["message"]
     # With a transcript nothing is second-guessed.
-    r = api.post("/api/voices", data={"name": "Given", "transcript": "Hello there."}, files={"audio": ("c.wav", clip, "audio/wav")})
+    r = api.post(
+        "/api/voices",
+        data={"name": "Given", "transcript": "Hello there."},
+        files={"audio": ("c.wav", clip, "audio/wav")},
+    )
     assert r.status_code == 201 and r.json()["transcript"] == "Hello there."
     api.delete(f"/api/voices/{r.json()['id']}")
+
+
+def test_voice_names_are_unique(api):
+    from echoforge.audio import encode
+
+    tone = (0.2 * np.sin(np.arange(16000 * 2) / 5)).astype(np.float32)
+    files = {"audio": ("t.wav", encode(tone, 16000, "wav"), "audio/wav")}
+    first = api.post("/api/voices", data={"name": "Twin Name", "transcript": "A tone."}, files=files)
+    assert first.status_code == 201, first.text
+    again = api.post("/api/voices", data={"name": " twin name ", "transcript": "A tone."}, files=files)
+    assert again.status_code == 409 and again.json()["error"]["param"] == "name", again.text
+    assert "Twin Name" in again.json()["error"]["message"]
+    builtin = api.post("/api/voices", data={"name": "atlas", "transcript": "A tone."}, files=files)
+    assert builtin.status_code == 409
+    other = api.post("/api/voices", data={"name": "Other Name", "transcript": "A tone."}, files=files).json()
+    assert api.patch(f"/api/voices/{other['id']}", json={"name": "TWIN NAME"}).status_code == 409
+    assert api.patch(f"/api/voices/{other['id']}", json={"name": "Other Name"}).status_code == 200  # its own name
+    for v in (first.json(), other):
+        api.delete(f"/api/voices/{v['id']}")

@@ -47,7 +47,12 @@ async def create_voice(
     language: Annotated[str, Form(max_length=40)] = "",
     description: Annotated[str, Form(max_length=_MAX_FIELD)] = "",
 ) -> dict:
-    """Upload a reference clip (validated by decoding; stored under a generated name)."""
+    """Upload a reference clip (validated by decoding; stored under a generated name).
+
+    Without a ``transcript`` the clip is transcribed with the bundled Whisper (CSM needs the
+    transcript to use the clip as the voice prompt); a clip with no speech is ``400 no_speech``.
+    Names are unique (case-insensitive): an existing name is ``409 voice_exists``.
+    """
     limit = services.voices.max_upload_bytes
     data = await audio.read(limit + 1)
     if len(data) > limit:

@@ -35,7 +35,7 @@ import yaml
 from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio, resample, save_audio
 from echoforge.engines.base import Segment, TTSEngine
 from echoforge.server import observability
-from echoforge.server.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from echoforge.server.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 
 log = logging.getLogger("echoforge.server.voices")
 security_log = logging.getLogger("echoforge.security")
@@ -278,6 +278,7 @@ class VoiceStore:
                 log.info("transcribed the reference clip of %r: %r", name, transcript)
         voice_id = "v_" + secrets.token_hex(6)
         with self._lock:
+            self._check_name_free(name)
             if speaker is None:
                 used = {v.speaker for v in self.list()}
                 speaker = next((s for s in range(32) if s not in used), 0)
@@ -303,6 +304,15 @@ class VoiceStore:
         log.info("created voice %s (%s, %.1f s at %d Hz)", voice.id, voice.name, duration, sr)
         return voice
 
+    def _check_name_free(self, name: str, voice_id: str | None = None) -> None:
+        """Voice names are unique (case-insensitive): a voice is chosen by its name everywhere."""
+        key = name.strip().casefold()
+        for v in self.list():
+            if v.id != voice_id and v.name.strip().casefold() == key:
+                raise Conflict(
+                    f"a voice named {v.name!r} already exists ({v.id}); choose another name", param="name", code="voice_exists"
+                )
+
     def _write_meta(self, voice: Voice, folder: Path | None = None) -> None:
         data = asdict(voice)
         for k in ("audio_path", "builtin", "aliases"):
@@ -320,6 +330,8 @@ class VoiceStore:
                 code="builtin_voice",
             )
         with self._lock:
+            if isinstance(changes.get("name"), str):
+                self._check_name_free(changes["name"], voice.id)
             for key in ("name", "description", "transcript", "speaker"):
                 if changes.get(key) is not None:
                     setattr(voice, key, changes[key].strip() if isinstance(changes[key], str) else changes[key])
