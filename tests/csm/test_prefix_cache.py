@@ -200,3 +200,18 @@ def test_runtime_modules_call_no_private_members_of_other_objects():
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "torch"))):  # fmt: skip
                 bad.append(f"{name}.py:{node.lineno} .{node.attr}")
     assert bad == []
+
+
+def test_static_path_with_a_frame_in_flight_and_a_cached_voice_equals_eager_uncached(tiny_csm_dir, gen):
+    """The CUDA path's shape (buckets, padding, one frame in flight) with prefix hits, on CPU."""
+    static = CSMGenerator.from_pretrained(tiny_csm_dir, device="cpu", max_batch_size=4)
+    static.static = True
+    v = voice(10)
+    rs = reqs(v, 0.9)[:3]
+    sched = manual(static, lag=True)
+    assert sched.lag and sched.runner.static
+    out = drive(sched, [sched.submit(r) for r in rs])
+    late = drive(sched, [sched.submit(reqs(v, 0.9)[3])])  # joins alone later: a hit, bucket 1
+    assert sched.stats["prefix_hits"] == 3
+    for r, got in zip([*rs, reqs(v, 0.9)[3]], [*out, *late], strict=True):
+        assert torch.equal(got, uncached(gen, r)), r.text

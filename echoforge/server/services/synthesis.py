@@ -209,9 +209,10 @@ class SynthesisService:
         self._stats_lock = threading.Lock()
         # Stream producers: the running ones plus some that wait for a slot (tickets are taken in
         # arrival order before submission, so the executor's FIFO never starves a granted one).
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(4, self.concurrency * 2 + 4), thread_name_prefix="echoforge-stream"
-        )
+        # CSM: one producer per stream the scheduler admitted (running or waiting in its queue), so an
+        # admitted stream never waits for a thread while its frames are being made.
+        producers = self.concurrency + self.max_waiting if self.scheduled else self.concurrency * 2
+        self._executor = ThreadPoolExecutor(max_workers=max(4, producers + 4), thread_name_prefix="echoforge-stream")
         self._batch_queue: queue_mod.Queue[_BatchItem | None] = queue_mod.Queue()
         self._batch_threads: list[threading.Thread] = []
         if self._batch_fn and self.max_batch > 1:
