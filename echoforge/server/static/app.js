@@ -190,6 +190,11 @@ function applyEngineMode() {
   const note = $("#gen-engine-note");
   note.hidden = !fallback;
   note.textContent = `Fallback mode: ${engineName()} speaks every character with its own voice, so results sound different from the character's sample (recorded for CSM).`;
+  const conv = $("#conv-engine-note");
+  if (conv) {
+    conv.hidden = !fallback;
+    conv.textContent = `Fallback mode: ${engineName()} is not CSM. It does not carry the conversation's context from turn to turn, and each speaker gets its own ${engineName()} voice, not the character's.`;
+  }
 }
 
 let healthTimer = 0;
@@ -706,6 +711,17 @@ async function replayHistory(e) {
   }
 }
 
+// On a fallback engine a tone changes nothing audible (its sliders are disabled): say so where it is chosen.
+function fallbackToneNote(preset, after) {
+  let el = $("#gen-preset-fallback");
+  if (!el) {
+    el = h("p", { id: "gen-preset-fallback", class: "fallback-note small", role: "status" });
+    after.after(el);
+  }
+  el.hidden = !(isFallback() && preset.id !== "neutral");
+  el.textContent = `The running engine (${engineName()}) is a fallback: the “${preset.label}” tone changes nothing audible there; tones select CSM's sampling.`;
+}
+
 function initStudio() {
   const group = $("#gen-presets");
   group.replaceChildren(...PRESETS.map((p, i) => h("label", {},
@@ -716,6 +732,7 @@ function initStudio() {
   group.addEventListener("change", () => {
     const p = currentPreset();
     const note = $("#gen-preset-note");
+    fallbackToneNote(p, note);
     if (state.slidersTouched) {
       note.hidden = false;
       note.replaceChildren(`Kept your settings; ${p.label} suggests temperature ${p.temperature.toFixed(2)}, top-k ${p.topk}. `,

@@ -203,3 +203,17 @@ def test_the_studio_renders_long_text_in_full(page):
     page.click("#gen-submit")
     page.wait_for_selector("#gen-result:not([hidden])", timeout=300_000)
     assert audio_duration(page, "#gen-audio") > 150  # ≈ 3½ minutes, nothing cut at the old 90 s
+
+
+def test_fallback_is_said_where_the_choice_is_made(page):
+    from .conftest import open_app
+
+    open_app(page, "#/conversation")
+    page.wait_for_selector("#conv-engine-note:not([hidden])")
+    assert "espeak" in page.inner_text("#conv-engine-note") and "not CSM" in page.inner_text("#conv-engine-note")
+    open_app(page, "#/studio")
+    page.locator("#gen-presets label", has_text="Calm").click()
+    page.wait_for_selector("#gen-preset-fallback:not([hidden])")
+    assert "changes nothing audible" in page.inner_text("#gen-preset-fallback")
+    page.locator("#gen-presets label", has_text="Neutral").click()
+    page.wait_for_selector("#gen-preset-fallback", state="hidden")
