@@ -200,12 +200,15 @@ class TranscriptionFrame(DataFrame):
 class LLMResponseStartFrame(ControlFrame):
     """A reply begins (``turn_id`` ties the reply's frames together).
 
-    ``known`` is the text the model was given (notes, question, history): a spoken piece may
-    only use numbers and names from it (``strict``: names too, for answers from notes).
+    ``question`` is what the user asked; ``known`` the text the model was given (question,
+    history, notes): a spoken piece may only use numbers and names from it (``strict``: names
+    too, for answers from notes). When ``known`` is set, only whole sentences are checked and
+    spoken, so a rejected sentence is never spliced after its first words.
     ``grounded_answer`` replaces a piece that breaks that rule (a sentence quoted from the notes).
     """
 
     turn_id: int = 0
+    question: str = ""
     known: str = ""
     strict: bool = False
     grounded_answer: str = ""

@@ -21,15 +21,24 @@ emotion and the reply style from the emotion sliders.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+# The truthfulness checks live in grounding.py; these names stay importable from here.
+from echoforge.agent.grounding import (  # noqa: F401
+    DONT_KNOW,
+    answers,
+    asks_for_fact,
+    extractive_answer,
+    note_sentences,
+    support,
+    ungrounded,
+)
 
 log = logging.getLogger("echoforge.agent.llm")
 
@@ -277,16 +286,26 @@ def style_instructions(style: dict[str, float] | None) -> str:
     return f"Speak in a tone that is {', '.join(parts)}." if parts else ""
 
 
+EMOTION_MIN_CONFIDENCE = 0.6  # below this the reading is a guess: the prompt says nothing about the mood
+_NEUTRAL = {"neutral", "calm", "flat", "unknown", ""}
+
+
 def emotion_instructions(emotion: dict[str, Any] | None) -> str:
-    """A sentence telling the model how the user sounded (from echoforge.analysis), if known."""
+    """A sentence telling the model how the user sounded (from echoforge.analysis), when it is sure.
+
+    Nothing for a neutral reading or one under :data:`EMOTION_MIN_CONFIDENCE`; no label or
+    percentage goes into the prompt in a form the model could read out.
+    """
     if not emotion or not emotion.get("label"):
         return ""
-    label = str(emotion["label"])
+    label = str(emotion["label"]).strip().lower()
     conf = emotion.get("confidence")
-    how = f" (confidence {float(conf):.0%})" if isinstance(conf, int | float) else ""
-    text = f"The user sounds {label}{how}; acknowledge their mood naturally"
+    if label in _NEUTRAL or not isinstance(conf, int | float) or float(conf) < EMOTION_MIN_CONFIDENCE:
+        return ""
+    text = f"The user sounds {label}; acknowledge their mood naturally, without naming it"
     if emotion.get("reply_style"):
-        text += f" and reply in a {emotion['reply_style']} way"
+        style = str(emotion["reply_style"])
+        text += f" and reply in {'an' if style[:1].lower() in 'aeiou' else 'a'} {style} way"
     return text + "."
 
 
@@ -337,93 +356,3 @@ def build_messages(
     parts.append(f"Question: {user_text}" if relevant and passages else user_text)
     messages.append({"role": "user", "content": "\n\n".join(parts)})
     return messages
-
-
-# --- truthfulness ----------------------------------------------------------------------------------
-
-DONT_KNOW = "I don't know that, and it isn't in my notes."
-_SMALL_TALK = re.compile(
-    r"^(hi|hello|hey|thanks|thank you|good (morning|evening|night|afternoon)|bye|goodbye|how are you|"
-    r"how's it going|what's up|who are you|what('s| is) your name|nice to meet you)\b"
-)
-_FACT_START = re.compile(
-    r"^(who|what|when|where|which|whose|why|how (many|much|long|old|far|big|tall|fast|do|does|did|can|is|are)|"
-    r"(is|are|was|were|does|do|did|can|could|will|has|have) \w+|tell me about|explain|describe|define|name)\b"
-)
-_CAPITAL_OK = {"i", "echo", "echoforge", "ok", "okay", "yes", "no"}
-
-
-def asks_for_fact(text: str) -> bool:
-    """Whether an utterance asks for information (a question or "tell me about…"), not small talk.
-
-    Requests such as "tell me a story" or "tell me a joke" are not fact questions: the model may
-    answer them freely. Greetings and "how are you" are small talk.
-    """
-    t = " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
-    t = re.sub(r"^(so|and|but|ok|okay|well|um|uh|please|hey echo|echo)\s+", "", t)
-    if not t or _SMALL_TALK.match(t):
-        return False
-    return bool(_FACT_START.match(t))
-
-
-def ungrounded(piece: str, known: str, names: bool = True) -> list[str]:
-    """Numbers (and, with ``names``, capitalised words after the first) in ``piece`` that ``known`` lacks.
-
-    ``known`` is what the model was given (notes, question, history). An invented port, year or
-    person shows up here; the caller drops the piece instead of speaking it.
-    """
-    low = known.lower()
-    found = []
-    for n in re.findall(r"\d+(?:[.,:]\d+)*", piece):
-        if n not in low:
-            found.append(n)
-    if names:
-        words = re.findall(r"[A-Za-z][\w'-]*", piece)
-        for w in words[1:]:
-            if w[0].isupper() and w.lower() not in _CAPITAL_OK and w.lower().strip("'s") not in low:
-                found.append(w)
-    return found
-
-
-@functools.cache
-def _generic() -> frozenset[str]:
-    """Words that carry no fact, as retrieval's tokenizer stems them (so the set follows its stemmer)."""
-    from echoforge.agent.rag import tokenize
-
-    return frozenset(tokenize("answer echo assistant sure yes note question help great well just also know"))
-
-
-def support(piece: str, known: str) -> float:
-    """Share of the piece's content terms that occur in ``known`` (1.0 for a piece with none).
-
-    For answers from notes: a piece built from other words than the notes' ("The answer is: Echo,
-    the voice assistant") is not an answer from them, whatever it says.
-    """
-    from echoforge.agent.rag import tokenize
-
-    terms = [t for t in tokenize(piece) if t not in _generic()]
-    if not terms:
-        return 1.0
-    have = set(tokenize(known))
-    return sum(t in have for t in terms) / len(terms)
-
-
-def answers(reply: str, grounded: str, question: str) -> bool:
-    """Whether ``reply`` shares a term of the notes' answer sentence that the question does not have."""
-    from echoforge.agent.rag import tokenize
-
-    new = set(tokenize(grounded)) - set(tokenize(question)) - _generic()
-    return not new or bool(new & set(tokenize(reply)))
-
-
-def note_sentences(question: str, passages: Sequence[Any], limit: int = 2, kb: Any = None) -> list[tuple[str, str]]:
-    """``(source, sentence)``: the passages' sentences that answer the question best, in text order."""
-    from echoforge.agent.rag import best_sentences
-
-    return best_sentences(kb, question, list(passages), limit)
-
-
-def extractive_answer(question: str, passages: Sequence[Any], kb: Any = None) -> str:
-    """The sentence of the retrieved passages that answers the question best (the grounded answer)."""
-    notes = note_sentences(question, passages, 1, kb)
-    return notes[0][1] if notes else ""

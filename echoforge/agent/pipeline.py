@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from echoforge.agent.config import AgentSettings
+from echoforge.agent.conversation import Conversation, Turn
 from echoforge.agent.frames import (
     AssistantTurnFrame,
     BotStartedSpeakingFrame,
@@ -57,15 +58,20 @@ from echoforge.agent.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from echoforge.agent.llm import (
+from echoforge.agent.grounding import (
     DONT_KNOW,
+    answer_type,
     answers,
     asks_for_fact,
-    build_messages,
-    extractive_answer,
+    choose_answer,
+    decline,
+    ranked_sentences,
+    small_talk_reply,
+    strip_labels,
     support,
     ungrounded,
 )
+from echoforge.agent.llm import build_messages
 from echoforge.agent.processors import DOWN, UP, Clock, Direction, FrameProcessor, Pipeline, iterate_in_thread
 from echoforge.agent.sentences import SentenceSplitter
 from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
@@ -79,52 +85,6 @@ except ImportError:  # pragma: no cover - prometheus-client is a core dependency
     _metrics = None
 
 LISTENING, THINKING, SPEAKING, PAUSED, STOPPED = "listening", "thinking", "speaking", "paused", "stopped"
-
-
-# --- conversation -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    """One turn of the conversation as it was heard (assistant turns: only the spoken part)."""
-
-    role: str  # "user" | "assistant"
-    text: str
-    audio: np.ndarray | None = None
-    sample_rate: int = SAMPLE_RATE
-    interrupted: bool = False
-    time: float = field(default_factory=time.time)
-
-
-class Conversation:
-    """The history shared by the LLM (text) and the TTS (text + audio context segments)."""
-
-    def __init__(self, agent_speaker: int = 0, user_speaker: int = 1) -> None:
-        self.turns: list[Turn] = []
-        self.agent_speaker = agent_speaker
-        self.user_speaker = user_speaker
-
-    def add(self, turn: Turn) -> None:
-        self.turns.append(turn)
-
-    def history(self, max_turns: int) -> list[tuple[str, str]]:
-        """The last ``max_turns`` turns as ``(role, text)`` for the LLM."""
-        return [(t.role, t.text) for t in self.turns[-max_turns:]] if max_turns else []
-
-    def tts_context(self, max_turns: int, sample_rate: int) -> list[Segment]:
-        """The last turns as engine :class:`Segment`s (audio resampled to the engine's rate)."""
-        from echoforge.audio import resample
-
-        segments = []
-        for t in self.turns[-max_turns:] if max_turns else []:
-            if not t.text:
-                continue
-            audio = None
-            if t.audio is not None and t.audio.size:
-                audio = resample(t.audio, t.sample_rate, sample_rate)
-            speaker = self.agent_speaker if t.role == "assistant" else self.user_speaker
-            segments.append(Segment(speaker=speaker, text=t.text, audio=audio, sample_rate=sample_rate))
-        return segments
 
 
 # --- processors -----------------------------------------------------------------------------------
@@ -216,6 +176,32 @@ class STTProcessor(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+@dataclass
+class Grounding:
+    """What the notes say about one utterance, and what the agent may answer from them.
+
+    ``query`` is the utterance resolved against the recent turns (retrieval used it); ``answer``
+    the notes' sentence that answers the question (its type included); ``decline`` the honest
+    "my notes don't say" when the notes are on topic but hold no such answer.
+    """
+
+    text: str
+    query: str
+    passages: list[Any]
+    relevant: bool
+    answer: str = ""
+    decline: str = ""
+
+
+def _persona_names(persona: str) -> tuple[str, str]:
+    """The persona's name and what it knows about, for small-talk replies ("You are Echo, … of EchoForge")."""
+    import re
+
+    name = re.search(r"\bYou are (\w+)", persona)
+    topic = re.search(r"\bassistant of ([\w-]+)", persona)
+    return (name.group(1) if name else "your assistant"), (topic.group(1) if topic else "the notes I was given")
+
+
 class LLMProcessor(FrameProcessor):
     """Retrieval + emotion + prompt + streamed LLM reply for each non-empty transcript."""
 
@@ -239,7 +225,7 @@ class LLMProcessor(FrameProcessor):
         self.cancelled = 0  # replies cut short by an interruption
         self.generating = False
         self._stop: threading.Event | None = None
-        self._speculation: tuple[str, list, bool, str] | None = None  # (words at a pause, passages, relevant, answer)
+        self._speculation: Grounding | None = None  # the decision for the words at the last pause
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, TranscriptionFrame):
@@ -254,22 +240,35 @@ class LLMProcessor(FrameProcessor):
             self._stop.set()  # the reply has what it needs: stop generating (the text frames already out stay)
         await self.push_frame(frame, direction)
 
-    async def _retrieve(self, text: str) -> tuple[list, bool, str]:
-        """Passages over the threshold, whether there are any, and the notes' answer sentence.
+    async def _retrieve(self, text: str) -> Grounding:
+        """Retrieval and the answer decision for ``text`` (with the recent turns when it refers back).
 
         Reused when the words are those of a pause's speculation.
         """
-        if self._speculation is not None and self._speculation[0] == text:
-            return self._speculation[1:]
+        if self._speculation is not None and self._speculation.text == text:
+            return self._speculation
         s = self.settings
+        query = self.conversation.contextual_query(text)
         passages, relevant = [], False
         if self.kb is not None:
-            retrieval = await asyncio.to_thread(self.kb.query, text, s.top_k)
+            retrieval = await asyncio.to_thread(self.kb.query, query, s.top_k)
             relevant = retrieval.relevant
             passages = [p for p in retrieval.passages if p.score >= s.relevance_threshold] if relevant else []
         relevant = relevant and bool(passages)
-        grounded = await asyncio.to_thread(extractive_answer, text, passages, self.kb) if relevant else ""
-        return passages, relevant, grounded
+        grounding = Grounding(text, query, passages, relevant)
+        if relevant:
+            rows = await asyncio.to_thread(ranked_sentences, query, passages, 3, self.kb)
+            ranked, contexts = [r[1] for r in rows], [r[0] for r in rows]
+            kind = answer_type(text) if asks_for_fact(text) else None
+            # Typed questions ("how much…", "who…") must be answered by a sentence of that type about
+            # the thing asked; any other question keeps the best sentence.
+            chosen = choose_answer(text, ranked, kind, contexts) if kind is not None else (ranked[0] if ranked else None)
+            grounding.answer = chosen or ""
+            if kind is not None and chosen is None:
+                # The notes are about the thing asked, but none of their sentences gives what was
+                # asked for (a phone number, a price, a name…): say so, and what they do say.
+                grounding.decline = decline(text, ranked[0] if ranked else None)
+        return grounding
 
     async def _prepare(self, text: str) -> None:
         """At a pause: retrieve and evaluate the prompt for the words so far, before the turn ends.
@@ -278,15 +277,15 @@ class LLMProcessor(FrameProcessor):
         reply then starts from a prompt already in the LLM's KV cache.
         """
         prefill = getattr(self.llm, "prefill", None)
-        if not text.strip() or self.generating:
+        if not text.strip() or self.generating or small_talk_reply(text):
             return
         s = self.settings
-        passages, relevant, grounded = await self._retrieve(text)
-        self._speculation = (text, passages, relevant, grounded)
-        if prefill is None or (not relevant and asks_for_fact(text)) or (relevant and self._quotes()):
+        g = await self._retrieve(text)
+        self._speculation = g
+        if prefill is None or g.decline or (not g.relevant and asks_for_fact(g.query)) or (g.relevant and self._quotes()):
             return
         history = self.conversation.history(s.history_turns)
-        messages = build_messages(text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), None, kb=self.kb)
+        messages = build_messages(text, history, g.passages, g.relevant, s.persona, s.fallback_persona, self.style(), None, kb=self.kb)
         await asyncio.to_thread(prefill, messages)
 
     def _quotes(self) -> bool:
@@ -301,33 +300,44 @@ class LLMProcessor(FrameProcessor):
     async def _respond(self, frame: TranscriptionFrame) -> None:
         s = self.settings
         history = self.conversation.history(s.history_turns)
+        chat = small_talk_reply(frame.text, *_persona_names(s.persona))
+        g = Grounding(frame.text, frame.text, [], False) if chat else await self._retrieve(frame.text)
         self.conversation.add(Turn("user", frame.text, frame.audio, frame.sample_rate))
-        passages, relevant, grounded = await self._retrieve(frame.text)
         self._speculation = None
         emotion = None
-        if self.emotion_detector is not None and frame.audio is not None:
+        if self.emotion_detector is not None and frame.audio is not None and not chat:
             with contextlib.suppress(Exception):  # analysis is optional: never let it break a turn
                 emotion = await asyncio.to_thread(self.emotion_detector, frame.audio, frame.sample_rate)
         await self.push_frame(
-            RetrievalFrame(query=frame.text, passages=passages, fallback=not relevant, emotion=emotion), DOWN
+            RetrievalFrame(query=g.query, passages=g.passages, fallback=not g.relevant, emotion=emotion), DOWN
         )
         self.turn_id += 1
         turn_id = self.turn_id
-        sources = list(dict.fromkeys(p.source for p in passages))
-        known = "  ".join([frame.text, " ".join([*(t for _, t in history), *(p.text for p in passages)])])
+        sources = list(dict.fromkeys(p.source for p in g.passages)) if not g.decline else []
+        known = " ".join([frame.text, *(t for _, t in history), *(p.text for p in g.passages)])
         if sources:
             log.info("turn %d answers from %s", turn_id, ", ".join(sources))
         await self.push_frame(
-            LLMResponseStartFrame(turn_id=turn_id, known=known, strict=relevant, grounded_answer=grounded, sources=sources)
+            LLMResponseStartFrame(
+                turn_id=turn_id, question=frame.text, known=known, strict=g.relevant, grounded_answer=g.answer, sources=sources
+            )
         )
-        if not relevant and asks_for_fact(frame.text):
+        if chat:
+            # Greetings, thanks, goodbye, "who are you", "what can you do": the persona answers.
+            await self._say(turn_id, chat)
+            return
+        if g.decline:
+            await self._say(turn_id, g.decline)
+            return
+        if not g.relevant and asks_for_fact(g.query):
             # Nothing in the notes and a question of fact: no model can answer that truthfully.
             await self._say(turn_id, DONT_KNOW)
             return
-        if relevant and grounded and self._quotes():
+        if g.relevant and g.answer and self._quotes():
             # The embedded 135M model paraphrases notes unreliably: the answer is their own sentence.
-            await self._say(turn_id, grounded)
+            await self._say(turn_id, g.answer)
             return
+        passages, relevant = g.passages, g.relevant
         messages = build_messages(
             frame.text, history, passages, relevant, s.persona, s.fallback_persona, self.style(), emotion, kb=self.kb
         )
@@ -366,7 +376,11 @@ class SentenceProcessor(FrameProcessor):
 
     def __init__(self, max_sentences: int = 2, first_words: int = 4) -> None:
         super().__init__()
-        self.splitter = SentenceSplitter(first_clause_chars=12, first_words=first_words)
+        self._fast = SentenceSplitter(first_clause_chars=12, first_words=first_words)
+        # Replies checked against what the model was given: a sentence is checked whole before any
+        # of it is spoken (no first words of an invented answer, then the notes' sentence).
+        self._whole = SentenceSplitter(first_clause_chars=0, first_words=0)
+        self.splitter = self._fast
         self.max_sentences = max_sentences
         self.index = 0
         self._start: LLMResponseStartFrame | None = None
@@ -382,6 +396,8 @@ class SentenceProcessor(FrameProcessor):
             self._done = False
             self._first = ""
             self._start = frame if isinstance(frame, LLMResponseStartFrame) else None
+            self.splitter = self._whole if self._start is not None and self._start.known else self._fast
+            self.splitter.reset()
         if isinstance(frame, LLMResponseEndFrame) and not self._done:
             # The last (maybe unpunctuated) sentence goes out before the end marker, unless the token
             # budget cut it mid-sentence: then the reply ends at its last whole sentence.
@@ -398,6 +414,9 @@ class SentenceProcessor(FrameProcessor):
                 await self._accept(piece, frame.turn_id)
 
     async def _accept(self, piece: str, turn_id: int) -> None:
+        piece = strip_labels(piece)
+        if not piece:
+            return
         start = self._start
         if start is not None and start.known:
             bad = ungrounded(piece, start.known, names=start.strict)
@@ -406,7 +425,7 @@ class SentenceProcessor(FrameProcessor):
             if start.strict and start.grounded_answer and not self._sentences and _ends_sentence(piece):
                 # The first sentence must carry something of the notes' answer beyond the question's words.
                 first = self._first + " " + piece
-                if not answers(first, start.grounded_answer, start.known.split("  ", 1)[0]):
+                if not answers(first, start.grounded_answer, start.question):
                     bad.append("no answer from the notes")
             if bad:
                 self.rejected.append(piece)
@@ -577,6 +596,11 @@ class OutputProcessor(FrameProcessor):
             self._buffer.append(("end", frame.turn_id))
             self._wake.set()
         await self.push_frame(frame, direction)
+
+    def spoken_so_far(self) -> dict[int, bool]:
+        """The current reply's sentences that reached the output: ``{index: complete}`` (for tests, UIs)."""
+        reply = self._reply
+        return {i: s.complete for i, s in reply.sentences.items()} if reply is not None else {}
 
     def _enqueue_audio(self, frame: TTSAudioFrame) -> None:
         reply = self._reply

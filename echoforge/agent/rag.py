@@ -489,12 +489,14 @@ def split_sentences(passage_text: str) -> tuple[str, list[str]]:
     return heading, sentences_of(body)  # the one sentence rule (echoforge.text)
 
 
-def best_sentences(kb: KnowledgeBase | None, question: str, passages: list[Passage], k: int = 1) -> list[tuple[str, str]]:
+def best_sentences(
+    kb: KnowledgeBase | None, question: str, passages: list[Passage], k: int = 1, ordered: bool = False
+) -> list[tuple[str, str]]:
     """The ``k`` sentences of ``passages`` that answer ``question`` best, as ``(source, sentence)``.
 
     Each sentence is scored like a chunk (hybrid: MiniLM cosine + BM25 normalised with the knowledge
     base's IDF), with its heading as context, less 0.05 per rank of its passage. Without a
-    knowledge base (tests) only the lexical part is used.
+    knowledge base (tests) only the lexical part is used. In text order, or best first (``ordered``).
     """
     rows = []
     for rank, p in enumerate(passages):
@@ -513,7 +515,7 @@ def best_sentences(kb: KnowledgeBase | None, question: str, passages: list[Passa
         dense, w = vecs[1:] @ vecs[0], kb.dense_weight
     scores = w * dense + (1 - w) * lexical - 0.05 * np.asarray([r[0] for r in rows])
     order = np.argsort(-scores)[:k]
-    return [(rows[i][1], rows[i][2]) for i in sorted(order)]
+    return [(rows[i][1], rows[i][2]) for i in (order if ordered else sorted(order))]
 
 
 def calibrate_threshold(kb: KnowledgeBase, questions: list[dict], top_k: int = 3) -> dict:

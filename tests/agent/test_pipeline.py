@@ -104,6 +104,10 @@ async def test_barge_in_stops_audio_and_cancels_generation():
         llm.allow(12)  # the first sentence and two words of the second; the rest is held back
         frames = await _events_until(agent, lambda f: isinstance(f, BotStartedSpeakingFrame))
         assert of(frames, RetrievalFrame)[0].fallback  # nothing relevant: the light persona answers
+        # Before time moves on, everything released so far is in the output's buffer (the LLM and
+        # TTS fakes run in threads: wait for what they did, not for how long they took).
+        await _until(lambda: len(of(frames.__iadd__(drain(agent)), LLMTextFrame)) == 12)
+        await _until(lambda: agent.output.spoken_so_far() == {0: True})  # "Once upon … on a hill."
         await clock.run_for(0.4)  # a few chunks play
         frames += drain(agent)
         assert agent.llm.generating and llm.yielded == 12 and not llm.finished.is_set()
@@ -139,6 +143,16 @@ async def test_barge_in_stops_audio_and_cancels_generation():
     assert len(cut.text.split()) < len(written.split())
     last = agent.conversation.turns[-1]
     assert last.role == "assistant" and last.interrupted and last.text == cut.text
+
+
+async def _until(condition) -> None:
+    """Wait until ``condition()`` holds (the timeout only guards against a hang)."""
+
+    async def poll() -> None:
+        while not condition():  # noqa: ASYNC110 - the fakes' threads give no event to wait on
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(poll(), SAFETY_TIMEOUT_S)
 
 
 def drain(agent) -> list:

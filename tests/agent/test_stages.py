@@ -172,18 +172,38 @@ def kb(tmp_path):
     return fake_knowledge_base(tmp_path / "kb", tmp_path / "index", DOCS)
 
 
-async def test_llm_stage_streams_a_reply_for_small_talk():
-    llm = FakeLLM("Hi! Nice to hear from you.")
+async def test_llm_stage_streams_a_reply_for_a_request():
+    llm = FakeLLM("Once upon a time, a fox.")
     conversation = Conversation()
     down, _ = await run_pipeline(
         LLMProcessor(llm, conversation, settings()),
-        [TranscriptionFrame(text="Hello there")],
+        [TranscriptionFrame(text="Tell me a story")],
         [TranscriptionFrame, RetrievalFrame, LLMResponseStartFrame, *[LLMTextFrame] * 6, LLMResponseEndFrame],
     )
-    assert down[1].fallback and down[-1].text == "Hi! Nice to hear from you."
-    assert "".join(texts(down, LLMTextFrame)) == "Hi! Nice to hear from you."
-    assert [(t.role, t.text) for t in conversation.turns] == [("user", "Hello there")]
-    assert llm.calls and llm.calls[0][-1]["content"].endswith("Hello there")
+    assert down[1].fallback and down[-1].text == "Once upon a time, a fox."
+    assert "".join(texts(down, LLMTextFrame)) == "Once upon a time, a fox."
+    assert down[2].question == "Tell me a story" and not down[2].strict
+    assert [(t.role, t.text) for t in conversation.turns] == [("user", "Tell me a story")]
+    assert llm.calls and llm.calls[0][-1]["content"].endswith("Tell me a story")
+
+
+@pytest.mark.parametrize(
+    "said",
+    ["Hello there", "Hello, how are you?", "Hi!", "Good morning", "Thanks, goodbye.", "Thank you so much",
+     "What can you do?", "Who are you?", "What's your name?", "Bye!", "how's it going"],
+)  # fmt: skip
+async def test_llm_stage_small_talk_is_answered_by_the_persona(said):
+    llm = FakeLLM("Hello! How are you?")
+    down, _ = await run_pipeline(
+        LLMProcessor(llm, Conversation(), settings()),
+        [TranscriptionFrame(text=said)],
+        [TranscriptionFrame, RetrievalFrame, LLMResponseStartFrame, LLMTextFrame, LLMResponseEndFrame],
+    )
+    reply = down[3].text
+    assert reply != DONT_KNOW and "notes" not in reply.lower() or "what can you do" in said.lower()
+    assert reply.lower().rstrip("!?.") != said.lower().rstrip("!?.")  # not an echo
+    assert len(reply.split()) <= 25 and not llm.calls
+    assert not any(w in reply.lower() for w in ("confidence", "emotion", "excited", "(", "["))
 
 
 async def test_llm_stage_fact_question_without_notes_is_declined_without_the_model():
