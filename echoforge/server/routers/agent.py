@@ -24,11 +24,12 @@ from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from echoforge.agent.config import agent_settings
 from echoforge.agent.frames import OutputAudioFrame, frame_event
 from echoforge.audio import float_to_pcm16
+from echoforge.server.routers import stream as _stream  # one WebSocket handshake: /api/stream's
 
 log = logging.getLogger("echoforge.server.agent")
 router = APIRouter(tags=["agent"])
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 30.0  # with keys on and none in the handshake: /api/stream's 5 s instead
 MAX_INPUT_RATE = 192_000
 
 
@@ -74,20 +75,46 @@ def _voice_prompts(app: FastAPI, engine: Any, speaker: int) -> Any:
     return voice_prompts(store, engine, speaker) if store is not None else None
 
 
+def _keys_required(ws: WebSocket) -> bool:
+    services = _services(ws.app)
+    return services is not None and bool(getattr(getattr(services, "keys", None), "required", False))
+
+
 def _authorize(ws: WebSocket, msg: dict[str, Any]) -> None:
-    """API-key check in the handshake, like ``/api/stream`` (browsers cannot set WS headers)."""
+    """API-key check: the handshake's key (``/api/stream``'s helper), else the start message's
+    (browsers cannot set WebSocket headers); then the rate limit."""
     services = _services(ws.app)
     if services is None or not hasattr(services, "keys"):
         return
     from echoforge.server.deps import check_key, check_rate
 
-    key = ws.query_params.get("api_key") or msg.get("api_key") or ws.headers.get("x-api-key")
-    auth = ws.headers.get("authorization", "")
-    if not key and auth.lower().startswith("bearer "):
-        key = auth[7:].strip()
+    key = _stream._handshake_key(ws) or msg.get("api_key")
     client = ws.client.host if ws.client else "unknown"
     principal = check_key(services, key if isinstance(key, str) else None, client, "/api/agent")
     check_rate(services, principal, "/api/agent")
+
+
+async def _check_handshake(ws: WebSocket) -> tuple[bool, float]:
+    """``/api/stream``'s handshake rules: ``(go on, start timeout)``.
+
+    With API keys on, a wrong key in the handshake is refused at once (not after the start
+    message), and without one the key must come in the start message within
+    ``UNAUTHENTICATED_START_TIMEOUT_S`` (5 s) instead of the ordinary start timeout.
+    """
+    if not _keys_required(ws):
+        return True, START_TIMEOUT_S
+    from echoforge.server.deps import check_key
+    from echoforge.server.errors import ApiError
+
+    key = _stream._handshake_key(ws)
+    if key is None:
+        return True, _stream.UNAUTHENTICATED_START_TIMEOUT_S
+    try:
+        check_key(_services(ws.app), key, ws.client.host if ws.client else "unknown", "/api/agent")
+    except ApiError as exc:
+        await _stream._refuse(ws, exc)
+        return False, 0.0
+    return True, START_TIMEOUT_S
 
 
 async def _send_events(ws: WebSocket, agent: Any) -> None:
@@ -129,8 +156,11 @@ async def agent_socket(ws: WebSocket) -> None:
 
     await ws.accept()
     try:
+        go_on, start_timeout = await _check_handshake(ws)
+        if not go_on:
+            return
         try:
-            raw = await asyncio.wait_for(ws.receive_text(), START_TIMEOUT_S)
+            raw = await asyncio.wait_for(ws.receive_text(), start_timeout)
             msg = json.loads(raw)
             if not isinstance(msg, dict) or msg.get("type") != "start":
                 raise ValueError
