@@ -55,13 +55,19 @@ function clearInvalid(root) {
   for (const el of $$("[aria-invalid=true]", root)) el.removeAttribute("aria-invalid");
 }
 
-function markInvalid(err, root) {
+// ``errBox``: the message about this field, cleared as soon as the user changes the field.
+function markInvalid(err, root, errBox = null) {
   const field = fieldForParam(err?.param);
   if (!field || (root && !root.contains(field))) return;
   field.setAttribute("aria-invalid", "true");
   const box = field.id === "cv-file" ? $("#dropzone") : null;
   if (box) box.setAttribute("aria-invalid", "true");
-  field.addEventListener("input", () => { field.removeAttribute("aria-invalid"); box?.removeAttribute("aria-invalid"); }, { once: true });
+  const fixed = () => {
+    field.removeAttribute("aria-invalid");
+    box?.removeAttribute("aria-invalid");
+    if (errBox && !errBox.hidden) showError(errBox, null);
+  };
+  field.addEventListener(field.tagName === "SELECT" || field.type === "file" ? "change" : "input", fixed, { once: true });
   field.focus({ preventScroll: false });
 }
 
@@ -499,7 +505,7 @@ class TaskPanel {
     if (err.name === "AbortError") { this.status("Cancelled."); return; }
     this.status("Not generated.");
     showError(this.el("error"), err);
-    markInvalid(err, $(`#${this.p}-form`));
+    markInvalid(err, $(`#${this.p}-form`), this.el("error"));
   }
   async showAudio(blob, url, meta, filename, label) {
     if (this.objectUrl) URL.revokeObjectURL(this.objectUrl);
@@ -1026,7 +1032,7 @@ async function createVoice() {
     $(".rec-label", $("#cv-record")).textContent = "Record with microphone";
   } catch (err) {
     showError(errBox, err);
-    markInvalid(err, $("#create-form"));
+    markInvalid(err, $("#create-form"), errBox);
   } finally {
     btn.disabled = false;
     btn.classList.remove("busy");

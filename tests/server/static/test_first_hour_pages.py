@@ -217,3 +217,21 @@ def test_fallback_is_said_where_the_choice_is_made(page):
     assert "changes nothing audible" in page.inner_text("#gen-preset-fallback")
     page.locator("#gen-presets label", has_text="Neutral").click()
     page.wait_for_selector("#gen-preset-fallback", state="hidden")
+
+
+def test_a_duplicate_name_is_refused_and_the_message_goes_once_fixed(page, console, speech_wav):
+    from .conftest import open_app
+
+    console.allow(r"status of 409")
+    open_app(page, "#/create")
+    page.fill("#cv-name", "Atlas")  # a built-in voice's name
+    page.fill("#cv-transcript", "This is my reference voice, recorded for the studio test.")
+    page.set_input_files("#cv-file", str(speech_wav))
+    page.wait_for_selector("#cv-preview:not([hidden])")
+    page.click("#cv-submit")
+    page.wait_for_selector("#cv-error:not([hidden])")
+    assert "already exists" in page.inner_text("#cv-error")
+    assert page.get_attribute("#cv-name", "aria-invalid") == "true"
+    page.fill("#cv-name", "Atlas the Second")
+    page.wait_for_selector("#cv-error", state="hidden")
+    assert page.get_attribute("#cv-name", "aria-invalid") is None
