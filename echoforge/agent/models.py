@@ -70,6 +70,7 @@ class AgentModels:
     emotion_detector: Callable[[np.ndarray, int], dict | None] | None = None
     vad_model_path: Path | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)
+    kb_chunks: int | None = None  # chunks indexed at load (0: an empty knowledge base; None: none loaded)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -89,14 +90,19 @@ class AgentModels:
         llm = create_llm(settings)
         times["llm"] = time.perf_counter() - t
         kb = None
+        kb_chunks = None
         if with_kb:
             t = time.perf_counter()
             kb = KnowledgeBase.from_settings(settings, data_dir)
             report = kb.build()
             times["kb"] = time.perf_counter() - t
-            log.info("knowledge base: %d chunks (%s)", report.total_chunks, report.as_dict())
+            kb_chunks = report.total_chunks
+            if kb_chunks:
+                log.info("knowledge base: %d chunks (%s)", report.total_chunks, report.as_dict())
+            else:  # the agent can only say "I don't know" to questions of fact: say why, loudly
+                log.warning("knowledge base %s is empty: 0 chunks indexed; the agent cannot answer from notes", kb.kb_dir)
         emotion = analysis_emotion_detector(settings.reply_policy) if settings.use_analysis else None
-        models = cls(settings, stt, llm, kb, emotion, load_seconds=times)
+        models = cls(settings, stt, llm, kb, emotion, load_seconds=times, kb_chunks=kb_chunks)
         if settings.report_memory:
             log.info("agent memory: %s", models.memory_report())
         return models
@@ -124,6 +130,12 @@ class AgentModels:
             pass
         times["llm"] = time.perf_counter() - t
         return times
+
+    def knowledge_base_info(self) -> dict[str, Any]:
+        """The knowledge base for UIs: its folder and how many chunks are indexed (0: empty)."""
+        kb = self.kb
+        return {"folder": str(kb.kb_dir) if kb is not None else None, "chunks": self.kb_chunks,
+                "empty": kb is not None and not self.kb_chunks}  # fmt: skip
 
     def memory_report(self, engine: Any = None) -> dict[str, Any]:
         """What each model takes: weights (MB), process RSS, and CUDA memory when on a GPU."""

@@ -311,7 +311,7 @@ class KnowledgeBase:
     @classmethod
     def from_settings(cls, agent, data_dir: Path, embedder: Embedder | None = None) -> KnowledgeBase:
         return cls(
-            agent.knowledge_base,
+            agent.resolved_kb_dir(data_dir),
             agent.resolved_index_dir(data_dir),
             embedder or Embedder(agent.embedding_model),
             agent.chunk_chars,

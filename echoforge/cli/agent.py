@@ -40,7 +40,7 @@ def _agent_settings(settings: Any, **overrides: Any):
 
 @kb_app.command("build")
 def kb_build(
-    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
+    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base, else <data_dir>/knowledge_base).")] = None,
     full: bool = typer.Option(False, "--full", help="Re-embed every file instead of only the changed ones."),
 ) -> None:
     """Index (incrementally) the .md/.txt/.pdf files of the knowledge base."""
@@ -49,13 +49,14 @@ def kb_build(
     settings = settings_from_cli()
     agent = _agent_settings(settings, knowledge_base=kb_dir)
     with user_errors():
-        if not Path(agent.knowledge_base).is_dir():
-            raise FileNotFoundError(f"knowledge base folder not found: {agent.knowledge_base}")
+        kb_folder = agent.resolved_kb_dir(settings.data_dir)
+        if not kb_folder.is_dir():
+            raise FileNotFoundError(f"knowledge base folder not found: {kb_folder}")
         kb = KnowledgeBase.from_settings(agent, settings.data_dir)
         t0 = time.perf_counter()
         report = kb.build(full=full)
     console.print(
-        f"[bold]knowledge base[/] {agent.knowledge_base} → {kb.index_dir}: "
+        f"[bold]knowledge base[/] {kb.kb_dir} → {kb.index_dir}: "
         f"{len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed, "
         f"{len(report.unchanged)} unchanged; {report.embedded_chunks} chunks embedded, "
         f"{report.total_chunks} in the index ({time.perf_counter() - t0:.1f} s)"
@@ -66,7 +67,7 @@ def kb_build(
 @kb_app.command("query")
 def kb_query(
     question: str = typer.Argument(..., help="What to look up."),
-    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
+    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base, else <data_dir>/knowledge_base).")] = None,
     top_k: int = typer.Option(None, "--top-k", min=1, max=20),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -108,7 +109,7 @@ def kb_calibrate(
     questions: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help='JSON: {"questions": [{"q": ..., "source": file or null}]}')
     ],
-    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base).")] = None,
+    kb_dir: Annotated[Path | None, typer.Option("--kb", help="Knowledge base folder (default: agent.knowledge_base, else <data_dir>/knowledge_base).")] = None,
 ) -> None:
     """Suggest agent.relevance_threshold from labelled questions (answerable ones name their file)."""
     from echoforge.agent.rag import KnowledgeBase, calibrate_threshold
@@ -118,8 +119,9 @@ def kb_calibrate(
     with user_errors():
         items = json.loads(questions.read_text())
         items = items["questions"] if isinstance(items, dict) else items
-        if not Path(agent.knowledge_base).is_dir():
-            raise FileNotFoundError(f"knowledge base folder not found: {agent.knowledge_base}")
+        kb_folder = agent.resolved_kb_dir(settings.data_dir)
+        if not kb_folder.is_dir():
+            raise FileNotFoundError(f"knowledge base folder not found: {kb_folder}")
         kb = KnowledgeBase.from_settings(agent, settings.data_dir)
         kb.build()
         result = calibrate_threshold(kb, items, agent.top_k)

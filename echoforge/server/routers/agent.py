@@ -195,7 +195,10 @@ async def agent_socket(ws: WebSocket) -> None:
             agent.set_voice(str(msg["voice"]))
         if isinstance(msg.get("style"), dict):
             agent.set_style(msg["style"])
-        await ws.send_json({"type": "ready", "sample_rate": engine.sample_rate, "input_sample_rate": rate, "format": "pcm_s16le", "engine": engine.name})
+        info = getattr(models, "knowledge_base_info", None)
+        kb = info() if callable(info) else None
+        await ws.send_json({"type": "ready", "sample_rate": engine.sample_rate, "input_sample_rate": rate, "format": "pcm_s16le",
+                            "engine": engine.name, "knowledge_base": kb})  # fmt: skip
         await agent.start()
         sender = asyncio.create_task(_send_events(ws, agent))
         try:

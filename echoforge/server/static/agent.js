@@ -155,6 +155,9 @@ function onEvent(ev) {
       setRunning(true);
       setState("ready");
       addLog(`connected — voice engine ${ev.engine} (${ev.sample_rate} Hz)`);
+      if (ev.knowledge_base && ev.knowledge_base.empty) {
+        addLog(`The knowledge base is empty (0 notes indexed in ${ev.knowledge_base.folder}): the agent can chat but cannot answer questions from notes. Add .md/.txt/.pdf files there and run "echoforge kb build".`, "error");
+      }
       break;
     case "state": setState(ev.state); break;
     case "transcript": if (ev.text) addLog(ev.text, "user"); ui.draft.textContent = ""; break;
