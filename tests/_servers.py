@@ -36,7 +36,7 @@ ROOT = TESTS.parent
 SERVE_APP = TESTS / "server" / "serve_app.py"
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 180.0
-_LOGGERS = ("", "uvicorn", "uvicorn.access")  # root (echoforge.* propagate to it) and uvicorn's own  # a deadline for a busy 2-core box, not an expectation
+_LOGGERS = ("", "uvicorn", "uvicorn.access")  # root (echoforge.* propagates to it) and uvicorn's own  # a deadline for a busy 2-core box, not an expectation
 
 
 def free_port() -> int:

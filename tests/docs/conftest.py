@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from _servers import ChildProcess, echoforge_cli, free_port, http_ready
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("mkdocs", reason="pip install mkdocs-material (the docs extra)")
 pytest.importorskip("material", reason="pip install mkdocs-material (the docs extra)")

@@ -14,6 +14,8 @@ import soundfile as sf
 
 from .conftest import VENV_BIN, Block, collect_blocks, example_env
 
+pytestmark = pytest.mark.integration
+
 BLOCKS = collect_blocks()
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".opus", ".ogg", ".aac", ".pcm"}
 

@@ -17,6 +17,8 @@ from echoforge.config import load_settings
 from echoforge.engines import SynthesisRequest, create_engine
 from echoforge.engines.base import BaseEngine, engine_concurrency
 
+pytestmark = pytest.mark.integration
+
 TEXTS = [
     "Thanks for calling. Your order has shipped.",
     "We will meet at the station at noon.",

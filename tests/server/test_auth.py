@@ -16,6 +16,8 @@ from conftest import AppServer, ServerProcess, assert_error, child_env, wait_unt
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+pytestmark = pytest.mark.integration
+
 STATIC_KEY = "static-test-key-0123456789"
 KEY = "review-key-0123456789abcdefghijklmnopqrstuv"
 KEY_ANALYZE = "review-analyze-key-0123456789abcdefghijklm"

@@ -7,8 +7,11 @@ import sys
 
 import httpx
 import openai
+import pytest
 from _servers import ChildProcess, http_ready
 from conftest import free_port
+
+pytestmark = pytest.mark.integration
 
 
 def test_echoforge_serve_command(tmp_path):

@@ -13,9 +13,9 @@ from conftest import ServerProcess, wait_task
 from echoforge.audio import load_audio
 
 TINY = Path(__file__).parents[1] / "csm" / "tiny_models.py"
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not TINY.is_file(), reason="tests/csm/tiny_models.py (the CSM part's tiny-model fixture) is not in this checkout"
-)
+)]
 
 
 @pytest.fixture(scope="module")

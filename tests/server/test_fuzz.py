@@ -21,6 +21,8 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not i
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 EXAMPLES_PER_OPERATION = 8
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 

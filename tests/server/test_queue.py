@@ -34,6 +34,7 @@ def _file_gate(tmp_path):
     return gate, {"SINE_GATE": str(gate)}
 
 
+@pytest.mark.integration
 def test_kill_minus_9_mid_task_loses_nothing(tmp_path):
     gate, env = _file_gate(tmp_path)
     server = ServerProcess(tmp_path, "sine", env=env).start()
@@ -56,6 +57,7 @@ def test_kill_minus_9_mid_task_loses_nothing(tmp_path):
         restarted.stop()
 
 
+@pytest.mark.integration
 def test_graceful_shutdown_requeues_or_finishes(tmp_path):
     gate, env = _file_gate(tmp_path)
     server = ServerProcess(tmp_path, "sine", env=env).start()
@@ -147,6 +149,7 @@ def test_progress_is_reported(gated):
         assert task["status"] == "done" and task["progress"] == 1.0
 
 
+@pytest.mark.integration
 def test_requests_arriving_together_are_batched(tmp_path):
     server = ServerProcess(
         tmp_path,
@@ -215,6 +218,7 @@ def test_same_request_same_audio(slow_server):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.integration
 def test_port_opens_before_requeued_tasks_run(tmp_path):
     queue = SQLiteTaskQueue(tmp_path)
     body = {"text": LONG, "voice": "atlas", "context": [], "format": "wav"}

@@ -10,9 +10,9 @@ import sys
 import pytest
 from conftest import HERE, ServerProcess, assert_error, child_env, free_port, wait_task, wait_until
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed (apt-get install redis-server)"
-)
+)]
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install 'echoforge[redis]')")
 
 LONG = " ".join(f"word{i}" for i in range(16)) + "."

@@ -17,6 +17,8 @@ from train_helpers import tiny_config
 from echoforge.train.configs import TrainConfig
 from echoforge.train.trainer import train
 
+pytestmark = pytest.mark.integration
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 ROOT = Path(__file__).resolve().parents[2]
 
