@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--frames", type=int, default=48, help="frames per stream in the streams run")
+    ap.add_argument("--fps-repeats", type=int, default=3, help="streams runs (1 and N alternating), best kept")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     a = ap.parse_args(argv)
@@ -154,8 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
         gen.warmup()
         with torch.inference_mode():
             t = ttfa(gen, v, a.repeats)
-            solo = streams_on_one_voice(gen, v, 1, a.frames)
-            many = streams_on_one_voice(gen, v, a.streams, a.frames)
+            # best of --fps-repeats, alternating (the machine is shared: noise only ever slows a run down)
+            solos, manys = [], []
+            for _ in range(a.fps_repeats):
+                solos.append(streams_on_one_voice(gen, v, 1, a.frames))
+                manys.append(streams_on_one_voice(gen, v, a.streams, a.frames))
+            solo = max(solos, key=lambda r: r["agg_fps"])
+            many = max(manys, key=lambda r: r["agg_fps"])
         row = dict(size=size, params_m=n_params / 1e6, ref_frames=v.audio.shape[0], **t, solo_fps=solo["agg_fps"],
                    many_fps=many["agg_fps"], scaling=many["agg_fps"] / solo["agg_fps"], streams=a.streams,
                    max_rows_seen=many["max_rows_seen"])  # fmt: skip
@@ -181,10 +187,11 @@ def render(rows: list[dict], dev: torch.device, dtype: torch.dtype, a) -> str:
         f"## CSM prefix caching of voice prompts — {now:%Y-%m-%d %H:%M} UTC",
         "",
         f"`benchmarks/csm_prefix_cache.py --sizes {a.sizes} --ref-s {a.ref_s:g} --repeats {a.repeats} "
-        f"--streams {a.streams} --frames {a.frames}` on {platform.processor() or platform.machine()}, "
+        f"--streams {a.streams} --frames {a.frames} --fps-repeats {a.fps_repeats}` on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores ({dev}, {str(dtype).removeprefix('torch.')}, torch {torch.__version__}, "
         f"{a.threads} thread), load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. Random weights; the "
-        f"cloned voice is a {a.ref_s:g}-s prompt ({rows[0]['ref_frames']} frames + a 24-word transcript) as Mimi codes.",
+        f"cloned voice is a {a.ref_s:g}-s prompt ({rows[0]['ref_frames']} frames + a 24-word transcript) as Mimi codes. "
+        "TTFA: medians, cached and uncached alternating; fps: best of the repeats.",
         "",
         "| size | params | TTFA uncached ms | TTFA cached ms | cached / uncached | first frame uncached / cached ms "
         f"| ratio | 1 stream fps | {a.streams} streams fps | scaling |",
