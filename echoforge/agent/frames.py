@@ -1,4 +1,4 @@
-"""Frames: the only things that travel through the agent pipeline (pipecat-style).
+"""Frames: the only things that travel through the agent pipeline (pipecat-style, pipecat's names).
 
 * :class:`SystemFrame` — handled at once, even ahead of queued data, and never dropped
   (audio input, speech start/stop, interruptions, state, errors, metrics).
@@ -51,7 +51,7 @@ class ControlFrame(Frame):
 
 
 @dataclass
-class InputAudioFrame(SystemFrame):
+class InputAudioRawFrame(SystemFrame):
     """Microphone audio: 1-D float32 at ``sample_rate`` (16 kHz inside the pipeline)."""
 
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -92,7 +92,7 @@ class BotStoppedSpeakingFrame(SystemFrame):
 
 
 @dataclass
-class OutputAudioFrame(SystemFrame):
+class OutputAudioRawFrame(SystemFrame):
     """A paced chunk of agent audio for the player: 1-D float32 at ``sample_rate``."""
 
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -197,7 +197,7 @@ class TranscriptionFrame(DataFrame):
 
 
 @dataclass
-class LLMResponseStartFrame(ControlFrame):
+class LLMFullResponseStartFrame(ControlFrame):
     """A reply begins (``turn_id`` ties the reply's frames together).
 
     ``question`` is what the user asked; ``known`` the text the model was given (question,
@@ -224,7 +224,7 @@ class LLMTextFrame(DataFrame):
 
 
 @dataclass
-class LLMResponseEndFrame(ControlFrame):
+class LLMFullResponseEndFrame(ControlFrame):
     """The reply's text is complete (``cut``: the token budget ended it, maybe mid-sentence)."""
 
     turn_id: int = 0
@@ -242,7 +242,7 @@ class TTSTextFrame(DataFrame):
 
 
 @dataclass
-class TTSAudioFrame(DataFrame):
+class TTSAudioRawFrame(DataFrame):
     """Engine audio for one sentence (or part of it): float32 at ``sample_rate``."""
 
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -270,11 +270,11 @@ def frame_event(frame: Frame) -> dict[str, Any] | None:
             {"source": p.source, "score": round(float(p.score), 3), "text": p.text[:300]} for p in frame.passages
         ]
         return {"type": "retrieval", "fallback": frame.fallback, "passages": passages, "emotion": frame.emotion, "t": t}
-    if isinstance(frame, LLMResponseStartFrame):
+    if isinstance(frame, LLMFullResponseStartFrame):
         return {"type": "llm_start", "turn": frame.turn_id, "sources": frame.sources, "t": t}
     if isinstance(frame, LLMTextFrame):
         return {"type": "llm_text", "text": frame.text, "turn": frame.turn_id}
-    if isinstance(frame, LLMResponseEndFrame):
+    if isinstance(frame, LLMFullResponseEndFrame):
         return {"type": "llm_end", "turn": frame.turn_id, "text": frame.text, "t": t}
     if isinstance(frame, AssistantTurnFrame):
         return {"type": "assistant", "text": frame.text, "full_text": frame.full_text, "interrupted": frame.interrupted,
@@ -292,3 +292,11 @@ def frame_event(frame: Frame) -> dict[str, Any] | None:
     if isinstance(frame, ErrorFrame):
         return {"type": "error", "message": frame.error, "processor": frame.processor, "fatal": frame.fatal, "t": t}
     return None
+
+
+# Names before the frames followed pipecat's (kept so older imports keep working).
+InputAudioFrame = InputAudioRawFrame
+OutputAudioFrame = OutputAudioRawFrame
+LLMResponseStartFrame = LLMFullResponseStartFrame
+LLMResponseEndFrame = LLMFullResponseEndFrame
+TTSAudioFrame = TTSAudioRawFrame

@@ -2,7 +2,7 @@
 
 ::
 
-    InputAudioFrame ─► VADProcessor ─► STTProcessor ─► LLMProcessor ─► SentenceProcessor ─► TTSProcessor ─► OutputProcessor ─► observer
+    InputAudioRawFrame ─► VADProcessor ─► STTProcessor ─► LLMProcessor ─► SentenceProcessor ─► TTSProcessor ─► OutputProcessor ─► observer
                          ▲  (BotStarted/StoppedSpeaking travel upstream from the output: the VAD raises its bar)
 
 Barge-in: the VAD confirms speech while the agent talks → ``UserStartedSpeakingFrame`` +
@@ -12,7 +12,7 @@ the reply was actually heard, and commits only that to the history.
 
 Audio leaves at real-time pace (``playback_lead_ms`` ahead of the clock), so "sent" ≈ "heard" and
 the truncation is accurate to a chunk. Transports (WebSocket, sounddevice, file) read
-:meth:`VoiceAgent.events` and play :class:`OutputAudioFrame`; on :class:`InterruptionFrame` they flush
+:meth:`VoiceAgent.events` and play :class:`OutputAudioRawFrame`; on :class:`InterruptionFrame` they flush
 whatever they buffered.
 """
 
@@ -38,20 +38,20 @@ from echoforge.agent.frames import (
     BotStoppedSpeakingFrame,
     ErrorFrame,
     Frame,
-    InputAudioFrame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
-    LLMResponseEndFrame,
-    LLMResponseStartFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     LLMStopFrame,
     LLMTextFrame,
     LogFrame,
     MetricsFrame,
-    OutputAudioFrame,
+    OutputAudioRawFrame,
     RetrievalFrame,
     StateFrame,
     TranscriptionFrame,
-    TTSAudioFrame,
+    TTSAudioRawFrame,
     TTSTextFrame,
     UserAudioFrame,
     UserPauseAudioFrame,
@@ -99,7 +99,7 @@ class VADProcessor(FrameProcessor):
         self.paused = False
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, InputAudioFrame):
+        if isinstance(frame, InputAudioRawFrame):
             if self.paused:
                 return
             audio = frame.audio
@@ -295,7 +295,7 @@ class LLMProcessor(FrameProcessor):
 
     async def _say(self, turn_id: int, text: str) -> None:
         await self.push_frame(LLMTextFrame(text=text, turn_id=turn_id))
-        await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=text))
+        await self.push_frame(LLMFullResponseEndFrame(turn_id=turn_id, text=text))
 
     async def _respond(self, frame: TranscriptionFrame) -> None:
         s = self.settings
@@ -318,7 +318,7 @@ class LLMProcessor(FrameProcessor):
         if sources:
             log.info("turn %d answers from %s", turn_id, ", ".join(sources))
         await self.push_frame(
-            LLMResponseStartFrame(
+            LLMFullResponseStartFrame(
                 turn_id=turn_id, question=frame.text, known=known, strict=g.relevant, grounded_answer=g.answer, sources=sources
             )
         )
@@ -360,7 +360,7 @@ class LLMProcessor(FrameProcessor):
             stop.set()
             self._stop = None
             self.generating = False
-        await self.push_frame(LLMResponseEndFrame(turn_id=turn_id, text=text.strip(), cut=cut))
+        await self.push_frame(LLMFullResponseEndFrame(turn_id=turn_id, text=text.strip(), cut=cut))
 
 
 class SentenceProcessor(FrameProcessor):
@@ -383,22 +383,22 @@ class SentenceProcessor(FrameProcessor):
         self.splitter = self._fast
         self.max_sentences = max_sentences
         self.index = 0
-        self._start: LLMResponseStartFrame | None = None
+        self._start: LLMFullResponseStartFrame | None = None
         self._sentences = 0
         self._done = False
         self._first = ""  # the reply's first sentence so far
         self.rejected: list[str] = []  # pieces not spoken because they were not grounded
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, InterruptionFrame | LLMResponseStartFrame):
+        if isinstance(frame, InterruptionFrame | LLMFullResponseStartFrame):
             self.splitter.reset()
             self.index = self._sentences = 0
             self._done = False
             self._first = ""
-            self._start = frame if isinstance(frame, LLMResponseStartFrame) else None
+            self._start = frame if isinstance(frame, LLMFullResponseStartFrame) else None
             self.splitter = self._whole if self._start is not None and self._start.known else self._fast
             self.splitter.reset()
-        if isinstance(frame, LLMResponseEndFrame) and not self._done:
+        if isinstance(frame, LLMFullResponseEndFrame) and not self._done:
             # The last (maybe unpunctuated) sentence goes out before the end marker, unless the token
             # budget cut it mid-sentence: then the reply ends at its last whole sentence.
             for piece in self.splitter.flush():
@@ -497,7 +497,7 @@ class TTSProcessor(FrameProcessor):
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
                 if chunk.size:
                     await self.push_frame(
-                        TTSAudioFrame(
+                        TTSAudioRawFrame(
                             audio=chunk,
                             sample_rate=self.engine.sample_rate,
                             text=frame.text,
@@ -509,7 +509,7 @@ class TTSProcessor(FrameProcessor):
             self.cancelled += 1
             raise
         await self.push_frame(
-            TTSAudioFrame(
+            TTSAudioRawFrame(
                 audio=np.zeros(0, np.float32),
                 sample_rate=self.engine.sample_rate,
                 text=frame.text,
@@ -541,7 +541,7 @@ class OutputProcessor(FrameProcessor):
     """Paces agent audio to real time, tracks what was heard, commits assistant turns.
 
     A separate playback task drains a buffer of fixed-size chunks so that text frames are never held
-    behind audio. Each chunk goes out as an :class:`OutputAudioFrame` once the already-sent audio is
+    behind audio. Each chunk goes out as an :class:`OutputAudioRawFrame` once the already-sent audio is
     within ``playback_lead_ms`` of the wall clock.
     """
 
@@ -585,12 +585,12 @@ class OutputProcessor(FrameProcessor):
             return
         if isinstance(frame, UserStartedSpeakingFrame):
             self._hold = True
-        elif isinstance(frame, LLMResponseStartFrame):
+        elif isinstance(frame, LLMFullResponseStartFrame):
             self._reply = _Reply(frame.turn_id, sources=list(frame.sources))
-        elif isinstance(frame, TTSAudioFrame):
+        elif isinstance(frame, TTSAudioRawFrame):
             self._enqueue_audio(frame)
             return
-        elif isinstance(frame, LLMResponseEndFrame):
+        elif isinstance(frame, LLMFullResponseEndFrame):
             if self._reply is not None and self._reply.turn_id == frame.turn_id:
                 self._reply.full_text = frame.text
             self._buffer.append(("end", frame.turn_id))
@@ -602,7 +602,7 @@ class OutputProcessor(FrameProcessor):
         reply = self._reply
         return {i: s.complete for i, s in reply.sentences.items()} if reply is not None else {}
 
-    def _enqueue_audio(self, frame: TTSAudioFrame) -> None:
+    def _enqueue_audio(self, frame: TTSAudioRawFrame) -> None:
         reply = self._reply
         if reply is None or reply.turn_id != frame.turn_id:
             return  # audio of a reply that was interrupted
@@ -645,7 +645,7 @@ class OutputProcessor(FrameProcessor):
             if self.detector is not None:
                 self.detector.note_playback(chunk)
             self.chunks_sent += 1
-            await self.push_frame(OutputAudioFrame(audio=chunk, sample_rate=sr))
+            await self.push_frame(OutputAudioRawFrame(audio=chunk, sample_rate=sr))
 
     async def _announce(self, frame: Frame) -> None:
         """Bot speaking frames go upstream (the VAD guard) and on to the observer."""
@@ -859,7 +859,7 @@ class VoiceAgent:
             from echoforge.audio import pcm16_to_float
 
             audio = pcm16_to_float(bytes(audio))
-        await self.pipeline.queue_frame(InputAudioFrame(audio=np.asarray(audio, np.float32), sample_rate=sample_rate))
+        await self.pipeline.queue_frame(InputAudioRawFrame(audio=np.asarray(audio, np.float32), sample_rate=sample_rate))
 
     def set_style(self, values: dict[str, float]) -> None:
         """Emotion sliders (0..1 each: warmth, energy, humor, formality)."""

@@ -302,7 +302,7 @@ async def _run_agent(
 
     async def consume() -> None:
         async for frame in agent.events():
-            if isinstance(frame, F.OutputAudioFrame):
+            if isinstance(frame, F.OutputAudioRawFrame):
                 recorded.append(frame.audio)
                 if player is not None:
                     player.play(frame.audio)

@@ -20,7 +20,7 @@ import pytest
 from echoforge.agent.frames import (
     AssistantTurnFrame,
     InterruptionFrame,
-    OutputAudioFrame,
+    OutputAudioRawFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
 )
@@ -65,7 +65,7 @@ class Room:
 
     def take(self, frame) -> None:
         self.frames.append(frame)
-        if isinstance(frame, OutputAudioFrame):
+        if isinstance(frame, OutputAudioRawFrame):
             self.speaker.append(resample(frame.audio, frame.sample_rate, 16_000))
         elif isinstance(frame, InterruptionFrame):
             self.speaker.clear()
@@ -137,9 +137,9 @@ async def test_own_voice_through_the_room_never_interrupts(echo_agent, gain):
         await room.run_until(lambda: bool(of(room.frames, AssistantTurnFrame)))
     finally:
         await agent.stop()
-    spoken = sum(f.audio.size for f in of(room.frames, OutputAudioFrame)) / agent.engine.sample_rate
+    spoken = sum(f.audio.size for f in of(room.frames, OutputAudioRawFrame)) / agent.engine.sample_rate
     final = of(room.frames, AssistantTurnFrame)[0]
-    assert spoken > 5.0, (final, [f for f in room.frames if type(f).__name__ in ("LogFrame", "ErrorFrame", "LLMResponseEndFrame")])  # the whole reply played into the room
+    assert spoken > 5.0, (final, [f for f in room.frames if type(f).__name__ in ("LogFrame", "ErrorFrame", "LLMFullResponseEndFrame")])  # the whole reply played into the room
     assert not of(room.frames, UserStartedSpeakingFrame), f"interrupted itself at echo gain {gain}"
     final = of(room.frames, AssistantTurnFrame)[0]
     assert not final.interrupted
@@ -154,7 +154,7 @@ async def test_a_second_voice_over_the_echo_barges_in(echo_agent, espeak_voice):
     try:
         await agent.pipeline.queue_frame(TranscriptionFrame(text="Say something nice."))
         # Two seconds of the agent alone (the canceller converges), then a person talks over it.
-        await room.run_until(lambda: room.ticks * TICK >= 16_000 * 2 and bool(of(room.frames, OutputAudioFrame)))
+        await room.run_until(lambda: room.ticks * TICK >= 16_000 * 2 and bool(of(room.frames, OutputAudioRawFrame)))
         voice = espeak_voice("Hold on, please stop talking now.")
         onset = int(np.argmax(np.abs(voice) > 0.05)) / 16_000  # the voice's first sound
         room.voice = voice

@@ -10,8 +10,8 @@ import pytest
 from echoforge.agent.config import AgentSettings
 from echoforge.agent.conversation import Conversation, Turn, refers_back
 from echoforge.agent.frames import (
-    LLMResponseEndFrame,
-    LLMResponseStartFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     LLMTextFrame,
     RetrievalFrame,
     TranscriptionFrame,
@@ -121,7 +121,7 @@ async def test_near_miss_unanswerable_is_declined_honestly(kb, question, offer):
     assert reply.startswith("My notes don't say that.") and offer in reply.lower(), reply
     assert not any(ch.isdigit() for ch in reply.replace("9:00", "").replace("12", "")) or "euros" in reply
     assert not llm.calls  # never handed to the model: it could only invent
-    start = next(f for f in down if isinstance(f, LLMResponseStartFrame))
+    start = next(f for f in down if isinstance(f, LLMFullResponseStartFrame))
     assert start.sources == [] and not start.grounded_answer
 
 
@@ -200,10 +200,10 @@ def test_emotion_only_when_the_reading_is_confident_and_never_as_a_label():
 
 async def test_a_rejected_sentence_is_never_spliced_after_its_first_words():
     grounded = "The server listens on port 8000 by default."
-    start = LLMResponseStartFrame(turn_id=1, question="what port", known=f"what port {grounded}", strict=True,
+    start = LLMFullResponseStartFrame(turn_id=1, question="what port", known=f"what port {grounded}", strict=True,
                                   grounded_answer=grounded)  # fmt: skip
     words = "It listens on port 9000 when it starts up today.".split(" ")
     pieces = [LLMTextFrame(text=(" " if i else "") + w, turn_id=1) for i, w in enumerate(words)]
-    end = LLMResponseEndFrame(turn_id=1, text=" ".join(words))
+    end = LLMFullResponseEndFrame(turn_id=1, text=" ".join(words))
     down, _ = await run_pipeline(SentenceProcessor(), [start, *pieces, end])
     assert [f.text for f in down if isinstance(f, TTSTextFrame)] == [grounded]

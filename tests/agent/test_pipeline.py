@@ -15,7 +15,7 @@ from echoforge.agent.frames import (
     InterruptionFrame,
     LLMTextFrame,
     MetricsFrame,
-    OutputAudioFrame,
+    OutputAudioRawFrame,
     RetrievalFrame,
     StateFrame,
     TranscriptionFrame,
@@ -46,7 +46,7 @@ async def test_spoken_question_gets_a_spoken_answer_from_the_kb(make_agent, say,
     assert not retrieval.fallback and retrieval.passages[0].source == "server.md"
     reply = "".join(f.text for f in of(frames, LLMTextFrame))
     assert reply.strip()
-    audio = of(frames, OutputAudioFrame)
+    audio = of(frames, OutputAudioRawFrame)
     assert len(audio) > 10 and all(f.sample_rate == agent.engine.sample_rate for f in audio)
     seconds = sum(f.audio.size for f in audio) / agent.engine.sample_rate
     assert seconds > 1.0 and max(float(np.abs(f.audio).max()) for f in audio) > 0.1
@@ -111,7 +111,7 @@ async def test_barge_in_stops_audio_and_cancels_generation():
         await clock.run_for(0.4)  # a few chunks play
         frames += drain(agent)
         assert agent.llm.generating and llm.yielded == 12 and not llm.finished.is_set()
-        n_before = len(of(frames, OutputAudioFrame))
+        n_before = len(of(frames, OutputAudioRawFrame))
         assert n_before >= 10
         # A live mic streams all the time: 0.5 s of room silence, then the user talks over the agent.
         await _feed_in_step(agent, clock, silence(0.5))
@@ -129,8 +129,8 @@ async def test_barge_in_stops_audio_and_cancels_generation():
     i_barge = after.index(barge[0])
     # Audio stops at once: no chunk leaves after the barge-in. Before it, only the time needed to
     # confirm speech passes (interrupt_min_speech_ms = 250 ms): a handful of 40 ms chunks.
-    assert not of(after[i_barge:], OutputAudioFrame)
-    sent_meanwhile = of(after[:i_barge], OutputAudioFrame)
+    assert not of(after[i_barge:], OutputAudioRawFrame)
+    sent_meanwhile = of(after[:i_barge], OutputAudioRawFrame)
     assert 1 <= len(sent_meanwhile) <= (cfg.interrupt_min_speech_ms + 100) // cfg.output_chunk_ms
     assert of(after, InterruptionFrame) and t_speech < clock.now()
     # Generation was cancelled, not left running.
@@ -177,7 +177,7 @@ async def test_own_echo_and_noise_do_not_interrupt(make_agent, say, helpers):
         while True:
             frame = await agent.next_event(60)
             frames.append(frame)
-            if isinstance(frame, OutputAudioFrame):
+            if isinstance(frame, OutputAudioRawFrame):
                 # The agent's own voice comes back through the "room" at -12 dB…
                 echo = 0.25 * resample(frame.audio, frame.sample_rate, 16_000)
                 echoed += 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from echoforge.agent.frames import LLMResponseEndFrame, LLMStopFrame, TranscriptionFrame, TTSTextFrame
+from echoforge.agent.frames import LLMFullResponseEndFrame, LLMStopFrame, TranscriptionFrame, TTSTextFrame
 from echoforge.agent.llm import DONT_KNOW
 from echoforge.agent.rag import DEFAULT_THRESHOLD, KnowledgeBase, calibrate_threshold
 
@@ -84,7 +84,7 @@ async def _reply(models, kb, question: str, answer_style: str = "generate") -> t
     async def observe(frame, _direction) -> None:
         if isinstance(frame, TTSTextFrame):
             spoken.append(frame.text)
-        elif isinstance(frame, LLMResponseEndFrame):
+        elif isinstance(frame, LLMFullResponseEndFrame):
             ended.set()
         elif isinstance(frame, LLMStopFrame):
             upstream.append(frame)

@@ -16,17 +16,17 @@ from echoforge.agent.frames import (
     AssistantTurnFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
-    InputAudioFrame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
-    LLMResponseEndFrame,
-    LLMResponseStartFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     LLMStopFrame,
     LLMTextFrame,
-    OutputAudioFrame,
+    OutputAudioRawFrame,
     RetrievalFrame,
     TranscriptionFrame,
-    TTSAudioFrame,
+    TTSAudioRawFrame,
     TTSTextFrame,
     UserAudioFrame,
     UserPauseAudioFrame,
@@ -84,7 +84,7 @@ async def test_vad_stage_turns_speech_into_start_stop_and_the_turn_audio():
     audio = np.concatenate([silence(0.3), tone(0.6), silence(0.6)])
     down, up = await run_pipeline(
         VADProcessor(detector()),
-        [InputAudioFrame(audio=audio)],
+        [InputAudioRawFrame(audio=audio)],
         [UserStartedSpeakingFrame, InterruptionFrame, UserStoppedSpeakingFrame, UserAudioFrame],
         [],
     )
@@ -99,7 +99,7 @@ async def test_vad_stage_pause_event_and_resampling():
     audio = np.concatenate([tone(0.5, sample_rate=48_000), silence(0.6, 48_000)])
     down, _ = await run_pipeline(
         VADProcessor(detector(partial_ms=100)),
-        [InputAudioFrame(audio=audio, sample_rate=48_000)],
+        [InputAudioRawFrame(audio=audio, sample_rate=48_000)],
         [UserStartedSpeakingFrame, InterruptionFrame, UserPauseAudioFrame, UserStoppedSpeakingFrame, UserAudioFrame],
     )
     pause, final = down[2].audio, down[4].audio
@@ -114,11 +114,11 @@ async def test_vad_stage_barge_in_needs_more_than_the_echo():
         assert det.bot_speaking and h.up and isinstance(h.up[0], BotStartedSpeakingFrame)
         for _ in range(20):  # the agent's voice at 0.3 plays; its echo comes back at 0.06
             det.note_playback(tone(0.04, 0.3))
-            await h.send(InputAudioFrame(audio=tone(0.04, 0.06)))
+            await h.send(InputAudioRawFrame(audio=tone(0.04, 0.06)))
         assert not of(h.down, UserStartedSpeakingFrame)
         for _ in range(10):  # a person talks over it
             det.note_playback(tone(0.04, 0.3))
-            await h.send(InputAudioFrame(audio=tone(0.04, 0.5)))
+            await h.send(InputAudioRawFrame(audio=tone(0.04, 0.5)))
         started = of(h.down, UserStartedSpeakingFrame)
         assert len(started) == 1 and started[0].during_bot_speech
         assert of(h.down, InterruptionFrame)[0].reason == "barge-in"
@@ -129,7 +129,7 @@ async def test_vad_stage_barge_in_needs_more_than_the_echo():
 async def test_vad_stage_paused_drops_audio():
     vad = VADProcessor(detector())
     vad.paused = True
-    await run_pipeline(vad, [InputAudioFrame(audio=np.concatenate([tone(0.5), silence(0.5)]))], [])
+    await run_pipeline(vad, [InputAudioRawFrame(audio=np.concatenate([tone(0.5), silence(0.5)]))], [])
 
 
 # --- STT --------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ async def test_llm_stage_streams_a_reply_for_a_request():
     down, _ = await run_pipeline(
         LLMProcessor(llm, conversation, settings()),
         [TranscriptionFrame(text="Tell me a story")],
-        [TranscriptionFrame, RetrievalFrame, LLMResponseStartFrame, *[LLMTextFrame] * 6, LLMResponseEndFrame],
+        [TranscriptionFrame, RetrievalFrame, LLMFullResponseStartFrame, *[LLMTextFrame] * 6, LLMFullResponseEndFrame],
     )
     assert down[1].fallback and down[-1].text == "Once upon a time, a fox."
     assert "".join(texts(down, LLMTextFrame)) == "Once upon a time, a fox."
@@ -197,7 +197,7 @@ async def test_llm_stage_small_talk_is_answered_by_the_persona(said):
     down, _ = await run_pipeline(
         LLMProcessor(llm, Conversation(), settings()),
         [TranscriptionFrame(text=said)],
-        [TranscriptionFrame, RetrievalFrame, LLMResponseStartFrame, LLMTextFrame, LLMResponseEndFrame],
+        [TranscriptionFrame, RetrievalFrame, LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame],
     )
     reply = down[3].text
     assert reply != DONT_KNOW and "notes" not in reply.lower() or "what can you do" in said.lower()
@@ -211,7 +211,7 @@ async def test_llm_stage_fact_question_without_notes_is_declined_without_the_mod
     down, _ = await run_pipeline(
         LLMProcessor(llm, Conversation(), settings()),
         [TranscriptionFrame(text="What is the capital of Peru?")],
-        [TranscriptionFrame, RetrievalFrame, LLMResponseStartFrame, LLMTextFrame, LLMResponseEndFrame],
+        [TranscriptionFrame, RetrievalFrame, LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame],
     )
     assert down[3].text == DONT_KNOW and not llm.calls
 
@@ -221,7 +221,7 @@ async def test_llm_stage_quotes_the_notes_with_the_embedded_model(kb):
     down, _ = await run_pipeline(
         LLMProcessor(llm, Conversation(), settings(), kb=kb),
         [TranscriptionFrame(text="What port does the server use?")],
-        [TranscriptionFrame, RetrievalFrame, LLMResponseStartFrame, LLMTextFrame, LLMResponseEndFrame],
+        [TranscriptionFrame, RetrievalFrame, LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame],
     )
     retrieval, start = down[1], down[2]
     assert not retrieval.fallback and retrieval.passages[0].source == "server.md"
@@ -238,7 +238,7 @@ async def test_llm_stage_stop_from_downstream_ends_generation():
         await h.wait_for(lambda f: isinstance(f, LLMTextFrame), count=2)
         assert proc.generating
         await h.send(LLMStopFrame(turn_id=proc.turn_id, reason="length"), UP)
-        end = await h.wait_for(lambda f: isinstance(f, LLMResponseEndFrame))
+        end = await h.wait_for(lambda f: isinstance(f, LLMFullResponseEndFrame))
     assert end.text == "One two" and not end.cut and llm.stopped.is_set() and proc.cancelled == 0
 
 
@@ -251,7 +251,7 @@ async def test_llm_stage_interruption_cancels_generation():
         await h.wait_for(lambda f: isinstance(f, LLMTextFrame))
         await h.send(InterruptionFrame(reason="barge-in"))
         assert proc.cancelled == 1 and not proc.generating
-        assert isinstance(h.down[-1], InterruptionFrame) and not of(h.down, LLMResponseEndFrame)
+        assert isinstance(h.down[-1], InterruptionFrame) and not of(h.down, LLMFullResponseEndFrame)
     assert await _wait_event(llm.stopped)
 
 
@@ -268,7 +268,7 @@ def reply_frames(text: str, turn_id: int = 1, **start) -> list:
     pieces = [LLMTextFrame(text=p, turn_id=turn_id) for p in text.split(" ")]
     for p in pieces[1:]:
         p.text = " " + p.text
-    return [LLMResponseStartFrame(turn_id=turn_id, **start), *pieces, LLMResponseEndFrame(turn_id=turn_id, text=text)]
+    return [LLMFullResponseStartFrame(turn_id=turn_id, **start), *pieces, LLMFullResponseEndFrame(turn_id=turn_id, text=text)]
 
 
 async def test_sentence_stage_short_first_piece_then_sentences_and_the_length_limit():
@@ -281,7 +281,7 @@ async def test_sentence_stage_short_first_piece_then_sentences_and_the_length_li
     assert [f.index for f in of(down, TTSTextFrame)] == [0, 1, 2]
     assert [(type(f), f.reason) for f in up] == [(LLMStopFrame, "length")]
     # Text frames still pass on (UIs show them), sentences are cut into the flow in order.
-    assert isinstance(down[0], LLMResponseStartFrame) and isinstance(down[-1], LLMResponseEndFrame)
+    assert isinstance(down[0], LLMFullResponseStartFrame) and isinstance(down[-1], LLMFullResponseEndFrame)
 
 
 async def test_sentence_stage_replaces_an_ungrounded_number_with_the_notes():
@@ -314,7 +314,7 @@ async def test_tts_stage_speaks_each_sentence_with_the_conversation_as_context()
             engine, conversation, settings(voice="v1"), voice_prompt=lambda voice: prompt if voice == "v1" else None
         ),
         [TTSTextFrame(text="Hello there friend.", turn_id=3, index=0)],
-        [TTSAudioFrame] * 5,
+        [TTSAudioRawFrame] * 5,
     )
     assert [f.last for f in down] == [False] * 4 + [True]
     assert sum(f.audio.size for f in down) == engine.audio_for("Hello there friend.").size
@@ -330,11 +330,11 @@ async def test_tts_stage_interruption_stops_the_engine():
     async with Harness(proc) as h:
         await h.send(TTSTextFrame(text="A long sentence to say.", turn_id=1))
         engine.allow(1)
-        await h.wait_for(lambda f: isinstance(f, TTSAudioFrame))
+        await h.wait_for(lambda f: isinstance(f, TTSAudioRawFrame))
         await h.send(InterruptionFrame())
         assert proc.cancelled == 1
         assert engine.requests[0].should_stop()  # the engine is told to stop (CSM drops the row)
-        assert not [f for f in h.down if isinstance(f, TTSAudioFrame) and f.last]
+        assert not [f for f in h.down if isinstance(f, TTSAudioRawFrame) and f.last]
 
 
 # --- output -----------------------------------------------------------------------------------------
@@ -343,9 +343,9 @@ async def test_tts_stage_interruption_stops_the_engine():
 def reply_audio(turn_id: int, sentences: list[tuple[str, float]], sr: int = 24_000) -> list:
     frames = []
     for i, (text, seconds) in enumerate(sentences):
-        frames.append(TTSAudioFrame(audio=tone(seconds, 0.2, sr), sample_rate=sr, text=text, turn_id=turn_id, index=i))
+        frames.append(TTSAudioRawFrame(audio=tone(seconds, 0.2, sr), sample_rate=sr, text=text, turn_id=turn_id, index=i))
         frames.append(
-            TTSAudioFrame(audio=np.zeros(0, np.float32), sample_rate=sr, text=text, turn_id=turn_id, index=i, last=True)
+            TTSAudioRawFrame(audio=np.zeros(0, np.float32), sample_rate=sr, text=text, turn_id=turn_id, index=i, last=True)
         )
     return frames
 
@@ -357,14 +357,14 @@ async def test_output_stage_plays_a_reply_and_commits_it():
     down, up = await run_pipeline(
         OutputProcessor(conversation, s, clock=FakeClock(auto=True)),
         [
-            LLMResponseStartFrame(turn_id=1, sources=["a.md"]),
+            LLMFullResponseStartFrame(turn_id=1, sources=["a.md"]),
             *reply_audio(1, [("Hello there.", 0.4), ("Bye now.", 0.2)]),
-            LLMResponseEndFrame(turn_id=1, text=full),
+            LLMFullResponseEndFrame(turn_id=1, text=full),
         ],  # fmt: skip
         until=lambda f: isinstance(f, AssistantTurnFrame),
     )
     assert [type(f) for f in up] == [BotStartedSpeakingFrame, BotStoppedSpeakingFrame]
-    audio = of(down, OutputAudioFrame)
+    audio = of(down, OutputAudioRawFrame)
     assert len(audio) == 15 and all(f.audio.size == 960 for f in audio)  # 0.6 s in 40 ms chunks
     final = of(down, AssistantTurnFrame)[0]
     assert final.text == full and not final.interrupted and final.sources == ["a.md"]
@@ -378,24 +378,24 @@ async def test_output_stage_keeps_only_what_was_heard_on_interruption():
     conversation = Conversation()
     proc = OutputProcessor(conversation, settings(), clock=clock)
     async with Harness(proc) as h:
-        await h.send(LLMResponseStartFrame(turn_id=1))
+        await h.send(LLMFullResponseStartFrame(turn_id=1))
         for f in reply_audio(1, [("one two three four", 1.0), ("five six", 0.5)]):
             await h.send(f)
         await h.wait_for(lambda f: isinstance(f, BotStartedSpeakingFrame), UP)
         await h.drain()
-        sent_before = len(of(h.down, OutputAudioFrame))
+        sent_before = len(of(h.down, OutputAudioRawFrame))
         assert sent_before * 0.04 <= settings().playback_lead_ms / 1000 + 0.08  # only the lead goes out ahead
         await clock.run_for(0.55)  # 0.55 s of the first sentence played
         await h.drain()
-        assert len(of(h.down, OutputAudioFrame)) >= sent_before + 12
+        assert len(of(h.down, OutputAudioRawFrame)) >= sent_before + 12
         await h.send(UserStartedSpeakingFrame(during_bot_speech=True))  # held from here on
         await h.drain()
-        n_sent = len(of(h.down, OutputAudioFrame))
+        n_sent = len(of(h.down, OutputAudioRawFrame))
         await h.send(InterruptionFrame(reason="barge-in"))
         cut = await h.wait_for(lambda f: isinstance(f, AssistantTurnFrame))
         clock.advance(5.0)
         await h.drain()
-    assert len(of(h.down, OutputAudioFrame)) == n_sent
+    assert len(of(h.down, OutputAudioRawFrame)) == n_sent
     assert cut.interrupted and cut.text == "one two"  # 0.55 of 1.0 s heard: 2 of its 4 words
     assert isinstance(h.up[-1], BotStoppedSpeakingFrame) and h.up[-1].interrupted
     assert conversation.turns[-1].text == "one two" and conversation.turns[-1].interrupted

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 
 from echoforge.agent.config import agent_settings
-from echoforge.agent.frames import OutputAudioFrame, frame_event
+from echoforge.agent.frames import OutputAudioRawFrame, frame_event
 from echoforge.audio import float_to_pcm16
 from echoforge.server.routers import stream as _stream  # one WebSocket handshake: /api/stream's
 
@@ -119,7 +119,7 @@ async def _check_handshake(ws: WebSocket) -> tuple[bool, float]:
 
 async def _send_events(ws: WebSocket, agent: Any) -> None:
     async for frame in agent.events():
-        if isinstance(frame, OutputAudioFrame):
+        if isinstance(frame, OutputAudioRawFrame):
             await ws.send_bytes(float_to_pcm16(frame.audio))
             continue
         event = frame_event(frame)
