@@ -40,7 +40,9 @@ def start_server(tmp: Path, settings: dict | None = None) -> AppServer:
     return AppServer(tmp / "data", "espeak", {"log_level": "WARNING", **(settings or {})}).start()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: sync Playwright keeps an event loop running in the main thread while
+# it lives, and asyncio tests collected after this folder (tests/server/test_*.py) cannot run then.
+@pytest.fixture(scope="package")
 def base_url(tmp_path_factory) -> str:
     external = os.environ.get("ECHOFORGE_WEB_BASE_URL")
     if external:
@@ -50,7 +52,7 @@ def base_url(tmp_path_factory) -> str:
         yield server.url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_instance():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
@@ -58,7 +60,7 @@ def playwright_instance():
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_instance):
     b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield b
