@@ -39,7 +39,7 @@ log = logging.getLogger("echoforge.csm.runner")
 
 # Batch-size buckets of the compiled path: one CUDA graph each, the batch padded up to the next.
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# Default memory for cached voice-prompt KV per runner (a 10-s clip on csm-1b in bf16 ≈ 4 MB).
+# Default memory for cached voice-prompt KV per runner (a 10-s voice on csm-1b in bf16 ≈ 5 MB: 32 KB per position).
 PREFIX_CACHE_MB = 256
 
 
