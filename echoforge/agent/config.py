@@ -8,6 +8,7 @@ naming each bad field.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +31,51 @@ DEFAULT_FALLBACK_PERSONA = (
 )
 
 Device = Literal["cpu", "cuda", "auto"]
+log = logging.getLogger("echoforge.agent")
+
+
+class TurnSettings(BaseModel):
+    """VAD and end-of-turn settings: the fields of :class:`echoforge.agent.vad.VADParams`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability that starts speech.")
+    interrupt_threshold: float = Field(
+        0.85, gt=0.0, lt=1.0, description="Raised threshold while the agent speaks (self-interruption guard)."
+    )
+    silence_ms: int = Field(500, ge=100, le=5000, description="Silence that ends the user's turn.")
+    min_speech_ms: int = Field(200, ge=32, le=5000, description="Speech needed before a turn (or barge-in) starts.")
+    interrupt_min_speech_ms: int = Field(250, ge=32, le=5000, description="Speech needed to barge in.")
+    echo_ratio: float = Field(
+        0.5, ge=0.0, le=10.0, description="Cap of the echo floor (× recent playback RMS), used until the echo gain is estimated."
+    )
+    echo_margin: float = Field(
+        2.0, ge=1.0, le=20.0, description="While speaking, input must beat this × the estimated echo (gain × playback)."
+    )
+    min_rms: float = Field(0.003, ge=0.0, le=1.0, description="Input below this RMS is never speech.")
+    preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")
+    max_turn_s: float = Field(30.0, gt=1.0, le=300.0, description="A turn longer than this is ended anyway.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TurnSettings:
+        if self.interrupt_threshold < self.threshold:
+            raise ValueError("turn.interrupt_threshold must be >= turn.threshold")
+        return self
+
+    def vad_params(self, partial_ms: int = 0) -> Any:
+        """These settings as :class:`~echoforge.agent.vad.VADParams` (``partial_ms``: pause events, if shorter than the silence)."""
+        from echoforge.agent.vad import VADParams
+
+        return VADParams(**self.model_dump(), partial_ms=partial_ms if partial_ms < self.silence_ms else 0)
+
+
+# The flat keys of earlier versions → their place in ``agent.turn`` (still accepted, with a warning).
+OLD_TURN_KEYS = {
+    "vad_threshold": "threshold",
+    "vad_interrupt_threshold": "interrupt_threshold",
+    **{k: k for k in ("silence_ms", "min_speech_ms", "interrupt_min_speech_ms", "echo_ratio", "echo_margin", "min_rms",
+                      "preroll_ms", "max_turn_s")},
+}  # fmt: skip
 
 
 class AgentSettings(BaseModel):
@@ -75,25 +121,12 @@ class AgentSettings(BaseModel):
     )  # fmt: skip
 
     # --- VAD / turn taking -------------------------------------------------------------------
-    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability that starts speech.")
-    vad_interrupt_threshold: float = Field(
-        0.85, gt=0.0, lt=1.0, description="Raised threshold while the agent speaks (self-interruption guard)."
-    )
-    silence_ms: int = Field(500, ge=100, le=5000, description="Silence that ends the user's turn.")
-    min_speech_ms: int = Field(200, ge=32, le=5000, description="Speech needed before a turn (or barge-in) starts.")
-    interrupt_min_speech_ms: int = Field(250, ge=32, le=5000, description="Speech needed to barge in.")
-    echo_ratio: float = Field(
-        0.5, ge=0.0, le=10.0, description="Cap of the echo floor (× recent playback RMS), used until the echo gain is estimated."
-    )
-    echo_margin: float = Field(
-        2.0, ge=1.0, le=20.0, description="While speaking, input must beat this × the estimated echo (gain × playback)."
+    turn: TurnSettings = Field(
+        default_factory=lambda: TurnSettings(), description="VAD and end of turn (`agent.turn.silence_ms`, …)."
     )
     echo_cancellation: Literal["auto", "webrtc", "off"] = Field(
         "auto", description="Terminal agent: WebRTC AEC3 on the microphone (auto: when livekit is installed)."
     )
-    min_rms: float = Field(0.003, ge=0.0, le=1.0, description="Input below this RMS is never speech.")
-    preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")
-    max_turn_s: float = Field(30.0, gt=1.0, le=300.0, description="A turn longer than this is ended anyway.")
 
     # --- RAG ---------------------------------------------------------------------------------
     knowledge_base: Path | None = Field(
@@ -130,12 +163,28 @@ class AgentSettings(BaseModel):
     playback_lead_ms: int = Field(120, ge=0, le=2000, description="How far audio is sent ahead of real time.")
     report_memory: bool = Field(True, description="Log what each model takes (RSS / CUDA) when the agent starts.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_turn_keys(cls, data: Any) -> Any:
+        """The VAD keys that were flat (``agent.silence_ms``) still work: they move into ``turn``."""
+        if not isinstance(data, dict) or not any(k in data for k in OLD_TURN_KEYS):
+            return data
+        data = dict(data)
+        turn = data.get("turn") or {}
+        turn = dict(turn) if isinstance(turn, dict) else turn.model_dump(exclude_unset=True)
+        for old, new in OLD_TURN_KEYS.items():
+            if old in data:
+                if new in turn:
+                    raise ValueError(f"{old} and turn.{new} both set: keep turn.{new} only")
+                turn[new] = data.pop(old)
+                log.warning("agent.%s is deprecated: use agent.turn.%s", old, new)
+        data["turn"] = turn
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> AgentSettings:
         if self.chunk_overlap >= self.chunk_chars:
             raise ValueError("chunk_overlap must be smaller than chunk_chars")
-        if self.vad_interrupt_threshold < self.vad_threshold:
-            raise ValueError("vad_interrupt_threshold must be >= vad_threshold")
         return self
 
     def resolved_kb_dir(self, data_dir: Path) -> Path:

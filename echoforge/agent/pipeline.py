@@ -937,17 +937,5 @@ class VoiceAgent:
 
 
 def vad_params(s: AgentSettings) -> VADParams:
-    """The VAD part of the agent settings."""
-    return VADParams(
-        threshold=s.vad_threshold,
-        interrupt_threshold=s.vad_interrupt_threshold,
-        silence_ms=s.silence_ms,
-        min_speech_ms=s.min_speech_ms,
-        interrupt_min_speech_ms=s.interrupt_min_speech_ms,
-        echo_ratio=s.echo_ratio,
-        echo_margin=s.echo_margin,
-        min_rms=s.min_rms,
-        preroll_ms=s.preroll_ms,
-        max_turn_s=s.max_turn_s,
-        partial_ms=s.stt_partial_ms if s.stt_partial_ms < s.silence_ms else 0,
-    )
+    """The VAD part of the agent settings (``agent.turn``, pause events from ``stt_partial_ms``)."""
+    return s.turn.vad_params(s.stt_partial_ms)

@@ -326,7 +326,7 @@ async def _run_agent(
             audio, sr = load_audio(str(input_file))
             audio = resample(audio, sr, 16_000)
             # Trailing silence so the last turn ends; a real mic would keep sending it.
-            audio = np.concatenate([audio, np.zeros(int(16_000 * (agent_cfg.silence_ms / 1000 + 1.0)), np.float32)])
+            audio = np.concatenate([audio, np.zeros(int(16_000 * (agent_cfg.turn.silence_ms / 1000 + 1.0)), np.float32)])
             step = int(16_000 * CHUNK_S)
             t0 = time.monotonic()
             for i in range(0, audio.size, step):

@@ -131,7 +131,7 @@ async def test_barge_in_stops_audio_and_cancels_generation():
     # confirm speech passes (interrupt_min_speech_ms = 250 ms): a handful of 40 ms chunks.
     assert not of(after[i_barge:], OutputAudioRawFrame)
     sent_meanwhile = of(after[:i_barge], OutputAudioRawFrame)
-    assert 1 <= len(sent_meanwhile) <= (cfg.interrupt_min_speech_ms + 100) // cfg.output_chunk_ms
+    assert 1 <= len(sent_meanwhile) <= (cfg.turn.interrupt_min_speech_ms + 100) // cfg.output_chunk_ms
     assert of(after, InterruptionFrame) and t_speech < clock.now()
     # Generation was cancelled, not left running.
     assert agent.llm.cancelled == 1 and not agent.llm.generating and not llm.finished.is_set()

@@ -105,13 +105,22 @@ def test_embedded_llm_streams_and_stops_on_event(models):
 def test_agent_settings_from_settings_section_and_errors():
     settings = load_settings(agent={"llm_base_url": "http://localhost:11434/v1", "llm_api_key": "sk-secret", "silence_ms": 800})
     cfg = agent_settings(settings)
-    assert cfg.silence_ms == 800 and cfg.llm_api_key.get_secret_value() == "sk-secret"
+    # The VAD keys live in agent.turn; the old flat ones (agent.silence_ms) still work.
+    assert cfg.turn.silence_ms == 800 and cfg.llm_api_key.get_secret_value() == "sk-secret"
+    assert agent_settings(load_settings(agent={"turn": {"silence_ms": 700}})).turn.silence_ms == 700
+    assert agent_settings(None, vad_threshold=0.4).turn.threshold == 0.4
     assert "sk-secret" not in repr(cfg)
     assert settings.redacted()["agent"]["llm_api_key"] == "***"
-    with pytest.raises(ConfigError, match="agent.silence_ms"):
+    with pytest.raises(ConfigError, match=r"agent\.turn\.silence_ms"):
         agent_settings(load_settings(agent={"silence_ms": 5}))
+    with pytest.raises(ConfigError, match=r"agent\.turn\.silence_ms"):
+        agent_settings(load_settings(agent={"turn": {"silence_ms": 5}}))
     with pytest.raises(ConfigError, match="agent.nonsense"):
         agent_settings(load_settings(agent={"nonsense": 1}))
-    with pytest.raises(ConfigError, match="vad_interrupt_threshold"):
+    with pytest.raises(ConfigError, match="agent.turn.nonsense"):
+        agent_settings(load_settings(agent={"turn": {"nonsense": 1}}))
+    with pytest.raises(ConfigError, match="both set"):
+        agent_settings(load_settings(agent={"silence_ms": 600, "turn": {"silence_ms": 700}}))
+    with pytest.raises(ConfigError, match="interrupt_threshold must be >= turn.threshold"):
         agent_settings(None, vad_threshold=0.9, vad_interrupt_threshold=0.5)
     assert AgentSettings().resolved_index_dir("data").as_posix() == "data/kb_index"
