@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from echoforge.text import TextError, check_text, clean_text, normalize_text, split_sentences
+from echoforge.text import (
+    TextError,
+    audio_budget_ms,
+    check_text,
+    clean_text,
+    max_audio_seconds,
+    normalize_text,
+    sentence_ends,
+    speech_seconds,
+    split_complete,
+    split_sentences,
+)
 
 SPOKEN = [
     ("221B Baker St.", "two hundred and twenty-one B Baker Street"),
@@ -88,3 +99,50 @@ def test_split_sentences_respects_limit():
     assert all(len(p) <= 40 for p in pieces)
     assert " ".join(pieces).split() == text.split()
     assert split_sentences("Short one. Short two.", 100) == ["Short one. Short two."]
+
+
+# ---------------------------------------------------------------- one sentence rule, one speaking rate
+
+
+def test_one_sentence_rule_knows_abbreviations_and_decimals():
+    text = "Dr. Smith paid 3.5 dollars. Then he left! Mr. J. Jones stayed on Baker St. near the park. I said no."
+    assert split_sentences(text, pack=False) == [
+        "Dr. Smith paid 3.5 dollars.",
+        "Then he left!",
+        "Mr. J. Jones stayed on Baker St. near the park.",
+        "I said no.",
+    ]
+    assert split_complete("Hello Dr. Smith. How are you? I am f") == (["Hello Dr. Smith.", "How are you?"], "I am f")
+    assert split_complete("Hello Dr. ") == ([], "Hello Dr. ")
+    assert sentence_ends("A 3.5 m wall. ") == [len("A 3.5 m wall.")]
+
+
+def test_every_splitter_uses_the_one_rule():
+    from echoforge.agent.rag import split_sentences as rag_split
+    from echoforge.agent.sentences import SentenceSplitter
+    from echoforge.server.services.speech_session import sentences
+    from echoforge.server.services.speech_session import split_complete as ws_split
+
+    text = "Dr. Smith measured 3.5 litres of water in the lab. The result was clear to everyone there. "
+    expected = ["Dr. Smith measured 3.5 litres of water in the lab.", "The result was clear to everyone there."]
+    assert sentences(text) == expected
+    assert ws_split(text)[0] == expected
+    assert rag_split(text)[1] == expected
+    splitter = SentenceSplitter(first_clause_chars=0)
+    assert splitter.push(text) + splitter.flush() == expected
+
+
+def test_one_speaking_rate_and_the_audio_limit_follows_the_text_limit():
+    from echoforge.csm import scheduler
+    from echoforge.server.services import synthesis
+    from echoforge.text import CHARS_PER_SECOND
+
+    text = " ".join(["Dr. Smith read the report twice before she called the team together."] * 60)[:4000]
+    assert speech_seconds(text) == pytest.approx(len(text) / CHARS_PER_SECOND, rel=0.2)
+    assert synthesis.estimate_seconds(text) == speech_seconds(text)
+    assert not hasattr(synthesis, "CHARS_PER_SECOND") and not hasattr(synthesis, "_WORDS_PER_SECOND")
+    assert getattr(scheduler, "_CHARS_PER_S", CHARS_PER_SECOND) == CHARS_PER_SECOND
+    # A text within the character limit always gets more audio than it needs, at any speed.
+    for speed in (0.25, 1.0, 4.0):
+        assert audio_budget_ms(text, speed) / 1000 > 1.5 * speech_seconds(text, min(speed, 1.0))
+    assert max_audio_seconds(4096) > 4096 / CHARS_PER_SECOND

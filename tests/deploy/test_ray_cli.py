@@ -1,6 +1,6 @@
-"""Issue 25 (item 11): Ray Serve as a user starts it — ``echoforge serve --ray --replicas 2`` —
-readiness that waits for every replica, the replica's model load time, and Ray's whole
-``autoscaling_config`` passed through."""
+"""`echoforge serve --ray` as a user starts it: ``--replicas``, ``--autoscaling-config`` (Ray's whole
+``autoscaling_config`` passed through), readiness that waits for every replica, and the replica's
+model load time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 25 (item 12): Piper's ``speed`` scales the whole utterance, pauses included."""
+"""The Piper engine: ``speed`` scales the whole utterance, pauses included."""
 
 from __future__ import annotations
 

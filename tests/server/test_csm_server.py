@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import ServerProcess, wait_task
 
@@ -92,3 +93,31 @@ def test_concurrent_requests_share_frames_and_disconnect_frees_the_row(csm_serve
                 break
             time.sleep(0.1)
         assert sched["active"] == 0 and sched["frames"] - before < 100
+
+
+# ----------------------- long text on CSM: piece after piece in one slot
+
+
+def test_long_text_on_csm_is_spoken_past_the_configured_audio_limit(tmp_path_factory):
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("echoforge_tiny_models_fh", TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model_dir = module.save_real_layout(module.build_tiny_model(), tmp_path_factory.mktemp("tiny-csm") / "csm-1b")
+    settings = {
+        "device": "cpu",
+        "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 1},
+        "server": {"workers": 1, "rate_limit_per_minute": 0},
+        "generation": {"max_audio_length_ms": 2000},  # the old rule refused anything over ≈ 2 s of speech
+    }
+    sentence = "hello world, how are you today? i am fine, thanks. "
+    text = (sentence * 6).strip()  # ≈ 300 characters: several pieces
+    with ServerProcess(tmp_path_factory.mktemp("csm-server"), "csm", settings).start(timeout=180) as server:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}
+            with client.stream("POST", "/v1/audio/speech", json=body) as r:
+                assert r.status_code == 200, r.read()
+                reads = [len(b) for b in r.iter_bytes()]
+            seconds = sum(reads) / 2 / 24_000
+            assert seconds > 4.0, seconds  # past the 2 s setting: the cap follows from the text
+            assert len(reads) > 3  # streamed as generated
