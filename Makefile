@@ -65,7 +65,14 @@ sysdeps:
 sysdeps-test:
 	@bash scripts/sysdeps.sh $(SYS_TEST)
 
-serve: install
+# The studio answers as soon as the core is installed: on a first run llama.cpp (the agent's fast
+# embedded LLM, minutes to compile) builds in the background meanwhile; until it is there the
+# agent runs the same model on transformers (slower), and the next `make serve` finds it built.
+serve: $(VENV)/.core-installed sysdeps
+	@if [ ! -f $(VENV)/.llama-cpp-installed ]; then \
+	  echo "echoforge: building llama.cpp for the voice agent in the background (log: $(VENV)/llama-cpp-build.log)"; \
+	  nohup $(MAKE) --no-print-directory $(VENV)/.llama-cpp-installed > $(VENV)/llama-cpp-build.log 2>&1 & \
+	fi
 	$(VENV)/bin/echoforge serve --host $(HOST) --port $(PORT)
 
 test: install-dev
