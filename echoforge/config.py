@@ -42,6 +42,7 @@ class CSMSettings(BaseModel):
     chunk_frames: int = Field(8, ge=1, le=256, description="Mimi frames per later streamed chunk.")
     max_batch_size: int = Field(4, ge=1, le=64, description="Streams generated together, frame by frame (continuous batching): the KV-cache slots of the device's CSM scheduler.")
     max_waiting: int = Field(32, ge=0, le=4096, description="Requests that may wait for a free CSM slot; beyond that the server answers 503 with Retry-After.")
+    prefix_cache_mb: int = Field(256, ge=0, le=1_000_000, description="Memory for the KV of voice prompts, computed once per voice and reused by every request with that voice (least recently used out first; 0 turns the cache off).")
     prefill_chunk: int = Field(256, ge=16, le=2048, description="Prompt positions prefilled between two frames of running streams (a long voice prompt never stalls them longer).")
     max_reference_s: float = Field(15.0, ge=0.0, le=120.0, description="Longest voice-prompt (reference) clip fed to CSM; longer ones are cut at a pause near this length (0 = no limit; the 2048-position window still applies).")
 

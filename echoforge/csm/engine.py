@@ -123,8 +123,7 @@ class CSMEngine(BaseEngine):
                 local_files_only=True,
                 max_waiting=csm.max_waiting,
                 prefill_chunk=csm.prefill_chunk,
-                # KV of voice prompts, computed once per voice (a `csm.prefix_cache_mb` setting, when there is one)
-                **({"prefix_cache_mb": csm.prefix_cache_mb} if hasattr(csm, "prefix_cache_mb") else {}),
+                prefix_cache_mb=csm.prefix_cache_mb,  # KV of voice prompts, computed once per voice
             )
             # Run (on CUDA: capture) the sampled frame step for every batch bucket now, not on a request.
             log.info("CSM frame step warmed up in %.2f s", generator.warmup())

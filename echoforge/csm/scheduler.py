@@ -47,7 +47,7 @@ from echoforge.csm.prompt import FRAME_MS, Prompt, PromptBuilder
 from echoforge.csm.runner import BUCKETS, ModelRunner, bucket_for, buckets
 from echoforge.csm.sequence import END, FrameStream, Piece, Sequence
 from echoforge.engines.base import EngineBusy, Segment
-from echoforge.text import normalize_text, split_sentences
+from echoforge.text import audio_budget_ms, normalize_text, split_sentences
 
 __all__ = ["BUCKETS", "FRAME_MS", "FrameScheduler", "FrameStream", "SchedulerBusy", "bucket_for", "buckets"]
 
@@ -55,9 +55,8 @@ log = logging.getLogger("echoforge.csm.scheduler")
 
 # Text longer than this is generated sentence-group by sentence-group, each piece fed back as context.
 MAX_PIECE_CHARS = 300
-# Per-piece frame cap when text is split: twice a slow speaking rate (15 chars/s) plus 2 s, so one
-# piece that never emits EOS cannot eat the whole request's budget.
-_CHARS_PER_S = 15.0
+# Per-piece frame cap when text is split: the piece's own audio budget (``echoforge.text.audio_budget_ms``,
+# from the one speaking rate), so one piece that never emits EOS cannot eat the whole request's budget.
 
 
 class SchedulerBusy(EngineBusy):
@@ -91,7 +90,7 @@ class FrameScheduler:
         self._closed = False
         self._frame_s = 0.08  # recent seconds per frame step (for Retry-After)
         self.stats = {"frames": 0, "steps": 0, "prefill_tokens": 0, "rows_done": 0, "max_rows_seen": 0,
-                      "prefix_hits": 0, "prefix_misses": 0, "prefix_tokens_saved": 0}  # fmt: skip
+                      "rows_cancelled": 0, "prefix_hits": 0, "prefix_misses": 0, "prefix_tokens_saved": 0}  # fmt: skip
 
     @property
     def lag(self) -> bool:
@@ -180,7 +179,7 @@ class FrameScheduler:
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         pieces = []
         for n, t in enumerate(texts):
-            cap = total if len(texts) == 1 else min(total, int((2 * len(t) / _CHARS_PER_S + 2) * 1000 / FRAME_MS))
+            cap = total if len(texts) == 1 else min(total, int(audio_budget_ms(t, normalized=True) / FRAME_MS))
             pieces.append(Piece(t, cap, G.seed_key(seed + n)))
         ctx = [self.prompts.prepare_segment(s) for s in req.context]  # Mimi-encode once, not per piece
         prompt = self.prompts.build(pieces[0].text, req.speaker, ctx, pieces[0].frame_budget)
@@ -378,6 +377,7 @@ class FrameScheduler:
         for s in [*self.waiting, *self.running, *([self.prefilling] if self.prefilling else [])]:
             if s.should_stop is not None and not s.cancelled and s.should_stop():
                 s.cancelled = True
+        self.stats["rows_cancelled"] += sum(s.cancelled for s in (*self.waiting, *self.running, self.prefilling) if s)
         for s in [s for s in self.waiting if s.cancelled]:
             self.waiting.remove(s)
             s.out.put(END)

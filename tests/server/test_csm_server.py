@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, wait_task
+from conftest import AppServer, ServerProcess, wait_task, wait_until
 
 from echoforge.audio import load_audio
 
@@ -34,9 +34,8 @@ def csm_server(tmp_path_factory):
         "server": {"workers": 1},
         "generation": {"max_audio_length_ms": 8000},  # 100 frames: concurrent requests overlap
     }
-    server = ServerProcess(tmp_path_factory.mktemp("csm-server"), "csm", settings).start(timeout=180)
-    yield server
-    server.stop()
+    with AppServer(tmp_path_factory.mktemp("csm-server"), "csm", settings).start() as server:
+        yield server
 
 
 def test_tiny_csm_end_to_end(csm_server):
@@ -80,19 +79,31 @@ def test_concurrent_requests_share_frames_and_disconnect_frees_the_row(csm_serve
     with csm_server.client() as client:
         sched = client.get("/api/health").json()["streams"]["scheduler"]
         assert sched["slots"] == 2 and sched["max_rows_seen"] == 2 and sched["active"] == 0
-        before = sched["frames"]
-        body = {"model": "csm-1b", "input": "hello world", "voice": "alloy", "response_format": "pcm", "stream": True}
-        with client.stream("POST", "/v1/audio/speech", json=body) as r:
-            assert r.status_code == 200
-            next(r.iter_bytes())
-        import time
+        # The streaming row is held after its first chunk until the server has seen the hang-up:
+        # "the row is still generating when the client leaves" is true by construction.
+        scheduler = csm_server.services.engine.generator.scheduler
+        first_chunk = csm_server.settings.csm.first_chunk_frames
+        real_decode, calls = scheduler.runner.decode, []
 
-        for _ in range(100):
-            sched = client.get("/api/health").json()["streams"]["scheduler"]
-            if sched["active"] == 0:
-                break
-            time.sleep(0.1)
-        assert sched["active"] == 0 and sched["frames"] - before < 100
+        def held_decode(hi, rows):
+            calls.append(len(rows))
+            if len(calls) > first_chunk + 1:  # the first chunk is out (+1 frame in flight)
+                wait_until(lambda: all(s.should_stop is not None and s.should_stop() for s, _ in rows), what="the hang-up seen")
+            return real_decode(hi, rows)
+
+        before = dict(scheduler.stats)
+        scheduler.runner.decode = held_decode
+        try:
+            body = {"model": "csm-1b", "input": "hello world", "voice": "alloy", "response_format": "pcm", "stream": True}
+            with client.stream("POST", "/v1/audio/speech", json=body) as r:
+                assert r.status_code == 200
+                next(r.iter_bytes())
+            sched = wait_until(lambda: (h := client.get("/api/health").json()["streams"]["scheduler"])["active"] == 0 and h,
+                               what="the row gone")  # fmt: skip
+        finally:
+            scheduler.runner.decode = real_decode
+        assert sched["rows_cancelled"] == before["rows_cancelled"] + 1
+        assert sched["frames"] - before["frames"] <= first_chunk + 3  # far fewer than its 100-frame budget
 
 
 # ----------------------- long text on CSM: piece after piece in one slot
