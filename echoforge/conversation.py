@@ -15,6 +15,7 @@ import numpy as np
 
 from echoforge.audio import fade_edges, silence
 from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
+from echoforge.text import audio_budget_ms
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def render_conversation(
     seed: int | None = None,
     pause_ms: int = 250,
     max_context_turns: int = 4,
-    max_audio_length_ms: int = 30_000,
+    max_audio_length_ms: int | None = None,
     on_turn: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
@@ -49,6 +50,8 @@ def render_conversation(
             context, pinned as voice prompts (kept when the window is full); the most recent
             ``max_context_turns`` generated turns follow them.
         seed: base seed; turn *i* uses ``seed + i`` so a script renders reproducibly.
+        max_audio_length_ms: the audio cap of one turn; by default each turn's own budget,
+            :func:`echoforge.text.audio_budget_ms` of its text, so every turn is spoken in full.
         on_turn: progress callback ``(done, total)`` after each turn.
         should_stop: polled between turns; return True to cancel (raises ``InterruptedError``).
 
@@ -73,7 +76,7 @@ def render_conversation(
             context=context,
             temperature=temperature,
             topk=topk,
-            max_audio_length_ms=max_audio_length_ms,
+            max_audio_length_ms=audio_budget_ms(turn.text) if max_audio_length_ms is None else max_audio_length_ms,
             seed=None if seed is None else seed + i,
         )
         audio = engine.synthesize(request)

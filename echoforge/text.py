@@ -78,12 +78,12 @@ def speech_seconds(text: str, speed: float = 1.0, *, normalized: bool = False) -
     return max(0.5, chars / CHARS_PER_SECOND / max(speed, 0.25))
 
 
-def audio_budget_ms(text: str, speed: float = 1.0, *, floor_ms: int = 0) -> int:
+def audio_budget_ms(text: str, speed: float = 1.0, *, floor_ms: int = 0, normalized: bool = False) -> int:
     """The most audio (ms) ``text`` may produce: generous, so a text is never cut short; never below ``floor_ms``.
 
     ``speed`` above 1 never shrinks the budget (CSM speaks at its own pace and is sped up afterwards).
     """
-    seconds = speech_seconds(text, min(1.0, speed or 1.0))
+    seconds = speech_seconds(text, min(1.0, speed or 1.0), normalized=normalized)
     return max(int(floor_ms), int((BUDGET_FACTOR * seconds + BUDGET_SLACK_S) * 1000))
 
 

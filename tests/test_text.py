@@ -146,3 +146,24 @@ def test_one_speaking_rate_and_the_audio_limit_follows_the_text_limit():
     for speed in (0.25, 1.0, 4.0):
         assert audio_budget_ms(text, speed) / 1000 > 1.5 * speech_seconds(text, min(speed, 1.0))
     assert max_audio_seconds(4096) > 4096 / CHARS_PER_SECOND
+
+
+def test_no_module_keeps_its_own_speaking_rate():
+    """``echoforge.text.CHARS_PER_SECOND`` is the one rate: the CLI, the scheduler and the server follow it."""
+    import re
+    from pathlib import Path
+
+    import echoforge
+    from echoforge.cli import core
+    from echoforge.csm import scheduler
+    from echoforge.text import BUDGET_FACTOR, BUDGET_SLACK_S, CHARS_PER_SECOND
+
+    assert not hasattr(core, "_WORDS_PER_SECOND") and not hasattr(scheduler, "_CHARS_PER_S")
+    rate = re.compile(r"^\s*_?\w*(CHARS?|WORDS?)_PER_S\w*\s*(:[^=]+)?=\s*[\d.]+", re.MULTILINE)
+    root = Path(echoforge.__file__).parent
+    own = [str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "text.py" and rate.search(p.read_text())]
+    assert own == []
+    # The scheduler's per-piece cap is the piece's own audio budget at that rate.
+    piece = "a" * 300
+    expected_ms = int((BUDGET_FACTOR * 300 / CHARS_PER_SECOND + BUDGET_SLACK_S) * 1000)
+    assert audio_budget_ms(piece, normalized=True) == expected_ms

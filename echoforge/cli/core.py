@@ -19,9 +19,6 @@ from rich.table import Table
 from echoforge import __version__
 from echoforge.cli.common import console, fail, settings_from_cli, user_errors
 
-# Rough speaking rate used only to size the progress bar (the engine decides the real length).
-_WORDS_PER_SECOND = 2.6
-
 
 def say(
     text: Annotated[str, typer.Argument(help="What to say.")],
@@ -40,6 +37,7 @@ def say(
     from echoforge.analysis.params import apply_tone
     from echoforge.audio import StreamEncoder, save_audio
     from echoforge.engines import SynthesisRequest, create_engine
+    from echoforge.text import audio_budget_ms, speech_seconds
 
     settings = settings_from_cli(engine=engine)
     gen = settings.generation
@@ -51,7 +49,12 @@ def say(
             temperature=gen.temperature if temperature is None else temperature,
             topk=gen.topk if topk is None else topk,
             speed=gen.speed if speed is None else speed,
-            max_audio_length_ms=gen.max_audio_length_ms if max_ms is None else max_ms,
+            # The audio cap follows from the text (never below the configured one): every text is spoken in full.
+            max_audio_length_ms=(
+                audio_budget_ms(text, gen.speed if speed is None else speed, floor_ms=gen.max_audio_length_ms)
+                if max_ms is None
+                else max_ms
+            ),
             seed=seed,
         )
         # "(calm) …" / "[excited] …" modifiers: removed from the spoken text, mapped to the
@@ -70,7 +73,8 @@ def say(
         label = f"{info.name}" + (" (fallback, not CSM)" if info.is_fallback else "")
         console.print(f"[dim]engine:[/] {label}  [dim]model:[/] {info.model or '-'}  [dim]device:[/] {info.device}")
 
-        estimate_s = max(1.0, len(text.split()) / _WORDS_PER_SECOND / request.speed)
+        # Only sizes the progress bar (the engine decides the real length): the one speaking rate.
+        estimate_s = max(1.0, speech_seconds(request.text, request.speed))
         to_stdout = str(output) == "-"
         writer = None
         if stream:

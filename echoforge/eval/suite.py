@@ -196,8 +196,10 @@ class Utterance:
 
 
 def _budget_ms(text: str) -> int:
-    """A generous audio budget: ~0.6 s per word + 2 s (keeps a CSM that misses EOS bounded)."""
-    return int(2000 + 600 * len(text.split()))
+    """A generous audio budget from the one speaking rate (keeps a CSM that misses EOS bounded)."""
+    from echoforge.text import audio_budget_ms
+
+    return audio_budget_ms(text)
 
 
 def synthesize(engine: Any, text: str, speaker: int = 0, voice: str | None = None, context: list | None = None,

@@ -43,6 +43,25 @@ def test_say_formats_and_stream(tmp_path, suffix):
     assert "first audio after" in result.output
 
 
+def test_say_speaks_a_text_longer_than_the_configured_audio_limit_in_full(tmp_path, monkeypatch):
+    """The audio cap follows from the text (it was the fixed 90 s limit); made cheap with a 1 s limit."""
+    from echoforge.text import speech_seconds
+
+    monkeypatch.setenv("ECHOFORGE_GENERATION__MAX_AUDIO_LENGTH_MS", "1000")
+    text = "The first sentence is here. The second one follows it. A third one closes this short text."
+    assert speech_seconds(text) > 4
+    out = tmp_path / "long.wav"
+    result = runner.invoke(app, ["say", text, "-o", str(out), "--engine", "espeak"])
+    assert result.exit_code == 0, result.output
+    audio, sr = sf.read(out, dtype="float32")
+    assert audio.size / sr > 3.0  # the old code cut it at the 1 s limit
+    # An explicit --max-ms is still the caller's own cap.
+    result = runner.invoke(app, ["say", text, "-o", str(out), "--engine", "espeak", "--max-ms", "1000"])
+    assert result.exit_code == 0, result.output
+    audio, sr = sf.read(out, dtype="float32")
+    assert audio.size / sr <= 1.0
+
+
 def test_say_rejects_bad_input_cleanly(tmp_path):
     result = runner.invoke(app, ["say", "   ", "-o", str(tmp_path / "x.wav"), "--engine", "espeak"])
     assert result.exit_code == 1

@@ -187,6 +187,48 @@ def test_conversation_task(api):
     assert_error(api.post("/api/conversations", json={"turns": [{"voice": "ghost", "text": "hi"}]}), 404, "voice")
 
 
+_LONG_TURN = " ".join(
+    f"Sentence number {i} of this turn is here so that the whole turn takes far longer than half a minute."
+    for i in range(1, 9)
+)  # ~800 characters: about a minute of espeak speech
+
+
+def test_a_long_conversation_turn_is_spoken_in_full(api):
+    """Each turn's audio cap follows from its text (it was a fixed 30 s, which cut long turns)."""
+    from echoforge.text import speech_seconds
+
+    assert speech_seconds(_LONG_TURN) > 45
+    turns = [{"voice": "atlas", "text": "Listen."}, {"voice": "juniper", "text": _LONG_TURN}]
+    created = api.post("/api/conversations", json={"turns": turns, "format": "wav", "seed": 1})
+    assert created.status_code == 202, created.text
+    task = wait_task(api, created.json()["task_id"])
+    assert task["status"] == "done", task
+    audio, sr = sf.read(io.BytesIO(api.get(task["result_url"]).content))
+    assert audio.size / sr > 40.0
+
+
+def test_render_conversation_gives_each_turn_its_own_budget():
+    from echoforge.conversation import Turn, render_conversation
+    from echoforge.text import audio_budget_ms
+
+    class Recorder:
+        name, sample_rate, is_fallback = "fake", 1000, True
+
+        def __init__(self):
+            self.caps = []
+
+        def synthesize(self, request):
+            self.caps.append(request.max_audio_length_ms)
+            return np.zeros(100, dtype=np.float32)
+
+    engine = Recorder()
+    render_conversation(engine, [Turn(0, "Hi."), Turn(1, _LONG_TURN)])
+    assert engine.caps == [audio_budget_ms("Hi."), audio_budget_ms(_LONG_TURN)]
+    assert engine.caps[1] > 90_000  # more than the old fixed 30 s, and more than the configured 90 s
+    render_conversation(engine, [Turn(0, "Hi.")], max_audio_length_ms=5000)  # a caller's own cap is kept
+    assert engine.caps[-1] == 5000
+
+
 def test_task_list_and_cancel_finished(api):
     task_id = api.post("/api/generate", json={"text": "List me.", "voice": "atlas"}).json()["task_id"]
     wait_task(api, task_id)
