@@ -167,13 +167,9 @@ def test_background_scheduler_streams_concurrent_requests(tiny_generator):
     it = iter(tiny_generator.scheduler.submit(Request("hello world", max_audio_length_ms=500 * 80, temperature=0)))
     next(it)
     it.close()
-    for _ in range(200):
-        if tiny_generator.scheduler.active == 0:
-            break
-        import time
+    from _servers import wait_until
 
-        time.sleep(0.01)
-    assert tiny_generator.scheduler.active == 0
+    wait_until(lambda: tiny_generator.scheduler.active == 0, what="the closed stream's row freed")
 
 
 @pytest.fixture
