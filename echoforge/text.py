@@ -46,7 +46,7 @@ def check_text(text: str, *, limit: int | None = None, name: str = "text") -> st
     control or zero-width characters only).
     """
     if limit is not None and len(text) > limit:
-        raise TextError(f"{name} is {len(text)} characters; the limit is {limit}")
+        raise TextError(f"{name} is longer than {limit} characters ({len(text)} given)")
     for i, ch in enumerate(text):
         if ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) == "Cc":
             raise TextError(

@@ -71,7 +71,7 @@ def test_clean_text_drops_zero_width_and_keeps_newlines():
 
 
 def test_limit_is_named():
-    with pytest.raises(TextError, match="5 characters; the limit is 4"):
+    with pytest.raises(TextError, match=r"longer than 4 characters \(5 given\)"):
         check_text("hello", limit=4)
 
 

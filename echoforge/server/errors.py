@@ -9,7 +9,7 @@ unexpected exception is logged with its traceback and answered with a generic 50
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -131,17 +131,92 @@ def _label(loc: list[Any]) -> str:
     return " ".join(words)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (``Turn``, ``list[Turn]``, ``Turn | None``), or ``None``."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _model_in(a)) is not None), None)
+
+
+def _bounds(model: Any, loc: list[Any]) -> tuple[Any, Any]:
+    """The (lower, upper) limits declared on the field at ``loc`` of ``model`` (``None`` where unknown)."""
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if isinstance(part, int) or not fields:
+            continue
+        if part not in fields:
+            return None, None
+        field = fields[part]
+        model = _model_in(field.annotation)
+    lower = upper = None
+    for meta in getattr(field, "metadata", ()):
+        lower = next((getattr(meta, k) for k in ("ge", "gt") if getattr(meta, k, None) is not None), lower)
+        upper = next((getattr(meta, k) for k in ("le", "lt") if getattr(meta, k, None) is not None), upper)
+    return lower, upper
+
+
+_TYPES = {
+    "float_type": "must be a number", "float_parsing": "must be a number", "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number", "int_from_float": "must be a whole number",
+    "string_type": "must be text (a JSON string)", "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false", "list_type": "must be a list", "dict_type": "must be an object",
+    "model_type": "must be an object", "model_attributes_type": "must be an object",
+}  # fmt: skip
+_RANGES = {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}
+
+
+def _describe(error: dict[str, Any], model: Any = None) -> str:
+    """One validation error in plain words: "is required", "is longer than 4096 characters",
+    "must be between 0.25 and 4" (pydantic's own wording, "String should have…", never reaches users)."""
     msg = str(error.get("msg", "invalid value"))
     kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
         return "is not a known field"
+    if kind == "string_too_short":
+        n = ctx.get("min_length", 1)
+        return "is required" if n == 1 else f"is shorter than {n} characters"
+    if kind == "string_too_long":
+        return f"is longer than {ctx.get('max_length')} characters"
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return f"needs at least {n} item{'s' if n != 1 else ''}"
+    if kind == "too_long":
+        return f"has more than {ctx.get('max_length')} items"
+    if kind in _RANGES:
+        loc = [p for p in error.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+        lower, upper = _bounds(model, loc) if model is not None else (None, None)
+        if lower is not None and upper is not None:
+            return f"must be between {_num(lower)} and {_num(upper)}"
+        words = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+                 "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}[kind]  # fmt: skip
+        return f"must be {words[0]} {_num(ctx.get(words[1]))}"
+    if kind in ("literal_error", "enum"):
+        return f"must be one of {ctx.get('expected')}" if ctx.get("expected") else "is not one of the allowed values"
+    if kind in _TYPES:
+        return _TYPES[kind]
+    if kind == "value_error" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    elif msg.startswith("Input should"):
+        msg = "must" + msg[len("Input should") :]
     return msg[:1].lower() + msg[1:]
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _body_model(request: Request | None) -> Any:
+    """The pydantic model of the route's JSON body (for the limits in messages), if any."""
+    route = request.scope.get("route") if request is not None else None
+    field = getattr(route, "body_field", None)
+    return getattr(getattr(field, "field_info", None), "annotation", None)
+
+
+def _validation_message(exc: RequestValidationError, request: Request | None = None) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
@@ -153,7 +228,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"the request body is not valid JSON{where}" + (f" ({reason[:1].lower()}{reason[1:]})" if reason else ""), None
     raw = [p for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
     param = ".".join(str(p) for p in raw) or None
-    msg = _describe(first)
+    try:
+        msg = _describe(first, _body_model(request) if first.get("loc", ("",))[0] == "body" else None)
+    except Exception:  # a message is never worth a 500
+        msg = _describe(first)
     if len(errors) > 1:
         others = sorted({_label([p for p in e.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]) for e in errors[1:]} - {""})
         more = f"; also check {', '.join(others[:4])}" if others else f" (and {len(errors) - 1} more problem(s))"
@@ -171,7 +249,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = _validation_message(exc, request)
         status = 400 if request.url.path.startswith("/v1/") else 422
         return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=status)
 

@@ -281,6 +281,32 @@ def test_one_text_rule_for_v1_and_api(api, case):
     assert "turn 2 text" in conv["message"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"text": ""}, "text is required"),
+        ({"text": "a" * 4097}, "text is longer than 4096 characters"),
+        ({"text": "Hi.", "speed": 5}, "speed must be between 0.25 and 4"),
+        ({"text": "Hi.", "speed": 0.1}, "speed must be between 0.25 and 4"),
+    ],
+)
+def test_validation_messages_are_plain_words(api, fields, words):
+    """Not pydantic's wording ("String should have at least 1 character"); same error shape and statuses."""
+    param = "speed" if "speed" in fields else "text"
+    v1_fields = {("input" if k == "text" else k): v for k, v in fields.items()}
+    v1 = assert_error(
+        api.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", **v1_fields}),
+        400,
+        "input" if param == "text" else param,
+    )
+    assert v1["message"].startswith(words.replace("text", "input", 1)), v1
+    status = 400 if fields["text"] and param == "text" else 422  # the server's text rule, or the schema
+    gen = assert_error(api.post("/api/generate", json=fields), status, param)
+    assert gen["message"].startswith(words), gen
+    for err in (v1, gen):
+        assert err["type"] == "invalid_request_error" and "should" not in err["message"], err
+
+
 def test_zero_width_characters_are_dropped_not_refused(api):
     r = _speech(api, "wav", "Hel\u200blo there.")
     assert r.status_code == 200
