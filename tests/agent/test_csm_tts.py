@@ -12,6 +12,8 @@ pytest.importorskip("transformers")
 
 from tests.csm.tiny_models import build_tiny_model, save_real_layout  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a tiny CSM built and run on the CPU (about a minute on a busy 2-core box)
+
 
 @pytest.fixture(scope="module")
 def csm_engine(tmp_path_factory):
