@@ -70,6 +70,7 @@ class ServerSettings(BaseModel):
     queue_backend: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite: embedded, one process; redis: shared by `echoforge worker` processes.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for queue_backend=redis.")
     queue_max_pending: int = Field(100, ge=1, description="Queued tasks beyond this get 429 + Retry-After.")
+    shutdown_grace_s: float = Field(10.0, ge=0, le=3600, description="On shutdown, running tasks get this long to finish; the rest go back to the queue (nothing is lost).")
     workers: int = Field(1, ge=1, le=64, description="Minimum concurrent CSM streams per process; CSM runs max(workers, csm.max_batch_size) at once, batched frame by frame (the fallbacks use `fallback_concurrency`).")
     fallback_concurrency: int | None = Field(
         None,

@@ -48,7 +48,6 @@ security_log = logging.getLogger("echoforge.security")
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
-SHUTDOWN_GRACE_S = 10.0
 # Routers other parts of EchoForge provide (``router`` in each module), included when present:
 # name → whether the app-wide API-key dependency applies (WebSocket and /metrics check keys themselves).
 OPTIONAL_ROUTERS = {"analysis": True, "agent": False, "metrics": False}
@@ -228,7 +227,7 @@ def create_app(
             yield
         finally:
             if services.pool is not None:
-                await asyncio.to_thread(services.pool.stop, SHUTDOWN_GRACE_S)
+                await asyncio.to_thread(services.pool.stop, settings.server.shutdown_grace_s)
             services.synthesis.close()
             services.queue.close()
             close = getattr(eng, "close", None) or getattr(eng, "unload", None)

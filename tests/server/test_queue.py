@@ -60,12 +60,12 @@ def test_kill_minus_9_mid_task_loses_nothing(tmp_path):
 @pytest.mark.integration
 def test_graceful_shutdown_requeues_or_finishes(tmp_path):
     gate, env = _file_gate(tmp_path)
-    server = ServerProcess(tmp_path, "sine", env=env).start()
+    server = ServerProcess(tmp_path, "sine", {"server": {"shutdown_grace_s": 1}}, env=env).start()
     with server.client() as client:
         ids = _submit(client, 2)
         wait_task(client, ids[0], until=("running",))
         wait_until(lambda: (gate / "blocked").exists(), what="the engine mid-task")
-    assert server.stop() is not None  # SIGTERM while task 0 runs
+    assert server.stop() is not None  # SIGTERM while task 0 runs (and never finishes: it is re-queued)
     queue = SQLiteTaskQueue(tmp_path)  # opening it re-queues anything left running
     statuses = [queue.get(i).status for i in ids]
     queue.close()
