@@ -539,7 +539,6 @@ def test_studio_pages_have_no_serious_accessibility_violations(browser, base_url
         context.close()
 
 
-@pytest.mark.xfail(reason="agent page (owned elsewhere): #meter has no aria-valuenow before Start", strict=False)
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_agent_page_has_no_serious_accessibility_violations(browser, base_url, console, scheme):
     axe_js = _axe_source()
