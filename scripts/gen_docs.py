@@ -181,16 +181,20 @@ def config_reference_md() -> str:
     ]
     rows, sections = _rows(Settings, "", ENV_PREFIX)
     out += rows
-    while sections:
-        key, model, env_prefix = sections.pop(0)
-        out += ["", f"## `{key}` {{#{key.replace('.', '')}}}", ""]
-        doc = (model.__doc__ or "").strip().splitlines()
-        if doc and not doc[0].startswith("!!!"):
-            out += [doc[0], ""]
-        out.append(_HEADER)
-        rows, more = _rows(model, key + ".", env_prefix)
-        out += rows
-        sections += more
+
+    def nested(sections: list) -> None:  # each nested block gets its own section (and anchor)
+        while sections:
+            key, model, env_prefix = sections.pop(0)
+            out.extend(["", f"## `{key}` {{#{key.replace('.', '')}}}", ""])
+            doc = (model.__doc__ or "").strip().splitlines()
+            if doc and not doc[0].startswith("!!!"):
+                out.extend([doc[0], ""])
+            out.append(_HEADER)
+            rows, more = _rows(model, key + ".", env_prefix)
+            out.extend(rows)
+            sections += more
+
+    nested(sections)
     for key, (target, what) in PART_SECTIONS.items():
         out += ["", f"## `{key}` {{#{key}}}", "", what, ""]
         model = _import(target)
@@ -200,6 +204,7 @@ def config_reference_md() -> str:
         out += [f"Validated by `{target.replace(':', '.')}`.", "", _HEADER]
         rows, more = _rows(model, key + ".", f"{ENV_PREFIX}{key.upper()}{NESTED}")
         out += rows
+        nested(more)
     out += [
         "",
         "## Example",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import AppServer, ServerProcess, wait_task, wait_until
+from conftest import AppServer, wait_task, wait_until
 
 from echoforge.audio import load_audio
 
@@ -19,15 +19,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(
 )]
 
 
-@pytest.fixture(scope="module")
-def csm_server(tmp_path_factory):
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random CSM laid out like the real `sesame/csm-1b` download: transformers shards named
+    by config.json's `transformers_weights` (Mimi bundled) next to the original-layout
+    model.safetensors and ckpt.pt."""
     pytest.importorskip("torch")
     spec = importlib.util.spec_from_file_location("echoforge_tiny_models", TINY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    # Laid out like the real `sesame/csm-1b` download: transformers shards named by config.json's
-    # `transformers_weights` (Mimi bundled) next to the original-layout model.safetensors and ckpt.pt.
-    model_dir = module.save_real_layout(module.build_tiny_model(), tmp_path_factory.mktemp("tiny-csm") / "csm-1b")
+    return module.save_real_layout(module.build_tiny_model(), tmp_path_factory.mktemp("tiny-csm") / "csm-1b")
+
+
+@pytest.fixture(scope="module")
+def csm_server(tmp_path_factory):
+    model_dir = tiny_model_dir(tmp_path_factory)
     settings = {
         "device": "cpu",
         "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 2},
@@ -110,11 +115,7 @@ def test_concurrent_requests_share_frames_and_disconnect_frees_the_row(csm_serve
 
 
 def test_long_text_on_csm_is_spoken_past_the_configured_audio_limit(tmp_path_factory):
-    pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("echoforge_tiny_models_fh", TINY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model_dir = module.save_real_layout(module.build_tiny_model(), tmp_path_factory.mktemp("tiny-csm") / "csm-1b")
+    model_dir = tiny_model_dir(tmp_path_factory)
     settings = {
         "device": "cpu",
         "csm": {"model": str(model_dir), "compile": False, "watermark": False, "max_batch_size": 1},
@@ -123,7 +124,7 @@ def test_long_text_on_csm_is_spoken_past_the_configured_audio_limit(tmp_path_fac
     }
     sentence = "hello world, how are you today? i am fine, thanks. "
     text = (sentence * 6).strip()  # ≈ 300 characters: several pieces
-    with ServerProcess(tmp_path_factory.mktemp("csm-server"), "csm", settings).start(timeout=180) as server:
+    with AppServer(tmp_path_factory.mktemp("csm-server"), "csm", settings).start() as server:
         with httpx.Client(base_url=server.url, timeout=300) as client:
             body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}
             with client.stream("POST", "/v1/audio/speech", json=body) as r:
