@@ -25,7 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,6 @@ class AppServer(_Server):
         self._server = None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> AppServer:
-        import uvicorn
-
         from echoforge.server.app import create_app
 
         kw = dict(self.app_kw)
@@ -213,10 +212,6 @@ class AppServer(_Server):
             kw["engine"] = self.engine
         app = create_app(self.settings, **kw)
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=10)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._error: BaseException | None = None
         # The app's log (echoforge.* via the root logger, uvicorn's own loggers do not propagate),
         # tracebacks included, for tests that read it like a process's log file.
         self._log = io.StringIO()
@@ -224,24 +219,12 @@ class AppServer(_Server):
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         for name in _LOGGERS:
             logging.getLogger(name).addHandler(self._log_handler)
-
-        def serve() -> None:
-            try:
-                self._server.run()
-            except BaseException as exc:  # surfaced by start()/stop()
-                self._error = exc
-
-        self._thread = threading.Thread(target=serve, name=f"app-server-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._server.started:
-                return self
-            if not self._thread.is_alive():
-                raise RuntimeError(f"in-process server did not start: {self._error!r}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"in-process server not started within {timeout:.0f} s")
+        try:
+            self._server, self._thread = start_uvicorn(app, self.port, timeout, lifespan="on", timeout_graceful_shutdown=10)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def log(self) -> str:
         """What the app logged while it ran (this process's loggers: other tests' lines may be in it)."""
@@ -254,14 +237,60 @@ class AppServer(_Server):
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                self._server.force_exit = True
-                self._thread.join(10)
+            stop_uvicorn(self._server, self._thread, timeout)
+            self._server = None
+        if getattr(self, "_log_handler", None) is not None:
             for name in _LOGGERS:
                 logging.getLogger(name).removeHandler(self._log_handler)
         return 0
+
+
+def start_uvicorn(app: Any, port: int, timeout: float = START_TIMEOUT_S, **config: Any) -> tuple[Any, threading.Thread]:
+    """Serve ``app`` (any ASGI app) with uvicorn on a daemon thread on ``127.0.0.1:port``;
+    returns ``(server, thread)`` once it accepts connections."""
+    import uvicorn
+
+    config.setdefault("log_level", "warning")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
+    error: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # surfaced below
+            error.append(exc)
+
+    thread = threading.Thread(target=serve, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"in-process server did not start: {error[0] if error else 'exited'!r}")
+        if time.monotonic() > deadline:
+            stop_uvicorn(server, thread)
+            raise RuntimeError(f"in-process server not started within {timeout:.0f} s")
+        time.sleep(0.05)
+    return server, thread
+
+
+def stop_uvicorn(server: Any, thread: threading.Thread, timeout: float = 30.0) -> None:
+    """Ask the server to shut down (its lifespan shutdown runs), then force it after ``timeout``."""
+    server.should_exit = True
+    thread.join(timeout)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def uvicorn_thread(app: Any, **config: Any) -> Iterator[tuple[str, Any]]:
+    """``with uvicorn_thread(app) as (url, server):`` — any ASGI app on a free loopback port."""
+    port = free_port()
+    server, thread = start_uvicorn(app, port, **config)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        stop_uvicorn(server, thread)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 120.0, what: str = "condition") -> Any:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-from _servers import wait_until
+from _servers import uvicorn_thread, wait_until
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
@@ -174,17 +173,9 @@ def test_engine_labels_are_capped(monkeypatch):
 
 
 # ------------------------------------------------------------------ live scrape while requests run
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_app():
     """A real uvicorn server: /speak queues, then streams espeak-ng speech chunk by chunk."""
-    import uvicorn
-
     from echoforge.config import load_settings
     from echoforge.engines import SynthesisRequest, create_engine
 
@@ -201,7 +192,7 @@ def live_app():
 
         async def body():
             try:
-                await asyncio.to_thread(gate.wait, 30)  # "queued" until the test lets it run
+                await asyncio.to_thread(gate.wait, 120)  # "queued" until the test lets it run
             finally:
                 pending["n"] -= 1
                 metrics.set_queue_depth(pending["n"])
@@ -217,19 +208,8 @@ def live_app():
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", server, gate, engine
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with uvicorn_thread(app, lifespan="off") as (url, server):
+        yield url, server, gate, engine
 
 
 def test_scrape_shows_queue_depth_and_rtf_moving_while_requests_run(live_app):

@@ -9,9 +9,6 @@ transcript, the retrieved source, the spoken answer and the latency row.
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +22,15 @@ pytestmark = pytest.mark.integration  # real Whisper, llama.cpp, Silero and espe
 
 @pytest.fixture
 def server(models, espeak, tmp_path):
-    import uvicorn
+    from _servers import uvicorn_thread
 
     from echoforge.config import load_settings
     from echoforge.server.app import create_app
 
     app = create_app(load_settings(data_dir=tmp_path / "data", engine="espeak"), engine=espeak)
     app.state.agent_models = models  # loaded once per test session
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with uvicorn_thread(app, ws="websockets-sansio") as (url, _):
+        yield url
 
 
 def test_agent_page_answers_a_spoken_question(server, say, tmp_path):

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from _servers import free_port
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install 'echoforge[ray]')")
 serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'echoforge[ray]')")
@@ -30,12 +30,6 @@ from echoforge.config import load_settings  # noqa: E402
 TESTS = Path(__file__).parents[1]
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods."
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load(name: str, path: Path):
@@ -51,7 +45,7 @@ class Cluster:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app: str | None = None
 
