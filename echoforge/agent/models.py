@@ -175,3 +175,40 @@ def _safe(fn: Callable[[], int] | None) -> int:
         return int(fn()) if fn else 0
     except Exception:
         return 0
+
+
+def agent_status(settings: AgentSettings, data_dir: Path, models: AgentModels | None = None) -> dict[str, Any]:
+    """What the agent will run on, without loading it (``/api/health``, the agent page).
+
+    ``knowledge_base.documents`` counts the files in the folder; ``chunks`` is known once the
+    agent's models are loaded (``None`` before). ``llm.backend`` is ``"endpoint"``, ``"llama.cpp"``
+    or ``"transformers"`` — the last one while llama-cpp-python is missing (``make serve`` builds
+    it in the background on a first run: ``building``).
+    """
+    import importlib.util
+    import sys
+
+    from echoforge.agent.rag import SUFFIXES
+
+    folder = Path(settings.knowledge_base) if settings.knowledge_base is not None else Path(data_dir) / "knowledge_base"
+    documents = sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES) if folder.is_dir() else 0
+    if folder.is_dir() or settings.knowledge_base is not None:
+        seeded = documents
+    else:  # the default folder is created on first use with the shipped notes
+        from echoforge.agent.config import shipped_notes
+
+        notes = shipped_notes()
+        seeded = sum(1 for p in notes.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES) if notes else 0
+    chunks = models.kb_chunks if models is not None else None
+    if settings.llm_base_url:
+        backend, building = "endpoint", False
+    elif settings.llm_device != "cuda" and importlib.util.find_spec("llama_cpp") is not None:
+        backend, building = "llama.cpp", False
+    else:
+        backend = "transformers"
+        prefix = Path(sys.prefix)
+        building = (prefix / "llama-cpp-build.log").exists() and not (prefix / ".llama-cpp-installed").exists()
+    return {
+        "knowledge_base": {"folder": str(folder), "documents": seeded, "chunks": chunks, "empty": seeded == 0 or chunks == 0},
+        "llm": {"backend": backend, "building": building},
+    }

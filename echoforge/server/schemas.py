@@ -115,6 +115,11 @@ class Health(BaseModel):
     queue: QueueStatus
     streams: StreamStatus | None = None
     replicas: dict[str, Any] | None = Field(None, description="Engine replicas when served on Ray Serve (`echoforge serve --ray`): running/target counts, states, and per replica its id, pid, node and streams.")
+    agent: dict[str, Any] | None = Field(
+        None,
+        description="The voice agent without loading it: `knowledge_base` (folder, documents, chunks once loaded, "
+        "empty) and `llm` (backend: endpoint, llama.cpp or transformers; building: llama.cpp still compiling).",
+    )
     auth_required: bool
     uptime_s: float
     model_load_s: float

@@ -47,6 +47,19 @@ def test_health_reports_the_fallback_engine(api):
     assert body["uptime_s"] >= 0 and body["model_load_s"] >= 0
 
 
+def test_health_describes_the_agent_without_loading_it(api, tmp_path):
+    agent = api.get("/api/health").json()["agent"]
+    kb = agent["knowledge_base"]  # the default folder, in the data dir, seeded with the shipped notes
+    assert kb["folder"].endswith("knowledge_base") and kb["documents"] > 0 and kb["empty"] is False
+    assert kb["chunks"] is None  # not indexed until the agent is first used
+    assert agent["llm"] == {"backend": "llama.cpp", "building": False}
+    empty = tmp_path / "notes"
+    empty.mkdir()
+    with AppServer(tmp_path / "data", "espeak", {"agent": {"knowledge_base": str(empty)}}).start() as server, server.client() as client:
+        kb = client.get("/api/health").json()["agent"]["knowledge_base"]
+    assert kb == {"folder": str(empty), "documents": 0, "chunks": None, "empty": True}
+
+
 def test_studio_and_docs_are_served(api):
     index = api.get("/")
     assert index.status_code == 200 and "<html" in index.text.lower()

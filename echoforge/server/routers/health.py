@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from echoforge import __version__
+from echoforge.agent.config import agent_settings
+from echoforge.agent.models import agent_status
 from echoforge.server.deps import ServicesDep
 from echoforge.server.schemas import Health
 from echoforge.text import max_audio_seconds
@@ -37,7 +39,7 @@ def _replicas_ready(services, replicas: dict) -> bool:  # noqa: ANN001 - Service
     response_model=Health,
     responses={503: {"model": Health, "description": "Degraded: the task queue is unreachable (see queue.error, Retry-After)"}},
 )
-async def health(services: ServicesDep, response: Response) -> dict:
+async def health(services: ServicesDep, request: Request, response: Response) -> dict:
     """Engine in use (CSM or a fallback), queue depth, whether API keys are required.
 
     ``503`` with ``status: "degraded"`` when the task queue (Redis, SQLite) cannot be reached
@@ -81,6 +83,8 @@ async def health(services: ServicesDep, response: Response) -> dict:
             "scheduler": getattr(services.engine, "scheduler_stats", lambda: None)(),
         },
         "replicas": replicas,
+        # The agent page's facts, without loading the agent: an empty knowledge base, the LLM backend.
+        "agent": agent_status(agent_settings(services.settings), services.settings.data_dir, getattr(request.app.state, "agent_models", None)),
         "auth_required": services.keys.required,
         "uptime_s": round(time.time() - services.started_at, 3),
         "model_load_s": round(services.model_load_s, 3),
