@@ -122,6 +122,18 @@ class ModelRunner:
         self._pos_host[slot], self._temp_host[slot], self._topk_host[slot] = pos, 0.0, 1
         self._live_host[slot] = False
 
+    def kmax_bounds(self) -> list[int]:
+        """The top-k bounds the static step can be traced with: ``KMAX`` and the whole vocabulary.
+
+        A request may ask for any top-k up to the vocabulary size; both bounds are captured at
+        warm-up, so no top-k ever selects a graph that was not.
+        """
+        return sorted({min(G.KMAX, self.model.args.audio_vocab_size), self.model.args.audio_vocab_size})
+
+    def kmax_for(self, topk: int) -> int:
+        """The smallest captured bound that covers ``topk``."""
+        return next((k for k in self.kmax_bounds() if topk <= k), self.kmax_bounds()[-1])
+
     def rows_for(self, hi: int) -> int:
         """Batch rows the step runs for live slots below ``hi`` (static path: the bucket)."""
         return bucket_for(hi, self.max_rows) if self.static else hi
@@ -178,7 +190,7 @@ class ModelRunner:
         b = self.rows_for(hi)
         sl = slice(0, b)
         if self.static:
-            kmax = G.KMAX if max(self._topk_host[:b]) <= G.KMAX else self.model.args.audio_vocab_size
+            kmax = self.kmax_for(max(self._topk_host[:b]))
             sampler = G.Sampler(self.temperature[sl], self.topk[sl], self.key[sl], self.counter[sl], kmax,
                                 greedy=False, any_greedy=True)  # fmt: skip
             frame, h = self.step_fn(self.model, self.h[sl], self.pos[sl], sampler)
@@ -230,7 +242,7 @@ class ModelRunner:
     # ------------------------------------------------------------------ warm-up
 
     def warmup(self) -> float:
-        """Run (on CUDA: capture) the sampled step once per bucket it can pick; returns seconds.
+        """Run (on CUDA: capture) the sampled step once per bucket and top-k bound it can pick; returns seconds.
 
         Sampled, not greedy: that is the path real requests take, so nothing compiles on a request.
         Must run on the thread that will run the frames (CUDA graphs are recorded per thread) and
@@ -242,10 +254,11 @@ class ModelRunner:
         with torch.inference_mode():
             for b in buckets(self.max_rows):
                 sl = slice(0, b)
-                sampler = G.Sampler(self.temperature[sl], self.topk[sl], self.key[sl], self.counter[sl],
-                                    G.KMAX, greedy=False, any_greedy=True)  # fmt: skip
-                for _ in range(3):  # cudagraph trees record on the 2nd/3rd call
-                    self.step_fn(self.model, self.h[sl], self.pos[sl], sampler)
+                for kmax in self.kmax_bounds():  # top-k <= 256 and top-k up to the vocabulary
+                    sampler = G.Sampler(self.temperature[sl], self.topk[sl], self.key[sl], self.counter[sl],
+                                        kmax, greedy=False, any_greedy=True)  # fmt: skip
+                    for _ in range(3):  # cudagraph trees record on the 2nd/3rd call
+                        self.step_fn(self.model, self.h[sl], self.pos[sl], sampler)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
