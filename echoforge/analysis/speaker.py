@@ -10,10 +10,9 @@ Backends, best first; :func:`backend_name` says which one is in use and every re
    normalised to -30 dBFS (increase only), long silences trimmed with webrtcvad (mode 3, 30 ms
    windows, the same smoothing and dilation), librosa-equivalent mel power spectrogram (25 ms
    periodic Hann, 10 ms hop, zero-padded centre frames, Slaney mel filters), 1.6 s partials at
-   1.3 per second, mean of the partial embeddings, L2-normalised. Install:
-   ``pip install --no-deps resemblyzer webrtcvad-wheels`` (the ``eval`` extra lists
-   ``webrtcvad-wheels``; the Makefile installs ``resemblyzer`` without deps so pip never touches
-   torch or pulls librosa).
+   1.3 per second, mean of the partial embeddings, L2-normalised. Install: ``pip install
+   resemblyzer`` after torch (the Makefile does; it brings webrtcvad, which needs setuptools < 81
+   for its ``pkg_resources`` import — the ``analysis`` extra pins it).
 2. ``mfcc (fallback)`` — only when the Resemblyzer weights or ``webrtcvad`` are missing: the mean
    of MFCCs c1..c19 over the louder frames, L2-normalised. It is *not* a speaker model (noise and
    silence can score high against each other); reports label it as a fallback.
@@ -27,6 +26,7 @@ import functools
 import importlib.util
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,7 +109,9 @@ def preprocess(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def trim_long_silences(wav: np.ndarray) -> np.ndarray:
     """webrtcvad (mode 3) on 30 ms windows, smoothed and dilated as Resemblyzer does."""
-    import webrtcvad
+    with warnings.catch_warnings():  # webrtcvad 2.0.10 reads its version through pkg_resources
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        import webrtcvad
     from scipy.ndimage import binary_dilation
 
     wav = wav[: len(wav) - len(wav) % _VAD_WINDOW]
@@ -227,9 +229,9 @@ def _backend(forced: str | None) -> tuple[str, Callable[[np.ndarray, int], np.nd
     if forced != "mfcc":
         weights = resemblyzer_weights()
         if weights is None:
-            why = "resemblyzer is not installed (pip install --no-deps resemblyzer webrtcvad-wheels)"
+            why = "resemblyzer is not installed (pip install resemblyzer)"
         elif importlib.util.find_spec("webrtcvad") is None:
-            why = "webrtcvad is not installed (pip install webrtcvad-wheels)"
+            why = "webrtcvad is not installed (pip install webrtcvad)"
         else:
             try:
                 enc = DVectorEncoder(weights)

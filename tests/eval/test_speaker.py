@@ -9,7 +9,7 @@ from echoforge.analysis import speaker as sp
 from echoforge.audio import resample
 
 pytestmark = pytest.mark.skipif(
-    sp.resemblyzer_weights() is None, reason="resemblyzer not installed (pip install --no-deps resemblyzer webrtcvad-wheels)"
+    sp.resemblyzer_weights() is None, reason="resemblyzer not installed (pip install resemblyzer)"
 )
 
 
