@@ -93,6 +93,7 @@ case ":$PYTHONPATH:" in *":$REPO:"*) ;; *) export PYTHONPATH=$PYTHONPATH:$REPO ;
 cat "$SUMMARY"
 
 STATUS=()
+echo "## steps as they finish (each step's table is in results.md, its JSON line in results.jsonl, when it ends)" >>"$SUMMARY"
 # step NAME SECONDS CMD...: run under timeout (capped by what is left of the budget), log to $OUTDIR/NAME.log.
 step() {
   local name=$1 limit=$2; shift 2
@@ -110,6 +111,7 @@ step() {
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && verdict="TIMEOUT after ${limit}s"
   grep -h '^{"benchmark"' "$OUTDIR/$name.log" >>"$OUTDIR/results.jsonl"
   STATUS+=("$name: $verdict in ${dt}s")
+  echo "- $name: $verdict in ${dt}s" >>"$SUMMARY"  # at once: a run killed later still has this step's line
   echo "   $verdict in ${dt}s; last lines:"; tail -n 4 "$OUTDIR/$name.log" | cut -c1-300 | sed 's/^/   | /'
 }
 

@@ -73,3 +73,33 @@ def test_wheels_named_in_the_script_cover_module_level_imports():
                 "python-dotenv", "num2words"]:  # fmt: skip
         assert f" {pkg} " in script or f" {pkg};" in script, pkg
     assert 'carry=[".whl"]' in script
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_keeps_the_finished_steps(tmp_path):
+    """Each step leaves its table, JSON line and status line as soon as it ends: kill the run while
+    the next step runs and the finished step's figures are all there (what a device timeout leaves)."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    env = dict(os.environ, T_SPEED="240", T_DRIFT="240")
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "benchmarks/device_check.sh"), "--device", "cpu", "--sizes", "tiny", "--quick",
+         "--only", "speed,drift", "--out", str(out), "--python", sys.executable],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    summary = out / "summary.txt"
+    try:
+        while proc.poll() is None and "- speed:" not in (summary.read_text() if summary.exists() else ""):
+            time.sleep(0.5)  # polling the file the script writes, not a timed assertion
+        assert proc.poll() is None, "the run ended before it could be killed mid-way"
+        os.killpg(proc.pid, signal.SIGKILL)  # the drift step is running now
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "- speed: ok" in summary.read_text() and "- drift:" not in summary.read_text()
+    assert [json.loads(x)["benchmark"] for x in (out / "results.jsonl").read_text().splitlines()] == ["csm_speed"]
+    md = (out / "results.md").read_text()
+    assert "## CSM engine speed" in md and "## CSM precision drift" not in md
