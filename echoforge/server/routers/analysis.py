@@ -1,4 +1,5 @@
-"""``POST /api/analyze`` (how a clip sounds) and ``GET /api/voices/{id}/profile`` (voice memory)."""
+"""``POST /api/analyze`` (how a clip sounds), ``GET /api/voices/{id}/profile`` (voice memory) and
+``GET /api/presets`` (the studio's tone presets, from the one table in ``analysis/params.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from echoforge.analysis import analyze_audio
 from echoforge.analysis.memory import ProfileStore
+from echoforge.analysis.params import DEFAULT_PARAMS, emotion_params
 from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound, PayloadTooLarge
@@ -59,3 +61,25 @@ def voice_profile(
     data.pop("embedding")
     data["embedding_dim"] = len(profile.embedding)
     return data
+
+
+@router.get("/api/presets")
+def presets(services: ServicesDep) -> list[dict]:
+    """Tone presets: the text modifier the server parses off (never spoken) and the sampling it selects.
+
+    Values come from the emotion table (YAML overrides applied); ``neutral`` shows the
+    configured generation defaults, which is what it selects.
+    """
+    settings = services.settings
+    gen = settings.generation
+    out = []
+    for emotion in DEFAULT_PARAMS:
+        params = emotion_params(emotion, settings.analysis) or {}
+        out.append({
+            "id": emotion,
+            "label": emotion.capitalize(),
+            "prefix": "" if emotion == "neutral" else f"({emotion})",
+            "temperature": params.get("temperature", gen.temperature),
+            "topk": int(params.get("topk", gen.topk)),
+        })
+    return out
