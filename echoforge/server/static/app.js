@@ -17,16 +17,11 @@ const state = {
 };
 session.apiKey = store.get("apiKey", "");
 
-// Tone presets: the text modifier the server parses off (never spoken) plus the sampling
-// settings of the server's emotion table (echoforge/analysis/params.py), as slider start values.
-const PRESETS = [
-  { id: "neutral", label: "Neutral", prefix: "", temperature: 0.9, topk: 50 },
-  { id: "happy", label: "Happy", prefix: "(happy)", temperature: 0.8, topk: 30 },
-  { id: "calm", label: "Calm", prefix: "(calm)", temperature: 0.5, topk: 20 },
-  { id: "excited", label: "Excited", prefix: "(excited)", temperature: 0.9, topk: 35 },
-  { id: "sad", label: "Sad", prefix: "(sad)", temperature: 0.6, topk: 25 },
-  { id: "angry", label: "Angry", prefix: "(angry)", temperature: 0.85, topk: 40 },
-];
+// Tone presets: the text modifier the server parses off (never spoken) plus the sampling it
+// selects, served by GET /api/presets from the one table (echoforge/analysis/params.py) and
+// used as slider start values. Until they arrive (or if the server is unreachable) only
+// "neutral" is offered, with the sliders' own start values.
+let PRESETS = [{ id: "neutral", label: "Neutral", prefix: "", temperature: 0.9, topk: 50 }];
 
 // ---------------------------------------------------------------- UI helpers
 
@@ -730,9 +725,11 @@ function fallbackToneNote(preset, after) {
 
 function initStudio() {
   const group = $("#gen-presets");
-  group.replaceChildren(...PRESETS.map((p, i) => h("label", {},
+  const renderPresets = () => group.replaceChildren(...PRESETS.map((p, i) => h("label", {},
     h("input", { type: "radio", name: "preset", value: p.id, checked: i === 0 }),
     h("span", {}, p.label))));
+  renderPresets();
+  api("/api/presets", { quiet: true }).then((list) => { PRESETS = list; renderPresets(); }).catch(() => { /* offline: neutral only */ });
   // A tone sets the sliders only while the user has not moved them; after that it says what
   // it would set and leaves the user's values alone.
   group.addEventListener("change", () => {
