@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from echoforge.csm.generator import CSMGenerator, pick_device, pick_dtype  # noqa: E402
-from echoforge.csm.loader import Checkpoint, args_from_hf_config, convert_hf_state_dict  # noqa: E402
+from echoforge.csm.layouts import args_from_hf_config, convert_hf_state_dict  # noqa: E402
+from echoforge.csm.loader import Checkpoint  # noqa: E402
 from echoforge.csm.mimi import MimiCodec  # noqa: E402
 from echoforge.csm.model import CSM  # noqa: E402
 from tests.csm.tiny_models import tiny_csm_config, tiny_mimi_config, tiny_tokenizer  # noqa: E402
@@ -115,11 +116,9 @@ def build(size: str, device: torch.device, dtype: torch.dtype, compile: bool, ma
         model = CSM(args)
     model.load_state_dict(convert_hf_state_dict(sd, args), strict=False, assign=True)
     del sd
-    from echoforge.csm.loader import _init_buffers
-
-    _init_buffers(model, "cpu")
+    model.init_buffers("cpu")
     model = model.to(device=device, dtype=dtype).eval()
-    _init_buffers(model, device)
+    model.init_buffers(device)
     hf = hf.to(device)
     hf.backbone_model.to(dtype), hf.depth_decoder.to(dtype), hf.lm_head.to(dtype), hf.embed_text_tokens.to(dtype)
     tok = tiny_tokenizer()

@@ -235,7 +235,7 @@ def _doctor_csm(settings, rows: list[tuple[str, str, str]], notes: list[str]) ->
     """CSM rows for ``doctor``: would the weights load (headers checked, no tensor read), which
     layout and files, the Mimi codec, the configured device. Returns advice lines."""
     from echoforge.csm.engine import CSMEngine
-    from echoforge.csm.loader import WeightsNotFound
+    from echoforge.csm.weights import WeightsNotFound
     from echoforge.engines import EngineUnavailable
 
     advice: list[str] = []

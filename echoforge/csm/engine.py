@@ -89,7 +89,7 @@ class CSMEngine(BaseEngine):
         within 2 s and ``HF_HUB_OFFLINE`` is not set, and then one weight set is downloaded.
         """
         from echoforge.csm.generator import CSMGenerator, pick_device
-        from echoforge.csm.loader import WeightsNotFound, hf_offline, is_repo_id, missing_weights_message, resolve
+        from echoforge.csm.hub import WeightsNotFound, hf_offline, is_repo_id, missing_weights_message, resolve
 
         csm = settings.csm
         t0 = time.perf_counter()

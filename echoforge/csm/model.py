@@ -256,9 +256,16 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layer))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.grad_ckpt = False  # training only: recompute blocks in backward (see forward)
-        cos, sin = rope_tables(args)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [S, hd] fp32
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)make the RoPE tables: at construction, and after weights were loaded onto a meta-built model.
+
+        They stay fp32 even for bf16 weights (bf16 angles lose precision); they are cast at use.
+        """
+        cos, sin = rope_tables(self.args)
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)  # [S, hd] fp32
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
     def setup_caches(self, max_batch_size: int, dtype: torch.dtype) -> None:
         a = self.args
@@ -331,14 +338,27 @@ class CSM(nn.Module):
         self.codebook0_head = nn.Linear(bb.dim, args.audio_vocab_size, bias=False)
         # Codebooks 1..31 each have their own head: [K-1, dec_dim, vocab].
         self.audio_head = nn.Parameter(torch.empty(args.audio_num_codebooks - 1, dec.dim, args.audio_vocab_size))
+        self._init_own_buffers()
+        self.max_batch_size = 0
+
+    def _init_own_buffers(self, device: torch.device | str | None = None) -> None:
+        k = self.args.audio_num_codebooks
         self.register_buffer(
-            "codebook_offsets", torch.arange(args.audio_num_codebooks) * args.audio_vocab_size, persistent=False
+            "codebook_offsets", torch.arange(k, device=device) * self.args.audio_vocab_size, persistent=False
         )
         # Causal mask of the decoder's 32-position cache, indexed by position.
-        k = args.audio_num_codebooks
-        self.register_buffer("decoder_causal", torch.ones(k, k, dtype=torch.bool).tril(), persistent=False)
-        self.register_buffer("decoder_positions", torch.arange(k), persistent=False)
-        self.max_batch_size = 0
+        self.register_buffer(
+            "decoder_causal", torch.ones(k, k, dtype=torch.bool, device=device).tril(), persistent=False
+        )
+        self.register_buffer("decoder_positions", torch.arange(k, device=device), persistent=False)
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """The one place the non-persistent buffers are made (RoPE tables, codebook offsets, the
+        decoder's causal mask and positions): by ``__init__``, and again on ``device`` by the loader,
+        whose model was built on the meta device where buffers hold no values."""
+        self.backbone.init_buffers(device)
+        self.decoder.init_buffers(device)
+        self._init_own_buffers(device)
 
     def setup_caches(self, max_batch_size: int, dtype: torch.dtype | None = None) -> None:
         """Allocate both KV caches once for up to ``max_batch_size`` rows."""

@@ -64,7 +64,8 @@ def build_model(cfg: TrainConfig, resume_dir: Path | None = None) -> tuple[Any, 
     Fine-tuning loads ``init_from`` (or, when resuming a full fine-tune, the last checkpoint);
     from-scratch builds the configured shapes with fresh weights.
     """
-    from echoforge.csm.loader import load_checkpoint, resolve
+    from echoforge.csm.hub import resolve
+    from echoforge.csm.loader import load_checkpoint
     from echoforge.csm.model import CSM
 
     m = cfg.model

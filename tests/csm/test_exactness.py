@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from echoforge.csm import CSMGenerator, Segment
-from echoforge.csm.loader import export_sesame_state_dict
+from echoforge.csm.layouts import export_sesame_state_dict
 
 TEXT, CTX_TEXT = "how are you today", "hello world this is a test"
 

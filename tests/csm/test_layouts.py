@@ -170,7 +170,7 @@ def fake_hub(monkeypatch, tmp_path):
 
 
 def test_hub_download_fetches_only_the_transformers_weights(fake_hub, real_repos):
-    from echoforge.csm.loader import resolve
+    from echoforge.csm.hub import resolve
 
     state, calls = fake_hub
     state["repo"] = real_repos["both"]
@@ -184,7 +184,7 @@ def test_hub_download_fetches_only_the_transformers_weights(fake_hub, real_repos
 
 
 def test_hub_download_of_original_only_repo_fetches_model_safetensors(fake_hub, real_repos, tmp_path):
-    from echoforge.csm.loader import resolve
+    from echoforge.csm.hub import resolve
 
     state, calls = fake_hub
     repo = _link_copy(real_repos["both"], tmp_path / "orig-repo", (HF_INDEX, *HF_SHARDS, "config.json"))

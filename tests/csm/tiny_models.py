@@ -32,7 +32,7 @@ HF_SHARDS = ("transformers-00001-of-00002.safetensors", "transformers-00002-of-0
 
 def original_state_dict(model) -> dict[str, torch.Tensor]:
     """A transformers ``CsmForConditionalGeneration``'s weights in the original Sesame (torchtune) layout."""
-    from echoforge.csm.loader import args_from_hf_config, convert_hf_state_dict, export_sesame_state_dict
+    from echoforge.csm.layouts import args_from_hf_config, convert_hf_state_dict, export_sesame_state_dict
     from echoforge.csm.model import CSM
 
     args = args_from_hf_config(model.config.to_dict())
