@@ -47,8 +47,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from csm_speed import PROMPT, build, sync  # noqa: E402
 
 from echoforge.csm.generator import CSMGenerator, pick_device, pick_dtype  # noqa: E402
+from echoforge.csm.rates import FRAME_MS  # noqa: E402
 
-FRAME_S = 0.08
+FRAME_S = FRAME_MS / 1000
 TEXT = PROMPT[3:]  # without the "[0]" speaker tag: the generator adds it
 # Targets of issue 14 (tiny, CPU): 16 streams >= 4x one stream's frames/s; first-audio p95 <= 3x solo.
 TARGET_SCALING, TARGET_TTFA = 4.0, 3.0

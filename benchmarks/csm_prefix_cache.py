@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from csm_speed import build, sync  # noqa: E402
 
 from echoforge.csm.generator import CSMGenerator, pick_device, pick_dtype  # noqa: E402
+from echoforge.csm.rates import FRAME_MS  # noqa: E402
 from echoforge.engines.base import Segment  # noqa: E402
 
 TEXT = "good morning how are you today"
@@ -54,7 +55,7 @@ TARGET_TTFA, TARGET_SCALING = 0.3, 8.0
 
 
 def voice(ref_s: float) -> Segment:
-    frames = int(ref_s * 1000 // 80)
+    frames = int(ref_s * 1000 // FRAME_MS)
     codes = torch.randint(0, 2048, (frames, 32), generator=torch.Generator().manual_seed(0))
     return Segment(0, TRANSCRIPT, codes, pinned=True)
 

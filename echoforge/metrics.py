@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.routing import Match, Mount
 
 from echoforge import tracing
+from echoforge.csm.rates import FRAME_RATE
 from echoforge.logging import bind_request_id, request_id
 
 log = logging.getLogger("echoforge.access")
@@ -47,7 +48,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # CSM's Mimi codec emits one frame per 80 ms of audio (12.5 Hz); engines that have no frames
 # (the Piper / espeak fallbacks) report audio-equivalent frames so the panel stays comparable.
-MIMI_FRAME_RATE_HZ = 12.5
+MIMI_FRAME_RATE_HZ = FRAME_RATE
 
 # Fixed label sets: anything else is folded into "other" (never a new time series).
 TASK_OUTCOMES = ("done", "failed", "cancelled", "retried", "rejected", "requeued")
@@ -209,7 +210,7 @@ def observe_synthesis(
         audio_seconds: duration of the audio produced.
         wall_seconds: wall-clock time it took.
         ttfa_seconds: time to the first audio chunk, when streamed.
-        frames: Mimi frames generated; default: ``audio_seconds × 12.5`` (audio-equivalent).
+        frames: Mimi frames generated; default: ``audio_seconds × FRAME_RATE`` (audio-equivalent).
     """
     label = _engine_label(engine)
     if frames is None:

@@ -13,8 +13,9 @@ import numpy as np
 
 from echoforge.analysis.emotion import Emotion, estimate_emotion
 from echoforge.analysis.prosody import Prosody, analyze_prosody
+from echoforge.csm.rates import FRAME_MS
 
-MIMI_FRAME_S = 0.08
+MIMI_FRAME_S = FRAME_MS / 1000
 
 
 class StreamAnalyzer:

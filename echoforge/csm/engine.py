@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from echoforge.audio import TempoStretcher, change_tempo
+from echoforge.csm.rates import SAMPLE_RATE
 from echoforge.engines.base import BaseEngine, EngineUnavailable, Segment, SynthesisRequest, VoiceInfo
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class CSMEngine(BaseEngine):
 
     name = "csm"
     is_fallback = False
-    sample_rate = 24_000
+    sample_rate = SAMPLE_RATE
     description = "Sesame CSM-1B conversational speech model"
 
     def __init__(

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from echoforge.csm.loader import Checkpoint, CheckpointError, load_checkpoint
-from echoforge.csm.prompt import FRAME_MS, MAX_REFERENCE_S, SAMPLE_RATE, Prompt, PromptBuilder
+from echoforge.csm.prompt import MAX_REFERENCE_S, Prompt, PromptBuilder
+from echoforge.csm.rates import FRAME_MS, SAMPLE_RATE
 from echoforge.csm.runner import PREFIX_CACHE_MB, ModelRunner
 from echoforge.csm.scheduler import MAX_PIECE_CHARS, FrameScheduler
 from echoforge.engines.base import Segment

@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from echoforge.csm.rates import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE  # noqa: F401 - importable from here too
+
 log = logging.getLogger("echoforge.csm")
 
-SAMPLE_RATE = 24_000
-FRAME_RATE = 12.5
-FRAME_SIZE = 1920  # samples per code frame at 24 kHz
 
 # transformers saves Mimi (alone or as CSM's ``codec_model``) in the original flat layout and
 # renames it while loading; a state dict read straight from safetensors needs the same renames.

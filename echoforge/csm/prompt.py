@@ -30,13 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from echoforge.csm.rates import FRAME_MS, SAMPLE_RATE
 from echoforge.engines.base import Segment
 from echoforge.text import normalize_text
 
 log = logging.getLogger("echoforge.csm")
 
-SAMPLE_RATE = 24_000
-FRAME_MS = 80  # one Mimi frame at 12.5 Hz
 # Longest voice prompt (a saved voice's reference clip) fed to the model, in seconds; the engine
 # sets ``max_reference_s`` from ``csm.max_reference_s``. 15 s of clean speech carries a voice's
 # timbre and prosody (Sesame's own prompts are short single utterances) and costs at most 189 of

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 from echoforge.csm import generate as G
-from echoforge.csm.prompt import FRAME_MS, Prompt, PromptBuilder
+from echoforge.csm.prompt import Prompt, PromptBuilder
+from echoforge.csm.rates import FRAME_MS
 from echoforge.csm.runner import BUCKETS, ModelRunner, bucket_for, buckets
 from echoforge.csm.sequence import END, FrameStream, Piece, Sequence
 from echoforge.engines.base import EngineBusy, Segment
