@@ -83,9 +83,9 @@ def tf32(enabled: bool):
 
 def random_generator(size: str, device: torch.device, weight_std: float) -> tuple[CSMGenerator, int]:
     """fp32 generator with random weights of one csm_speed size (our model only; Mimi as there)."""
-    from csm_speed import build
+    from csm_serving_check import build_on_device  # built on the device: no 1.5 B-parameter init on the host
 
-    hf, gen, n_params = build(size, device, torch.float32, False, 1)
+    hf, gen, n_params = build_on_device(size, device, torch.float32, False, 1, static=False)
     del hf  # gen keeps only the codec
     if weight_std > 0:
         g = torch.Generator(device=device).manual_seed(0)  # drawn where the weights live: fast at full size
@@ -166,7 +166,7 @@ def first_divergence(a: torch.Tensor, b: torch.Tensor) -> int | None:
 
 def whisper_wer(gens: dict[str, CSMGenerator], n: int) -> dict[str, dict]:
     """Seeded sampled speech of each dtype -> faster-whisper -> WER vs text and vs fp32's transcript."""
-    from echoforge.eval.suite import ASR
+    from echoforge.asr import ASR
     from echoforge.eval.wer import wer
 
     asr = ASR()

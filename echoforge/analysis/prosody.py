@@ -152,3 +152,40 @@ def analyze_prosody(
 def prosody_features(audio: np.ndarray, sample_rate: int) -> dict[str, float]:
     """Numeric prosody features as a flat dict (used by the dataset pipeline and eval)."""
     return {k: float(v) for k, v in analyze_prosody(audio, sample_rate).to_dict().items() if isinstance(v, (int, float))}
+
+
+# The names of :func:`basic_prosody`'s features, in order.
+BASIC_PROSODY = ("duration_s", "words_per_s", "rms_db_mean", "rms_db_std", "f0_mean_hz", "f0_std_hz", "voiced_frac")
+
+
+def basic_prosody(audio: np.ndarray, sr: int, text: str) -> np.ndarray:
+    """Cheap features with numpy alone (no Praat): the training data's fallback and the evaluation's arousal proxy.
+
+    Returns ``[duration_s, words_per_s, rms_db_mean, rms_db_std, f0_mean_hz, f0_std_hz, voiced_frac]``.
+    F0 is a plain autocorrelation estimate on 40 ms frames (60-400 Hz), voiced if the peak > 0.5.
+    """
+    dur = audio.size / sr
+    hop, win = int(0.02 * sr), int(0.04 * sr)
+    n = max(1, 1 + (audio.size - win) // hop)
+    frames = np.stack(
+        [
+            np.pad(audio[i * hop : i * hop + win], (0, max(0, win - audio[i * hop : i * hop + win].size)))
+            for i in range(n)
+        ]
+    )
+    rms_db = 20 * np.log10(np.sqrt((frames**2).mean(1)) + 1e-6)  # [n]
+    f0 = []
+    lo, hi = int(sr / 400), int(sr / 60)
+    loud = rms_db > rms_db.max() - 30
+    for fr in frames[loud]:
+        fr = fr - fr.mean()
+        ac = np.correlate(fr, fr, "full")[win - 1 :]
+        if ac[0] <= 0 or hi >= ac.size:
+            continue
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] / ac[0] > 0.5:
+            f0.append(sr / lag)
+    f0a = np.array(f0) if f0 else np.zeros(1)
+    words = len(text.split())
+    return np.array([dur, words / max(dur, 1e-3), rms_db.mean(), rms_db.std(), f0a.mean(), f0a.std(), len(f0) / n],
+                    dtype=np.float32)  # fmt: skip

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from echoforge.csm.hub import resolve
 from echoforge.csm.rates import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE  # noqa: F401 - importable from here too
 
 log = logging.getLogger("echoforge.csm")
@@ -405,3 +406,14 @@ def _read_safetensors(path: Path, prefix: str) -> dict[str, Tensor]:
 def frames_for_samples(num_samples: int) -> int:
     """Code frames Mimi produces for ``num_samples`` of 24 kHz audio."""
     return math.ceil(num_samples / FRAME_SIZE)
+
+
+def load_codec(model_dir: str | Path, device: str = "cpu") -> Any:
+    """Mimi from a Mimi checkpoint or bundled in a transformers-format CSM directory, else ``kyutai/mimi``."""
+    d = resolve(model_dir)
+    d = d if d.is_dir() else d.parent
+    cfg_path = d / "config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if cfg.get("model_type") == "mimi" or cfg.get("codec_config"):
+        return MimiCodec.from_pretrained(d, device=device)
+    return MimiCodec.from_pretrained("kyutai/mimi", device=device)

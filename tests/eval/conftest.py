@@ -7,6 +7,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def asr(whisper_model):
-    from echoforge.eval.suite import ASR
+    from echoforge.asr import ASR
 
     return ASR(whisper_model)

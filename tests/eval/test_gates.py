@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 
+from echoforge.eval.metrics import MIN_N, encoder_check, homograph_correct
 from echoforge.eval.quality import check_signal
-from echoforge.eval.suite import MIN_N, encoder_check, homograph_correct, load_set, markdown, rank
+from echoforge.eval.report import markdown, rank
+from echoforge.eval.sets import load_set
 
 
 def test_signal_check_tells_speech_from_noise_and_silence():

@@ -60,7 +60,7 @@ def test_mfcc_fallback_is_labelled(monkeypatch):
     monkeypatch.setenv("ECHOFORGE_SPEAKER_BACKEND", "mfcc")
     assert sp.backend_name() == "mfcc (fallback)" and sp.is_fallback()
     assert sp.embed_speaker(np.sin(np.arange(16000) / 5).astype(np.float32), 16000).shape == (19,)
-    from echoforge.eval.suite import markdown
+    from echoforge.eval.report import markdown
 
     md = markdown({"set": "x", "asr": "a", "speaker_backend": sp.backend_name(), "speaker_backend_note": sp.backend_note(),
                    "n_sentences": 0, "n_turns": 0, "results": []})  # fmt: skip

@@ -12,7 +12,10 @@ import yaml
 
 from echoforge.config import load_settings
 from echoforge.engines.piper import PiperEngine, default_voice_path
-from echoforge.eval.suite import Utterance, load_set, run_suite, token_probe
+from echoforge.eval.metrics import token_probe
+from echoforge.eval.rendering import Utterance
+from echoforge.eval.sets import load_set
+from echoforge.eval.suite import run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
