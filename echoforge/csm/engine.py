@@ -39,6 +39,10 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+# Below this a CSM checkpoint cannot be csm-1b (~1.55 B): it is a smoke-test model.
+SMOKE_TEST_MAX_PARAMS = 300_000_000
+
+
 class CSMEngine(BaseEngine):
     """Sesame CSM-1B as an EchoForge engine (24 kHz, streaming, conversation context)."""
 
@@ -63,6 +67,15 @@ class CSMEngine(BaseEngine):
         self.watermark_key = watermark_key
         self.first_chunk_frames = first_chunk_frames
         self.chunk_frames = chunk_frames
+        # csm-1b has ~1.55 B parameters (1 B backbone + 100 M decoder); a checkpoint far smaller is
+        # a test model (`echoforge data tiny-model`, random weights): say so wherever the engine shows.
+        params = sum(p.numel() for p in generator.model.parameters())
+        if params < SMOKE_TEST_MAX_PARAMS:
+            self.smoke_test = True
+            self.description = (
+                f"CSM smoke-test model ({params / 1e6:.1f} M parameters, not CSM-1B): "
+                "test weights that speak noise, for trying the pipeline only"
+            )
 
     @classmethod
     def probe(cls, settings: Settings, check_device: bool = True):

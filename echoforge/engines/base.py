@@ -119,6 +119,8 @@ class EngineInfo:
     model: str = ""
     device: str = "cpu"
     description: str = ""
+    # A model too small to be the real one (a tiny random test checkpoint): runs, speaks noise.
+    smoke_test: bool = False
 
 
 class EngineError(RuntimeError):
@@ -220,6 +222,7 @@ class BaseEngine:
     model: str = ""
     device: str = "cpu"
     description: str = ""
+    smoke_test: bool = False  # see EngineInfo.smoke_test
     max_concurrency: int = 1
 
     def info(self) -> EngineInfo:
@@ -230,6 +233,7 @@ class BaseEngine:
             model=self.model,
             device=self.device,
             description=self.description,
+            smoke_test=self.smoke_test,
         )
 
     def voices(self) -> list[VoiceInfo]:

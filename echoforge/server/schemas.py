@@ -91,6 +91,7 @@ class EngineStatus(BaseModel):
     device: str
     sample_rate: int
     description: str
+    smoke_test: bool = Field(False, description="True for a test model far smaller than CSM-1B (random weights: speaks noise).")
 
 
 class QueueStatus(BaseModel):
@@ -145,8 +146,18 @@ class Voice(BaseModel):
     created_at: str
 
 
+class VoiceEngine(BaseModel):
+    """Which engine speaks these voices, said where the voice is chosen."""
+
+    name: str
+    is_fallback: bool
+    smoke_test: bool = False
+    note: str = Field("", description="Empty on CSM-1B; otherwise what the voices will (not) sound like.")
+
+
 class VoiceList(BaseModel):
     voices: list[Voice]
+    engine: VoiceEngine | None = None
 
 
 class VoicePatch(StrictNumbers):

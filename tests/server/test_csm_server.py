@@ -48,6 +48,9 @@ def test_tiny_csm_end_to_end(csm_server):
         health = client.get("/api/health").json()
         assert health["engine"]["name"] == "csm" and health["engine"]["is_fallback"] is False
         assert health["engine"]["sample_rate"] == 24_000
+        # a tiny random checkpoint is labelled as what it is, not as CSM-1B
+        assert health["engine"]["smoke_test"] is True and "smoke-test model" in health["engine"]["description"]
+        assert client.get("/v1/audio/voices").json()["engine"]["note"].startswith("A smoke-test model")
         body = {
             "text": "hello world how are you today",
             "voice": "atlas",

@@ -86,8 +86,12 @@ def test_models_and_voices(client, espeak_server):
     ids = {m.id for m in client.models.list()}
     assert {"csm-1b", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"} <= ids
     assert client.models.retrieve("tts-1").id == "tts-1"
-    voices = httpx.get(espeak_server.url + "/v1/audio/voices").json()["voices"]
-    assert {"atlas", "juniper"} <= {v["id"] for v in voices}
+    listed = httpx.get(espeak_server.url + "/v1/audio/voices").json()
+    assert {"atlas", "juniper"} <= {v["id"] for v in listed["voices"]}
+    # said where the voice is chosen: a fallback speaks every voice with its one voice
+    engine = listed["engine"]
+    assert engine["name"] == "espeak" and engine["is_fallback"] is True and engine["smoke_test"] is False
+    assert "fallback engine (not CSM)" in engine["note"] and "CSM-1B weights" in engine["note"]
 
 
 def test_errors_in_openai_shape(client, espeak_server):

@@ -73,6 +73,7 @@ async def health(services: ServicesDep, request: Request, response: Response) ->
             "device": info.device,
             "sample_rate": services.engine.sample_rate,
             "description": info.description,
+            "smoke_test": info.smoke_test,
         },
         "queue": queue,
         # Streams generating now / waiting for a slot (CSM's continuous-batching scheduler; fallbacks: slots).

@@ -25,6 +25,7 @@ from echoforge.audio import MIME_TYPES, StreamEncoder
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound
 from echoforge.server.schemas import ERROR_RESPONSES, TEXT_400, ModelCard, ModelList, SpeechRequest, VoiceList
+from echoforge.server.services.voices import voice_engine
 from echoforge.text import audio_budget_ms
 
 log = logging.getLogger("echoforge.server.openai")
@@ -125,7 +126,7 @@ def voices(services: ServicesDep) -> dict:
     for CSM, 22.05 kHz for Piper/espeak: ``engine.sample_rate`` in ``/api/health``); ``opus``
     is 48 kHz.
     """
-    return {"voices": [v.public() for v in services.voices.list()]}
+    return {"voices": [v.public() for v in services.voices.list()], "engine": voice_engine(services.engine.info())}
 
 
 @router.get("/models", response_model=ModelList)

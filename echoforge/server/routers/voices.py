@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from echoforge.server.deps import RateLimitedDep, ServicesDep
 from echoforge.server.errors import BadRequest, NotFound, PayloadTooLarge
 from echoforge.server.schemas import ERROR_RESPONSES, UPLOAD_400, Voice, VoiceList, VoicePatch
+from echoforge.server.services.voices import voice_engine
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=ERROR_RESPONSES)
 
@@ -19,7 +20,7 @@ _MAX_FIELD = 500
 
 @router.get("", response_model=VoiceList)
 def list_voices(services: ServicesDep) -> dict:
-    return {"voices": [v.public() for v in services.voices.list()]}
+    return {"voices": [v.public() for v in services.voices.list()], "engine": voice_engine(services.engine.info())}
 
 
 @router.get("/{voice_id}", response_model=Voice)

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio, resample, save_audio
-from echoforge.engines.base import Segment, TTSEngine
+from echoforge.engines.base import EngineInfo, Segment, TTSEngine
 from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 
@@ -83,6 +83,20 @@ class Voice:
     @property
     def sample_mime(self) -> str:
         return _SAMPLE_MIME.get(self.audio_path.suffix.lower(), "application/octet-stream") if self.audio_path else ""
+
+
+def voice_engine(info: EngineInfo) -> dict:
+    """Who speaks the voices, and honestly what that means for them (fallbacks, smoke tests)."""
+    note = ""
+    if info.smoke_test:
+        note = "A smoke-test model (not CSM-1B) is loaded: every voice speaks noise."
+    elif info.is_fallback:
+        note = (
+            f"{info.name} is a fallback engine (not CSM): every voice speaks with its one voice "
+            f"({info.model or info.name}); cloned voices, speaker ids, tones and conversation context "
+            "take effect only with the CSM-1B weights."
+        )
+    return {"name": info.name, "is_fallback": info.is_fallback, "smoke_test": info.smoke_test, "note": note}
 
 
 def builtin_catalog_dir() -> Path:

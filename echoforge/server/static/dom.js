@@ -64,11 +64,16 @@ export function initTheme(btn = $("#theme-toggle")) {
 
 // ---------------------------------------------------------------- engine badge (studio and agent page)
 
-/** The header badge for a /api/health body: "CSM engine", or "<name> · fallback engine (not CSM)". */
+/** The header badge for a /api/health body: "CSM engine", "<name> · fallback engine (not CSM)" or,
+ * for a tiny test checkpoint, "<name> · smoke-test model (not CSM-1B)". */
 export function renderEngineBadge(badge, health) {
   const eng = health?.engine || {};
   const name = eng.name || "unknown";
-  if (eng.is_fallback) {
+  if (eng.smoke_test) {
+    badge.dataset.state = "fallback";
+    badge.replaceChildren(h("span", { class: "long" }, `${name} · smoke-test model (not CSM-1B)`),
+      h("span", { class: "short" }, `${name} · smoke test`));
+  } else if (eng.is_fallback) {
     badge.dataset.state = "fallback";
     badge.replaceChildren(h("span", { class: "long" }, `${name} · fallback engine (not CSM)`),
       h("span", { class: "short" }, `${name} · fallback`));

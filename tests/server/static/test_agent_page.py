@@ -156,3 +156,21 @@ def test_theme_toggle_and_engine_badge_like_the_studio(page, console):
     assert "offline" in badge.inner_text().lower()
     page.unroute("**/api/health")
     page.wait_for_function("document.querySelector('#engine-badge').dataset.state === 'fallback'", timeout=5000)
+
+
+def test_engine_badge_labels_a_smoke_test_model(page):
+    """A tiny random CSM checkpoint is not shown as "CSM engine" (issue 25 item 4)."""
+
+    def smoke_health(route):
+        body = route.fetch().json()
+        body["engine"].update(name="csm", is_fallback=False, smoke_test=True, description="CSM smoke-test model")
+        route.fulfill(json=body)
+
+    page.route("**/api/health", smoke_health)
+    for url in ("/#/studio", "/agent.html"):
+        page.goto(url)
+        page.wait_for_selector("html[data-ready]")
+        badge = page.locator("#engine-badge")
+        page.wait_for_function("document.querySelector('#engine-badge').dataset.state === 'fallback'", timeout=5000)
+        assert "smoke-test model (not CSM-1B)" in badge.inner_text()
+        assert "CSM engine" not in badge.inner_text()
