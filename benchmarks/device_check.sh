@@ -1,20 +1,42 @@
 #!/usr/bin/env bash
-# Device check: everything EchoForge measures on one GPU, in one call of under 8 minutes.
+# Device check: every figure the first GPU run needs, in one call of under 10 minutes on an H100.
 #
-# Steps (each under its own `timeout`; a failing step does not stop the others):
-#   1. tests     CUDA tests of the CSM engine (tests/csm/test_cuda.py): compiled == eager codes in
+# Steps, in this order (each under its own `timeout`; a failing step does not stop the others;
+# each appends its tables to results.md and its JSON lines to results.jsonl, and its status line
+# to summary.txt, the moment it has them: a run killed by the device tool keeps what finished):
+#   1. serving   benchmarks/csm_serving_check.py at full csm-1b size, bf16, built directly on the
+#                device, one process whose compiled frame step every section shares; its sections
+#                write as they end: build s; compile + capture s of bucket 1; aten ops per frame and
+#                which attention kernel ran (profiler names of the SDPA op and its kernels, eager and
+#                compiled); ours vs transformers at batch 1 (fps, RTF, TTFA); TTFA with a cloned
+#                10-s voice, prefix cache hit vs miss, batch 1; compile + capture s of buckets 8, 16,
+#                32, 64 one by one, each only if the previous one's measured time still fits before
+#                55 % of the step's budget (a bucket that does not fit runs eager and says so);
+#                how many of 1 / 8 / 32 / 64 streams stay real time (every stream's RTF < 1, max and
+#                p50, TTFA p50 / p95); TTFA with the cloned voice at batch 16, cached vs uncached.
+#   2. drift     benchmarks/precision_drift.py at full size (built on the device): bf16 / fp16 /
+#                tf32 vs exact fp32, teacher-forced agreement and first divergence
+#   3. tests     CUDA tests of the CSM engine (tests/csm/test_cuda.py): compiled == eager codes in
 #                exact fp32, CUDA == CPU, bf16 agreement above a floor
-#   2. speed     benchmarks/csm_speed.py at full csm-1b size: ours compiled, ours eager, transformers;
-#                batch 1 and 8: frames/s, RTF, time to first audio, peak GiB
-#   3. drift     benchmarks/precision_drift.py at full size: bf16 / fp16 / tf32 vs exact fp32
-#   4. concurrency  benchmarks/concurrency.py --device cuda --sizes full (if that file exists)
+#   (speed, concurrency: the older csm_speed.py / concurrency.py steps, with --only)
+#
+# Time (s). CPU dry run (`--device cpu --sizes tiny --quick`, 2 shared cores, 2026-12-06): serving
+# 18, drift 10, tests 14: ~45 s in all. H100, full size (extrapolated, not yet measured): imports
+# ~10 per step; serving: build ~15 (random init + cast on the device, ~6 GiB), bucket-1 compile +
+# capture 60-180 (the one unknown: ~3,200 aten ops / ~1,600 fused kernels traced once; the step
+# measures it and sizes the rest from it), kernels ~5, vs transformers ~15 (24 frames; transformers
+# ~0.2 s/frame), TTFA b1 ~3, buckets 8..64 ~60-120 each while the budget lasts, streams 1/8/32/64 x
+# 48 frames ~25 (~10-20 ms/frame at any batch: ~9 GB of bf16 weights read per frame) + Mimi,
+# TTFA b16 ~5 -> ~370 s limit; drift ~60 (4 models x 200 greedy frames eager); tests ~45 (tiny
+# compiles). Defaults: T_SERVING 370, T_DRIFT 90, T_TESTS 75 (sum 535), --budget 560 for the run.
+#
 # Results land in $OUT (the device tool brings back what is there): summary.txt, results.md (the
 # benchmark tables, ready to append to BENCHMARKS.md), results.jsonl (their JSON lines) and one
-# log per step: 7 files, within the tool's 8.
+# log per step: 6 files (8 with --only ...,speed,concurrency), within the tool's 8.
 #
 # With the device tool (this repo's root; build the wheels here first, once per checkout):
 #   bash benchmarks/device_check.sh --fetch-wheels      # here: pure-Python deps the device lacks -> .whl/
-#   run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=560)
+#   run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=600)
 # then append $OUT/results.md (files_at/results.md) to BENCHMARKS.md and give the machine back.
 # The device's python3 has torch 2.11+CUDA, transformers 5.17, numpy, safetensors, tokenizers,
 # pyyaml, typer, rich, pytest; .whl carries pydantic(-core, -settings), annotated-types,
@@ -27,14 +49,15 @@
 # Options: --device cuda|cpu (default cuda)  --sizes tiny|mid|full (default full)
 #          --out DIR (default $OUT, else ./device_check_out)  --python PY (default python3, or
 #          .venv/bin/python for --device cpu when it exists)  --quick (few frames: CI)
-#          --budget SECONDS (whole run; default 470 on a GPU, 1200 on CPU)  --only tests,speed,drift,concurrency
-# Step time limits (seconds): T_TESTS T_SPEED T_DRIFT T_CONCURRENCY in the environment override
-# the defaults (GPU: 60 230 90 90; CPU, slow and often shared: 300 each).
+#          --budget SECONDS (whole run; default 560 on a GPU, 1200 on CPU)
+#          --only serving,drift,tests,speed,concurrency (default serving,drift,tests)
+# Step time limits (seconds): T_SERVING T_DRIFT T_TESTS T_SPEED T_CONCURRENCY in the environment
+# override the defaults (GPU: 370 90 75 230 90; CPU, slow and often shared: 300 each).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-DEVICE=cuda SIZES=full OUTDIR=${OUT:-} PY="" QUICK=0 BUDGET="" ONLY="tests,speed,drift,concurrency"
+DEVICE=cuda SIZES=full OUTDIR=${OUT:-} PY="" QUICK=0 BUDGET="" ONLY="serving,drift,tests"
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2; shift 2 ;;
@@ -59,7 +82,7 @@ while [ $# -gt 0 ]; do
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $pkgs || exit 1
       ls .whl && du -sh .whl
       exit 0 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,58p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -67,8 +90,9 @@ if [ -z "$PY" ]; then
   if [ "$DEVICE" = cpu ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 OUTDIR=${OUTDIR:-$REPO/device_check_out}
-if [ "$DEVICE" = cpu ]; then d=300; BUDGET=${BUDGET:-1200}; else d=""; BUDGET=${BUDGET:-470}; fi
-T_TESTS=${T_TESTS:-${d:-60}} T_SPEED=${T_SPEED:-${d:-230}} T_DRIFT=${T_DRIFT:-${d:-90}} T_CONCURRENCY=${T_CONCURRENCY:-${d:-90}}
+if [ "$DEVICE" = cpu ]; then d=300; BUDGET=${BUDGET:-1200}; else d=""; BUDGET=${BUDGET:-560}; fi
+T_SERVING=${T_SERVING:-${d:-370}} T_TESTS=${T_TESTS:-${d:-75}} T_SPEED=${T_SPEED:-${d:-230}} T_DRIFT=${T_DRIFT:-${d:-90}}
+T_CONCURRENCY=${T_CONCURRENCY:-${d:-90}}
 mkdir -p "$OUTDIR"
 : >"$OUTDIR/results.md"; : >"$OUTDIR/results.jsonl"
 SUMMARY=$OUTDIR/summary.txt
@@ -116,23 +140,25 @@ step() {
 }
 
 if [ $QUICK = 1 ]; then
-  FRAMES=6 FULL_FRAMES=6 DRIFT_FRAMES=16 REPEATS=1 BATCHES=1,8
+  FRAMES=6 FULL_FRAMES=6 DRIFT_FRAMES=16 REPEATS=1 BATCHES=1,8 SERVE_FRAMES=6 HF_FRAMES=6
 else
-  FRAMES=24 FULL_FRAMES=64 DRIFT_FRAMES=200 REPEATS=2 BATCHES=1,8
+  FRAMES=24 FULL_FRAMES=64 DRIFT_FRAMES=200 REPEATS=2 BATCHES=1,8 SERVE_FRAMES=48 HF_FRAMES=24
 fi
 TEST_ENV=()
 [ "$DEVICE" = cpu ] && TEST_ENV=(env ECHOFORGE_TEST_DEVICE=cpu)
+SERVE_SIZE=${SIZES##*,}  # one size: the largest asked for
 
+# serving writes its tables and JSON lines itself, section by section (--markdown / --jsonl);
+# its budget leaves 30 s of its step's limit for the last section to finish.
+step serving "$T_SERVING" "$PY" benchmarks/csm_serving_check.py --device "$DEVICE" --size "$SERVE_SIZE" \
+  --streams 1,8,32,64 --frames $SERVE_FRAMES --hf-frames $HF_FRAMES --ttfa-batch 16 --repeats $((REPEATS + 1)) \
+  --budget $((T_SERVING > 60 ? T_SERVING - 30 : T_SERVING)) --markdown "$OUTDIR/results.md" --jsonl "$OUTDIR/results.jsonl"
+step drift "$T_DRIFT" "$PY" benchmarks/precision_drift.py --device "$DEVICE" --sizes "$SIZES" --frames $DRIFT_FRAMES \
+  --markdown "$OUTDIR/results.md"
 step tests "$T_TESTS" "${TEST_ENV[@]}" "$PY" -m pytest -q -p no:cacheprovider tests/csm/test_cuda.py
 step speed "$T_SPEED" "$PY" benchmarks/csm_speed.py --device "$DEVICE" --sizes "$SIZES" --frames $FRAMES \
   --full-frames $FULL_FRAMES --batches $BATCHES --repeats $REPEATS --markdown "$OUTDIR/results.md"
-step drift "$T_DRIFT" "$PY" benchmarks/precision_drift.py --device "$DEVICE" --sizes "$SIZES" --frames $DRIFT_FRAMES \
-  --markdown "$OUTDIR/results.md"
-if [ -f benchmarks/concurrency.py ]; then
-  step concurrency "$T_CONCURRENCY" "$PY" benchmarks/concurrency.py --device "$DEVICE" --sizes "$SIZES" --streams "$([ $QUICK = 1 ] && echo 1,4 || echo 1,4,8,16,32)" --frames $FRAMES --full-frames "$([ $QUICK = 1 ] && echo 6 || echo 32)" --budget $((T_CONCURRENCY > 40 ? T_CONCURRENCY - 25 : 15)) --markdown "$OUTDIR/results.md"
-else
-  STATUS+=("concurrency: SKIPPED (benchmarks/concurrency.py not there yet)")
-fi
+step concurrency "$T_CONCURRENCY" "$PY" benchmarks/concurrency.py --device "$DEVICE" --sizes "$SIZES" --streams "$([ $QUICK = 1 ] && echo 1,4 || echo 1,4,8,16,32)" --frames $FRAMES --full-frames "$([ $QUICK = 1 ] && echo 6 || echo 32)" --budget $((T_CONCURRENCY > 40 ? T_CONCURRENCY - 25 : 15)) --markdown "$OUTDIR/results.md"
 
 {
   echo

@@ -98,6 +98,12 @@ class ModelRunner:
         self._live_host = [False] * r
         self._pending: tuple[Any, Tensor, Any] | None = None
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
+        # The batch sizes the static step runs at (each a captured graph); serving: every bucket.
+        # A benchmark may warm fewer (``warmup(buckets=...)``) and restrict the step to them.
+        self.buckets: list[int] = buckets(max_rows)
+        # One entry per (bucket, top-k bound) warmed: {"bucket", "kmax", "first_s" (trace + compile +
+        # first run), "capture_s" (the recording calls)}; measured, for the device check's budgets.
+        self.warm_times: list[dict] = []
 
     # ------------------------------------------------------------------ slots
 
@@ -135,8 +141,11 @@ class ModelRunner:
         return next((k for k in self.kmax_bounds() if topk <= k), self.kmax_bounds()[-1])
 
     def rows_for(self, hi: int) -> int:
-        """Batch rows the step runs for live slots below ``hi`` (static path: the bucket)."""
-        return bucket_for(hi, self.max_rows) if self.static else hi
+        """Batch rows the step runs for live slots below ``hi`` (static path: the smallest of
+        :attr:`buckets` that covers them)."""
+        if not self.static:
+            return hi
+        return next((b for b in self.buckets if b >= hi), bucket_for(hi, self.max_rows))
 
     # ------------------------------------------------------------------ prefill
 
@@ -201,7 +210,10 @@ class ModelRunner:
                                 max(self._topk_host[:b]), greedy, any(t == 0 for t in temps))  # fmt: skip
             pos = self._pos_host[:b]
             kv_len = max(pos) + 1
-            frame, h = self.step_fn(self.model, self.h[sl], self.pos[sl], sampler, kv_len, all(p == pos[0] for p in pos))
+            # The uncompiled step: a compiled ``step_fn`` is traced for the static shapes only.
+            frame, h = G.frame_step(
+                self.model, self.h[sl], self.pos[sl], sampler, kv_len, all(p == pos[0] for p in pos)
+            )
         self.h[sl].copy_(h)  # CUDA-graph outputs are overwritten by the next replay: copy what we keep
         # In place: live rows advance one column and one frame; parked rows stay where they are. With a
         # frame in flight, a row that just used its last column gets one (dropped) frame more: clamp
@@ -241,24 +253,30 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ warm-up
 
-    def warmup(self) -> float:
+    def warmup(self, buckets: list[int] | None = None, kmax_bounds: list[int] | None = None) -> float:
         """Run (on CUDA: capture) the sampled step once per bucket and top-k bound it can pick; returns seconds.
 
         Sampled, not greedy: that is the path real requests take, so nothing compiles on a request.
         Must run on the thread that will run the frames (CUDA graphs are recorded per thread) and
-        before any row is live (it runs parked slots).
+        before any row is live (it runs parked slots). ``buckets`` / ``kmax_bounds`` warm a subset
+        (the device check times them one by one); each one's seconds go to :attr:`warm_times`.
         """
         if not self.static:  # the eager path has nothing to compile or capture
             return 0.0
         t0 = time.perf_counter()
+        cuda = self.device.type == "cuda"
         with torch.inference_mode():
-            for b in buckets(self.max_rows):
+            for b in buckets or self.buckets:
                 sl = slice(0, b)
-                for kmax in self.kmax_bounds():  # top-k <= 256 and top-k up to the vocabulary
+                for kmax in kmax_bounds or self.kmax_bounds():  # top-k <= 256 and top-k up to the vocabulary
                     sampler = G.Sampler(self.temperature[sl], self.topk[sl], self.key[sl], self.counter[sl],
                                         kmax, greedy=False, any_greedy=True)  # fmt: skip
+                    times = []
                     for _ in range(3):  # cudagraph trees record on the 2nd/3rd call
+                        t1 = time.perf_counter()
                         self.step_fn(self.model, self.h[sl], self.pos[sl], sampler)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+                        if cuda:
+                            torch.cuda.synchronize(self.device)
+                        times.append(time.perf_counter() - t1)
+                    self.warm_times.append(dict(bucket=b, kmax=kmax, first_s=times[0], capture_s=sum(times[1:])))
         return time.perf_counter() - t0
