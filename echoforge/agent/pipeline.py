@@ -473,10 +473,20 @@ class TTSProcessor(FrameProcessor):
         self.voice = voice or (lambda: settings.voice)
         self.voice_prompt = voice_prompt or (lambda _voice: None)
         self.cancelled = 0
+        # Hooks for protocol adapters (the Realtime API): the speaking rate, text-only replies
+        # (sentences still go through, without audio) and a tap on each sentence as it is spoken.
+        self.speed = 1.0
+        self.speak = True
+        self.on_text: Callable[[TTSTextFrame], None] | None = None
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if not isinstance(frame, TTSTextFrame):
             await self.push_frame(frame, direction)
+            return
+        if self.on_text is not None:
+            self.on_text(frame)
+        if not self.speak:
+            await self._end_sentence(frame)
             return
         s = self.settings
         voice = self.voice()
@@ -491,6 +501,7 @@ class TTSProcessor(FrameProcessor):
             context=([prompt.as_voice_prompt()] if prompt is not None else [])
             + self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
             should_stop=stop.is_set,  # barge-in: CSM drops this row at the next frame
+            speed=self.speed,
         )
         try:
             async for chunk in iterate_in_thread(lambda: self.engine.stream(request), stop):
@@ -508,6 +519,9 @@ class TTSProcessor(FrameProcessor):
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        await self._end_sentence(frame)
+
+    async def _end_sentence(self, frame: TTSTextFrame) -> None:
         await self.push_frame(
             TTSAudioRawFrame(
                 audio=np.zeros(0, np.float32),

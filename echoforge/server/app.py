@@ -50,7 +50,7 @@ HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 # Routers other parts of EchoForge provide (``router`` in each module), included when present:
 # name → whether the app-wide API-key dependency applies (WebSocket and /metrics check keys themselves).
-OPTIONAL_ROUTERS = {"analysis": True, "agent": False, "metrics": False}
+OPTIONAL_ROUTERS = {"analysis": True, "captions": True, "agent": False, "realtime": False, "metrics": False}
 
 
 class BodyLimitMiddleware:
