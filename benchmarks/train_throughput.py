@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echoforge.csm.model import CSM, CSMArgs, ModelArgs  # noqa: E402
-from echoforge.train.data import choose_decoder_rows  # noqa: E402
+from echoforge.train.dataset import choose_decoder_rows  # noqa: E402
 from echoforge.train.modeling import CSMForTraining, combine_losses, count_parameters, init_weights  # noqa: E402
 
 TINY = CSMArgs(backbone=ModelArgs(n_layer=4, n_head=8, n_local_heads=2, dim=256, intermediate_size=768, max_seq_len=2048),

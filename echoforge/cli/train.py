@@ -65,7 +65,7 @@ def prepare(
     """Turn recordings + transcripts into sharded, memory-mapped CSM training samples."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from echoforge.train.data import prepare as run_prepare
+    from echoforge.train.preparation import prepare as run_prepare
 
     logging.getLogger("echoforge.train.data").setLevel(logging.ERROR)  # bad files are summarised below
     try:

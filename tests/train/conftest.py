@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from train_helpers import synthetic_conversations, tiny_train_model
-
-from echoforge.train.data import write_synthetic
+from train_helpers import synthetic_conversations, tiny_train_model, write_synthetic
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ import yaml
 from train_helpers import build_tiny_csm
 
 from echoforge.audio import save_audio
-from echoforge.train.data import MAX_CONTEXT_TURNS, ShardedDataset, build_rows, prepare, read_manifest
+from echoforge.train.dataset import MAX_CONTEXT_TURNS, ShardedDataset, build_rows
+from echoforge.train.manifest import read_manifest
+from echoforge.train.preparation import prepare
 
 SR = 24_000
 

@@ -13,7 +13,7 @@ import torch
 from train_helpers import AUDIO_VOCAB, K, synthetic_conversations, tiny_config
 
 from echoforge.train.configs import TrainConfig
-from echoforge.train.data import ShardedDataset, build_rows, choose_decoder_rows, collate
+from echoforge.train.dataset import ShardedDataset, build_rows, choose_decoder_rows, collate
 from echoforge.train.modeling import CSMForTraining
 from echoforge.train.trainer import train
 

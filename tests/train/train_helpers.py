@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from echoforge.analysis.prosody import BASIC_PROSODY  # noqa: E402
+from echoforge.train.dataset import MAX_CONTEXT_TURNS  # noqa: E402
+from echoforge.train.manifest import TurnSpec  # noqa: E402
+from echoforge.train.preparation import Turn, write_shards  # noqa: E402
 from tests.csm.tiny_models import SPECIALS, WORDS, build_tiny_csm, tiny_tokenizer  # noqa: E402
 
 K = 32
@@ -103,3 +108,30 @@ def tiny_config(tmp_path: Path, model_dir: Path, data_dir: Path, **over) -> dict
             d = d.setdefault(p, {})
         d[parts[-1]] = value
     return cfg
+
+
+def write_synthetic(
+    out_dir: str | Path, conversations: list[list[tuple[int, list[int], np.ndarray]]], val: int = 0
+) -> Path:
+    """Write a dataset from ready-made turns ``(speaker, text_ids, codes [F, K])`` (tests, benchmarks).
+
+    The last ``val`` conversations go to the validation split.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    turns = {}
+    for ci, conv in enumerate(conversations):
+        turns[ci] = [Turn(TurnSpec(Path(f"synthetic/{ci}"), str(s), "", None, None, str(ci), i), s,
+                          np.asarray(codes, dtype=np.int16), np.asarray(ids, dtype=np.int32), np.zeros(len(BASIC_PROSODY), np.float32))
+                     for i, (s, ids, codes) in enumerate(conv)]  # fmt: skip
+    n_train = len(conversations) - val
+    shards = {
+        "train": write_shards(out, "train", [(ci, turns[ci]) for ci in range(n_train)], 1 << 30),
+        "val": write_shards(out, "val", [(ci, turns[ci]) for ci in range(n_train, len(conversations))], 1 << 30),
+    }
+    k = int(np.asarray(conversations[0][0][2]).shape[1])
+    index = {"version": 1, "model": "synthetic", "num_codebooks": k, "max_context_turns": MAX_CONTEXT_TURNS,
+             "speakers": {}, "conversations": [str(i) for i in range(len(conversations))],
+             "prosody_features": list(BASIC_PROSODY), "prosody_source": "none", "shards": shards, "stats": {}, "bad": []}  # fmt: skip
+    (out / "index.json").write_text(json.dumps(index, indent=2))
+    return out
