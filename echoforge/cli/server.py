@@ -95,7 +95,7 @@ def worker(
 ) -> None:
     """Run a queue worker process for the Redis backend (scale out over processes / GPUs)."""
     from echoforge.server.app import load_engine
-    from echoforge.server.services.queue import make_queue
+    from echoforge.server.services.queue_factory import make_queue
     from echoforge.server.services.synthesis import SynthesisService
     from echoforge.server.services.voices import VoiceStore
     from echoforge.server.services.worker import TaskRunner, WorkerPool

@@ -38,7 +38,7 @@ from echoforge.server.errors import error_body, install_error_handlers
 from echoforge.server.routers import diagnostic, health, openai, stream, tasks, voices
 from echoforge.server.schemas import document_limits
 from echoforge.server.services.auth import ApiKeyStore, RateLimiter
-from echoforge.server.services.queue import make_queue
+from echoforge.server.services.queue_factory import make_queue
 from echoforge.server.services.synthesis import SynthesisService
 from echoforge.server.services.voices import VoiceStore
 from echoforge.server.services.worker import TaskRunner, WorkerPool

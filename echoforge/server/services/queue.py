@@ -6,6 +6,8 @@
 * :class:`echoforge.server.services.redis_queue.RedisTaskQueue` shares one queue between
   several worker processes (``echoforge worker``).
 
+:func:`echoforge.server.services.queue_factory.make_queue` picks one from the settings.
+
 The interface is synchronous and cheap (sub-millisecond calls); routers call it from
 FastAPI's thread pool, and worker threads block in :meth:`TaskQueue.claim`.
 """
@@ -21,13 +23,10 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from echoforge.server import observability
 from echoforge.server.errors import QueueFull
-
-if TYPE_CHECKING:
-    from echoforge.config import Settings
 
 log = logging.getLogger("echoforge.server.queue")
 
@@ -54,7 +53,7 @@ class TaskRecord:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
-    timings: dict[str, float | None] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # + "words" for tasks with timestamps
     attempts: int = 0
     worker: str | None = None
     result_bytes: int = 0
@@ -74,6 +73,8 @@ class TaskRecord:
             "result_url": f"/api/tasks/{self.id}/audio" if self.status == "done" else None,
             "format": self.format,
             "request": self.request,
+            "words": self.timings.get("words") if self.status == "done" else None,
+            "captions_url": f"/api/tasks/{self.id}/captions" if self.status == "done" and "words" in self.timings else None,
         }
 
     def to_json(self) -> str:
@@ -361,13 +362,3 @@ class SQLiteTaskQueue(TaskQueue):
         with self._lock:
             self._db.close()
 
-
-def make_queue(settings: Settings) -> TaskQueue:
-    """The queue backend ``settings.server.queue_backend`` names."""
-    s = settings.server
-    if s.queue_backend == "redis":
-        from echoforge.server.services.redis_queue import RedisTaskQueue
-
-        return RedisTaskQueue(s.redis_url, max_pending=s.queue_max_pending, result_ttl_s=s.result_ttl_hours * 3600)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteTaskQueue(settings.data_dir, max_pending=s.queue_max_pending)
