@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 
 _NON_WORD = re.compile(r"[^\w']+")
+_MIN_WORD_S = 0.05  # a gap narrower than this per missing word borrows time from the word before
 
 
 def _norm(word: str) -> str:
@@ -66,5 +67,12 @@ def _fill_gaps(times: list, words: Sequence[str], duration_s: float) -> None:
             j += 1
         start = times[i - 1][1] if i else 0.0
         end = times[j][0] if j < len(times) else max(duration_s, start)
-        _spread(times, words, i, j, start, max(start, end), flag=True)
+        if i and end - start < _MIN_WORD_S * (j - i):
+            # No room between the neighbours (a word said together with the one before, e.g.
+            # espeak-ng's "in the" as one unit): share the previous word's span with it.
+            prev_start, _prev_end, prev_flag = times[i - 1]
+            _spread(times, words, i - 1, j, prev_start, max(prev_start, end), flag=True)
+            times[i - 1] = (*times[i - 1][:2], prev_flag)
+        else:
+            _spread(times, words, i, j, start, max(start, end), flag=True)
         i = j

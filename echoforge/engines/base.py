@@ -95,6 +95,11 @@ class SynthesisRequest:
     # Polled by engines that can stop mid-utterance (CSM drops the row at the next frame):
     # the server sets it when a client disconnects or a task is cancelled.
     should_stop: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    # Word-timing hook (echoforge.engines.timing): an engine that knows when its words are spoken
+    # (``reports_word_timings = True``: espeak-ng) calls it with ``[(word, start_s, end_s)]`` —
+    # words of the text it spoke, seconds from the start of this request's audio — before it
+    # yields the audio that holds them. Other engines ignore it (their audio is aligned instead).
+    on_words: Callable[[list[tuple[str, float, float]]], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
@@ -224,6 +229,9 @@ class BaseEngine:
     description: str = ""
     smoke_test: bool = False  # see EngineInfo.smoke_test
     max_concurrency: int = 1
+    # True when the engine calls ``request.on_words`` with its own word timings (espeak-ng);
+    # otherwise word timings come from aligning its audio to the text (echoforge.engines.timing).
+    reports_word_timings: bool = False
 
     def info(self) -> EngineInfo:
         return EngineInfo(

@@ -44,6 +44,7 @@ class EspeakEngine(BaseEngine):
     sample_rate = 22_050
     model = "espeak-ng"
     description = "espeak-ng formant synthesis — FALLBACK engine (not CSM), last resort."
+    reports_word_timings = True  # espeak-ng's word events, when request.on_words asks for them
 
     def __init__(self, binary: str | None = None, default_voice: str = "en-us", max_concurrency: int = 1) -> None:
         self.binary = binary or shutil.which("espeak-ng") or shutil.which("espeak")
@@ -89,8 +90,34 @@ class EspeakEngine(BaseEngine):
         max_samples = int(request.max_audio_length_ms * self.sample_rate / 1000)
         produced = 0
         for sentence in split_sentences(normalize_text(request.text), pack=False):
-            audio = self._speak(sentence, voice, wpm)[: max(0, max_samples - produced)]
+            words: list[tuple[str, float, float]] = []
+            if request.on_words is not None:
+                audio, words = self._speak_timed(sentence, voice, wpm)
+            else:
+                audio = self._speak(sentence, voice, wpm)
+            audio = audio[: max(0, max_samples - produced)]
             if audio.size == 0:
                 break
+            if request.on_words is not None:
+                cut = audio.size / self.sample_rate
+                offset = produced / self.sample_rate
+                request.on_words([(w, offset + s, offset + min(e, cut)) for w, s, e in words if s < cut])
             produced += audio.size
             yield audio
+
+    def _speak_timed(self, sentence: str, voice: str, wpm: int) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        """The sentence through the espeak-ng library, with its word events (the binary when the library is missing)."""
+        from echoforge.engines import espeak_events
+
+        try:
+            try:
+                audio, sr, words = espeak_events.speak_with_words(sentence, voice, wpm)
+            except ValueError:  # unknown voice name → the default, as the binary path does
+                audio, sr, words = espeak_events.speak_with_words(sentence, self.default_voice, wpm)
+        except OSError:  # no libespeak-ng: audio without words (the caller aligns it instead)
+            return self._speak(sentence, voice, wpm), []
+        if sr != self.sample_rate:
+            from echoforge.audio import resample
+
+            audio = resample(audio, sr, self.sample_rate)
+        return audio, words

@@ -83,6 +83,7 @@ class PiperEngine(BaseEngine):
     name = "piper"
     is_fallback = True
     description = "Piper neural TTS — FALLBACK engine (not CSM): no conversational context, one voice per model."
+    chunks_are_sentences = True  # one chunk per sentence: word timings are aligned chunk by chunk (engines.timing)
 
     def __init__(
         self,

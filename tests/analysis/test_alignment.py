@@ -22,3 +22,11 @@ def test_a_span_heard_as_other_words_shares_their_time_flagged():
 def test_nothing_recognized_spreads_over_the_audio():
     out = align_words("a bb", [], duration_s=3.0)
     assert [(w["start_s"], w["end_s"], w["interpolated"]) for w in out] == [(0.0, 1.0, True), (1.0, 3.0, True)]
+
+
+def test_a_word_said_together_with_the_one_before_shares_its_span():
+    """espeak-ng reports "in the" as one unit: "the" has no room of its own and borrows from "in"."""
+    recognized = [("in", 1.0, 1.4), ("evening", 1.4, 2.0)]
+    out = align_words("in the evening", recognized, duration_s=2.0)
+    assert [(w["start_s"], w["interpolated"]) for w in out] == [(1.0, False), (out[1]["start_s"], True), (1.4, False)]
+    assert 1.0 < out[1]["start_s"] < 1.4 and out[0]["end_s"] == out[1]["start_s"] and out[1]["end_s"] == 1.4
