@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from echoforge.text import TEXT_PATTERN
 
@@ -192,6 +192,10 @@ class GenerateRequest(StrictNumbers):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     format: AudioFormatName = "wav"
     instructions: str | None = Field(None, max_length=4096)
+    timestamps: StrictBool = Field(
+        False,
+        description="Also time every word: the done task has `words`, and `captions_url` serves SRT / WebVTT.",
+    )
 
 
 class ConversationTurn(BaseModel):
@@ -223,6 +227,13 @@ class Timings(BaseModel):
     rtf: float | None = None
 
 
+class WordTiming(BaseModel):
+    word: str = Field(..., description="The input word, as written (punctuation included).")
+    start_s: float = Field(..., description="When the word starts, seconds from the start of the audio.")
+    end_s: float = Field(..., description="When it ends.")
+    interpolated: bool = Field(False, description="Not placed by the engine/aligner: estimated from its neighbours.")
+
+
 class Task(BaseModel):
     id: str
     kind: str
@@ -236,6 +247,8 @@ class Task(BaseModel):
     result_url: str | None
     format: str
     request: dict[str, Any]
+    words: list[WordTiming] | None = Field(None, description="Word timings (tasks created with `timestamps: true`, once done).")
+    captions_url: str | None = Field(None, description="`?format=srt|vtt|json` (tasks with timestamps, once done).")
 
 
 class TaskList(BaseModel):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
 from echoforge.audio import MIME_TYPES
 from echoforge.server.deps import RateLimitedDep, Services, ServicesDep
@@ -18,6 +19,7 @@ from echoforge.server.schemas import (
     TaskCreated,
     TaskList,
 )
+from echoforge.server.services.captions import CAPTION_MIME, captions_text
 from echoforge.server.services.queue import TaskRecord
 from echoforge.text import audio_budget_ms
 
@@ -99,6 +101,38 @@ def task_audio(task_id: str, services: ServicesDep) -> Response:
         headers={
             "Content-Disposition": f'attachment; filename="{task_id}.{"ogg" if task.format == "opus" else task.format}"'
         },
+    )
+
+
+@router.get(
+    "/tasks/{task_id}/captions",
+    response_class=Response,
+    responses={200: {"content": {"application/x-subrip": {}, "text/vtt": {}, "application/json": {}}}},
+)
+def task_captions(
+    task_id: str,
+    services: ServicesDep,
+    format: Annotated[Literal["srt", "vtt", "json"], Query(description="srt, vtt or json (the words)")] = "vtt",
+) -> Response:
+    """The captions of a done task created with ``timestamps: true``: SRT, WebVTT or the word timings."""
+    task = _task(services, task_id)
+    if task.status != "done":
+        raise Conflict(
+            f"task {task_id} is {task.status}; captions are available when it is done", code=f"task_{task.status}"
+        )
+    words = task.timings.get("words")
+    if words is None:
+        raise NotFound(
+            f"task {task_id} was created without timestamps; create it with \"timestamps\": true",
+            param="task_id",
+            code="no_timestamps",
+        )
+    if format == "json":
+        return JSONResponse({"words": words})
+    return Response(
+        captions_text(words, format),
+        media_type=CAPTION_MIME[format],
+        headers={"Content-Disposition": f'attachment; filename="{task_id}.{format}"'},
     )
 
 

@@ -86,8 +86,9 @@ class TaskRunner:
 
         t0 = time.perf_counter()
         try:
+            words = None
             if task.kind == "generate":
-                audio = self._generate(task.request, should_stop, on_progress)
+                audio, words = self._generate(task.request, should_stop, on_progress)
             elif task.kind == "conversation":
                 audio = self._conversation(task.request, should_stop, on_progress)
             else:
@@ -102,6 +103,8 @@ class TaskRunner:
                 "audio_s": round(audio_s, 4),
                 "rtf": round(synth_s / audio_s, 4) if audio_s else None,
             }
+            if words is not None:
+                timings["words"] = words
             self.queue.complete(task.id, data, timings)
             log.info("task done in %.2f s (%.2f s audio)", synth_s, audio_s)
             return "done"
@@ -125,7 +128,7 @@ class TaskRunner:
             log.warning("task attempt %d failed (%s); now %s", task.attempts, exc, status, exc_info=status == "failed")
             return status
 
-    def _generate(self, req: dict[str, Any], should_stop, on_progress) -> np.ndarray:
+    def _generate(self, req: dict[str, Any], should_stop, on_progress) -> tuple[np.ndarray, list[dict] | None]:
         request = self.synthesis.build_request(
             text=req["text"],
             voice=req.get("voice") or "alloy",
@@ -137,9 +140,15 @@ class TaskRunner:
             seed=req.get("seed"),
             instructions=req.get("instructions"),
         )
-        audio = self.synthesis.synthesize(request, should_stop=should_stop, on_progress=on_progress)
+        words = None
+        if req.get("timestamps"):
+            from echoforge.server.services.captions import synthesize_timed
+
+            audio, words = synthesize_timed(self.synthesis, request, should_stop=should_stop, on_progress=on_progress)
+        else:
+            audio = self.synthesis.synthesize(request, should_stop=should_stop, on_progress=on_progress)
         self._remember(req.get("voice") or "alloy", audio, request.text)
-        return audio
+        return audio, words
 
     def _remember(self, voice: str, audio: np.ndarray, text: str) -> None:
         """Fold the generated turn into the voice's long-term profile (drift is logged)."""
