@@ -368,6 +368,7 @@ def streams_run(gen: CSMGenerator, n: int, frames: int) -> dict:
             outs[i]["error"] = f"{type(exc).__name__}: {exc}"
 
     f0 = gen.scheduler.stats["frames"]
+    mimi0 = dict(gen.mimi_batcher.stats) if gen.mimi_batcher is not None else None
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
@@ -381,7 +382,10 @@ def streams_run(gen: CSMGenerator, n: int, frames: int) -> dict:
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     rtf = [(o["end"] - o["start"]) / (frames * FRAME_S) for o in outs]
     ttfa = [o["ttfa"] for o in outs]
-    return dict(streams=n, frames=frames, total_frames=made, wall_s=wall, agg_fps=made / wall,
+    mimi = None  # Mimi chunks decoded and batched calls made (None: each stream decoded alone)
+    if mimi0 is not None:
+        mimi = {k: gen.mimi_batcher.stats[k] - mimi0[k] for k in ("chunks", "calls")}
+    return dict(streams=n, frames=frames, total_frames=made, wall_s=wall, agg_fps=made / wall, mimi=mimi,
                 realtime=sum(r < 1 for r in rtf), all_realtime=max(rtf) < 1, rtf_max=max(rtf), rtf_p50=pct(rtf, 0.5),
                 ttfa_p50_ms=1000 * pct(ttfa, 0.5), ttfa_p95_ms=1000 * pct(ttfa, 0.95),
                 bucket=gen.runner.rows_for(n))  # fmt: skip

@@ -348,11 +348,17 @@ class StreamingDecoder:
         n = codes.shape[0]
         if n == 0:
             return torch.zeros(0, device=self.codec.device)
-        x = self.codec.model.quantizer.decode(codes.transpose(0, 1)[None])  # [1, hidden, n]
+        x = self._run(self.codec.model.quantizer.decode(codes.transpose(0, 1)[None]), self._transformer)  # [1, 1, T]
+        self.frames_decoded += n
+        return x.reshape(-1)  # [n * frame_size]
+
+    def _run(self, x: Tensor, transformer: Any) -> Tensor:
+        """Latents ``[B, hidden, n]`` -> audio ``[B, 1, n * frame_size]`` through this decoder's states."""
         if self._upsample is not None:
-            x = self._upsample(x)  # [1, hidden, n * latent_stride]
+            x = self._upsample(x)  # [B, hidden, n * latent_stride]
         steps = x.shape[-1]
-        x = self._transformer(x.transpose(1, 2)).transpose(1, 2)  # [1, hidden, steps]
+        x = transformer(x.transpose(1, 2)).transpose(1, 2)  # [B, hidden, steps]
+        self.last_call_steps = steps
         for layer in self._seanet:
             if isinstance(layer, tuple):
                 block, short = layer
@@ -362,9 +368,244 @@ class StreamingDecoder:
                 x = short(x) + h
             else:
                 x = layer(x)
-        self.frames_decoded += n
-        self.last_call_steps = steps
-        return x.reshape(-1)  # [n * frame_size]
+        return x
+
+    def _conv_states(self) -> list[Any]:
+        """Every convolution state, in a fixed order (the same for every decoder of one codec)."""
+        out: list[Any] = [] if self._upsample is None else [self._upsample]
+        for layer in self._seanet:
+            if isinstance(layer, tuple):
+                block, short = layer
+                out += [m for m in block if isinstance(m, _ConvState)]
+                out += [short] if isinstance(short, _ConvState) else []
+            elif isinstance(layer, _ConvState | _ConvTransposeState):
+                out.append(layer)
+        return out
+
+
+@torch.inference_mode()
+def decode_batch(decoders: list[StreamingDecoder], codes: Tensor) -> list[Tensor]:
+    """Many streams' next chunks in one call: ``codes [B, n, K]`` (row ``b`` for ``decoders[b]``).
+
+    Each decoder's state advances exactly as if it had decoded its own row alone (the same
+    operations on a batch: convolution contexts and overlap-add tails stacked, the transformer's
+    sliding-window caches left-padded under a per-row mask with per-row RoPE positions), so the
+    audio equals per-stream :meth:`StreamingDecoder.decode` up to float rounding. Streams may be at
+    different points (different frames decoded); all rows of one call have the same ``n``.
+
+    Returns: per decoder, its ``n * 1920`` audio samples (1-D float, on the codec's device).
+    """
+    if not decoders:
+        return []
+    codec = decoders[0].codec
+    if any(d.codec is not codec for d in decoders):
+        raise ValueError("decode_batch: every decoder must belong to the same codec")
+    if len(decoders) == 1:
+        return [decoders[0].decode(codes[0])]
+    b, n = codes.shape[0], codes.shape[1]
+    if b != len(decoders):
+        raise ValueError(f"decode_batch: {len(decoders)} decoders but {b} rows of codes")
+    codes = codec._check_codes(codes.reshape(b * n, -1)).view(b, n, -1)  # [B, n, K] on the codec's device
+    if n == 0:
+        return [torch.zeros(0, device=codec.device) for _ in decoders]
+    batch = StreamingDecoder(codec)  # fresh states to hold the stacked ones
+    rows = [d._conv_states() for d in decoders]
+    stacked = batch._conv_states()
+    dev = codec.device
+    for j, st in enumerate(stacked):  # stack each state; a fresh stream's is the zeros its first call would use
+        if isinstance(st, _ConvState):
+            if st.context:
+                c = st.m.conv.in_channels
+                st.prev = torch.cat([r[j].prev if r[j].prev is not None else torch.zeros(1, c, st.context, device=dev)
+                                     for r in rows])  # fmt: skip
+        else:
+            c, t = st.conv.out_channels, st.kernel - st.stride
+            st.tail = torch.cat(
+                [r[j].tail if r[j].tail is not None else torch.zeros(1, c, t, device=dev) for r in rows]
+            )
+    x = codec.model.quantizer.decode(codes.transpose(1, 2))  # [B, hidden, n]
+    audio = batch._run(x, lambda h: _transformer_batch([d._transformer for d in decoders], h))  # [B, 1, T]
+    for j, st in enumerate(stacked):  # hand each row's state back
+        for i, r in enumerate(rows):
+            if isinstance(st, _ConvState):
+                if st.context:
+                    r[j].prev = st.prev[i : i + 1]
+            else:
+                r[j].tail = st.tail[i : i + 1]
+    for d in decoders:
+        d.frames_decoded += n
+        d.last_call_steps = batch.last_call_steps
+    return [a.reshape(-1) for a in audio]
+
+
+def _transformer_batch(states: list[_TransformerState], x: Tensor) -> Tensor:
+    """Mimi's decoder transformer over ``x [B, n, C]``, row ``b`` continuing ``states[b]`` (its own
+    position and sliding-window cache), as :class:`_TransformerState` computes one row."""
+    from transformers.models.mimi.modeling_mimi import apply_rotary_pos_emb
+
+    tm, window = states[0].tm, states[0].window
+    b, n, _ = x.shape
+    dev = x.device
+    past = [s.cache_len for s in states]
+    p_max = max(past)
+    start = torch.tensor([s.pos for s in states], device=dev)  # [B] next absolute position of each row
+    qpos = start[:, None] + torch.arange(n, device=dev)  # [B, n]
+    cos, sin = tm.rotary_emb(x, qpos)  # [B, n, D]
+    # Keys: row b's cache right-aligned in p_max columns (left padding masked), then the n new ones.
+    col = torch.arange(p_max + n, device=dev)
+    kv_pos = start[:, None] - p_max + col  # [B, P+n]: absolute position of each key column
+    valid = col[None, :] >= p_max - torch.tensor(past, device=dev)[:, None]  # [B, P+n]
+    allowed = valid[:, None, :] & (kv_pos[:, None, :] <= qpos[:, :, None])  # [B, n, P+n]
+    if window is not None:
+        allowed &= kv_pos[:, None, :] > qpos[:, :, None] - window
+    mask = allowed[:, None]  # [B, 1, n, P+n]
+    for i, layer in enumerate(tm.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [B, H, n, D]
+        k = attn.k_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, n, D]
+        v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if p_max:
+            hk, d = k.shape[1], k.shape[3]
+            pk = [s.k[i] if s.k[i] is not None else k.new_zeros(1, hk, 0, d) for s in states]
+            pv = [s.v[i] if s.v[i] is not None else v.new_zeros(1, hk, 0, d) for s in states]
+            pad = [k.new_zeros(1, hk, p_max - t.shape[2], d) for t in pk]
+            k = torch.cat([torch.cat([torch.cat([z, t], dim=2) for z, t in zip(pad, pk, strict=True)]), k], dim=2)
+            v = torch.cat([torch.cat([torch.cat([z, t], dim=2) for z, t in zip(pad, pv, strict=True)]), v], dim=2)
+        for r, s in enumerate(states):  # each row keeps its own last window-1 keys/values
+            have = past[r] + n
+            keep = have if window is None else min(have, window - 1)
+            s.k[i], s.v[i] = k[r : r + 1, :, -keep:], v[r : r + 1, :, -keep:]
+        rep = attn.num_key_value_groups
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)  # [B, H, n, D]
+        o = attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+        x = x + layer.self_attn_layer_scale(o)
+        x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+    for s in states:
+        s.pos += n
+    return x
+
+
+# ---------------------------------------------------------------------- batching across streams
+class MimiBatcher:
+    """One thread decodes the chunks of every stream of one codec: whatever is queued when it wakes,
+    grouped by chunk length, one :func:`decode_batch` call per group (on CUDA on a side stream of
+    its own, so decoding overlaps the frame graphs; one device->host copy per call).
+
+    Streams use :meth:`decoder` (one per stream): its ``decode(codes)`` blocks until the chunk is
+    decoded and returns CPU float audio. A stream has at most one chunk in flight (its next chunk
+    depends on the state this one leaves).
+
+    ``stats``: ``chunks`` decoded, ``calls`` made, ``max_rows`` in one call.
+    """
+
+    def __init__(self, codec: MimiCodec):
+        import threading
+
+        self.codec = codec
+        self._queue: list[tuple[BatchedStream, Tensor, Any]] = []
+        self._cv = threading.Condition()
+        self._hold = threading.Lock()  # held while a round is drained and decoded (tests hold it to queue rows)
+        self._thread: Any = None
+        self._closed = False
+        self.stats = {"chunks": 0, "calls": 0, "max_rows": 0}
+
+    def decoder(self) -> BatchedStream:
+        """A stream's decoder whose chunks go through this batcher."""
+        return BatchedStream(self, self.codec.streaming_decoder())
+
+    def submit(self, stream: BatchedStream, codes: Tensor) -> Any:
+        """Queue ``codes [n, K]`` of ``stream``; a ``Future`` of its audio (1-D float, CPU)."""
+        import threading
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the Mimi batcher is closed")
+            self._queue.append((stream, codes, fut))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="echoforge-mimi-batch", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return fut
+
+    def paused(self) -> Any:
+        """A context in which nothing is decoded: chunks queued inside it go out together after it."""
+        return self._hold
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        import contextlib
+
+        side = torch.cuda.Stream(self.codec.device) if self.codec.device.type == "cuda" else None
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+            with self._hold, torch.inference_mode(), torch.cuda.stream(side) if side else contextlib.nullcontext():
+                with self._cv:
+                    items, self._queue = self._queue, []
+                seen: set[int] = set()
+                now, later = [], []
+                for it in items:  # one chunk per stream per round: its next one needs this one's state
+                    (later if id(it[0]) in seen else now).append(it)
+                    seen.add(id(it[0]))
+                if later:
+                    with self._cv:
+                        self._queue[:0] = later
+                groups: dict[int, list] = {}
+                for it in now:
+                    groups.setdefault(int(it[1].shape[0]), []).append(it)
+                for group in groups.values():
+                    self._decode(group)
+
+    def _decode(self, group: list[tuple[BatchedStream, Tensor, Any]]) -> None:
+        try:
+            codes = torch.stack([c for _, c, _ in group])
+            audio = decode_batch([s.dec for s, _, _ in group], codes)
+            host = torch.stack(audio).float().cpu() if audio else torch.zeros(0)  # one copy (and sync) per call
+        except BaseException as exc:  # every stream of the call gets the error
+            for _, _, fut in group:
+                fut.set_exception(exc)
+            return
+        self.stats["chunks"] += len(group)
+        self.stats["calls"] += 1
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(group))
+        for i, (_, _, fut) in enumerate(group):
+            fut.set_result(host[i])
+
+
+class BatchedStream:
+    """One stream's decoder through a :class:`MimiBatcher` (the same ``decode`` as :class:`StreamingDecoder`)."""
+
+    def __init__(self, batcher: MimiBatcher, dec: StreamingDecoder):
+        self.batcher, self.dec = batcher, dec
+
+    @property
+    def frames_decoded(self) -> int:
+        return self.dec.frames_decoded
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``[n, K]`` -> the next ``n * 1920`` audio samples (1-D float, CPU), decoded with every
+        other stream's chunk that is waiting."""
+        if codes.shape[0] == 0:
+            return torch.zeros(0)
+        return self.batcher.submit(self, codes).result()
+
+    def close(self) -> None:
+        """Nothing to free (the state is this object's); kept for symmetry with stream lifetimes."""
 
 
 # ---------------------------------------------------------------------- file helpers

@@ -1,0 +1,148 @@
+"""Mimi decode batched across streams (issue #28 item 4): one call per chunk for all rows, each row's
+audio equal to decoding that stream alone, whatever point each stream is at."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from echoforge.csm.mimi import MimiBatcher, MimiCodec, decode_batch
+
+from .mimi_tiny import build_tiny_mimi
+
+# Float rounding only: the same operations on a batch (oneDNN convolutions pick other kernels for
+# B > 1; masked attention over left-padded caches) may sum in another order than on one row. The
+# tiny random Mimi's audio peaks at ~20-40; measured differences are <= 5e-5 (~1e-6 of the peak),
+# a wrong position, mask or state would differ by the signal's own size.
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module", params=[250, 5], ids=["window250", "window5"])
+def codec(request):
+    # window 5: the transformer's sliding window (5 steps = 2.5 frames) fills and slides within a few chunks
+    return MimiCodec(build_tiny_mimi(sliding_window=request.param))
+
+
+def codes_for(seed: int, frames: int) -> torch.Tensor:
+    return torch.randint(0, 2048, (frames, 32), generator=torch.Generator().manual_seed(seed))
+
+
+def test_decode_batch_equals_per_stream_decode(codec):
+    # Three streams at different points: one fresh, two that already decoded 2 and 7 frames.
+    streams = [codes_for(s, 30) for s in range(3)]
+    ahead = [0, 2, 7]
+    solo = [codec.streaming_decoder() for _ in streams]
+    batch = [codec.streaming_decoder() for _ in streams]
+    for d_s, d_b, c, a in zip(solo, batch, streams, ahead, strict=True):
+        if a:
+            d_s.decode(c[:a])
+            d_b.decode(c[:a])
+    pos = list(ahead)
+    for n in (2, 8, 1, 8, 3):  # chunks of one size per call, as the batcher groups them
+        rows = torch.stack([c[p : p + n] for c, p in zip(streams, pos, strict=True)])
+        got = decode_batch(batch, rows)
+        for i, (d, c, p) in enumerate(zip(solo, streams, pos, strict=True)):
+            want = d.decode(c[p : p + n])
+            assert got[i].shape == want.shape == (n * 1920,)
+            torch.testing.assert_close(got[i], want, **TOL)
+        pos = [p + n for p in pos]
+    for d_s, d_b in zip(solo, batch, strict=True):
+        assert d_b.frames_decoded == d_s.frames_decoded and d_b.cache_len == d_s.cache_len
+
+
+def test_decode_batch_equals_the_whole_clip_decode(codec):
+    c = codes_for(9, 12)
+    dec = [codec.streaming_decoder(), codec.streaming_decoder()]
+    out = [decode_batch(dec, torch.stack([c[i : i + 4], c[i : i + 4]])) for i in range(0, 12, 4)]
+    full = codec.decode(c)
+    for r in range(2):
+        torch.testing.assert_close(torch.cat([o[r] for o in out]), full, rtol=1e-4, atol=1e-4)
+
+
+def test_batcher_decodes_waiting_chunks_in_one_call(codec):
+    """Chunks queued together (here: while the batcher is paused) go out in one call per chunk length;
+    every chunk equals that stream decoded alone."""
+    batcher = MimiBatcher(codec)
+    n_streams, chunks = 5, [2, 8, 8, 3]
+    streams = [codes_for(100 + s, sum(chunks)) for s in range(n_streams)]
+    decs = [batcher.decoder() for _ in range(n_streams)]
+    solos = [codec.streaming_decoder() for _ in range(n_streams)]
+    p = 0
+    for n in chunks:
+        with batcher.paused():
+            futs = [batcher.submit(d, c[p : p + n]) for d, c in zip(decs, streams, strict=True)]
+        for f, solo, c in zip(futs, solos, streams, strict=True):
+            torch.testing.assert_close(f.result(), solo.decode(c[p : p + n]), **TOL)
+        p += n
+    assert batcher.stats == {"chunks": n_streams * len(chunks), "calls": len(chunks), "max_rows": n_streams}
+    # two chunks of one stream in one round: the second waits for the first's state (next round)
+    d = batcher.decoder()
+    with batcher.paused():
+        a, b = batcher.submit(d, streams[0][:1]), batcher.submit(d, streams[0][1:2])
+    fresh = codec.streaming_decoder()
+    torch.testing.assert_close(torch.cat([a.result(), b.result()]), fresh.decode(streams[0][:2]), **TOL)
+    batcher.close()
+
+
+def test_batcher_serves_streams_from_their_own_threads(codec):
+    batcher = MimiBatcher(codec)
+    n_streams, chunks = 6, [2, 8, 8, 3]
+    streams = [codes_for(200 + s, sum(chunks)) for s in range(n_streams)]
+    got: list[list[torch.Tensor]] = [[] for _ in range(n_streams)]
+    barrier = threading.Barrier(n_streams)
+
+    def run(i: int) -> None:
+        dec = batcher.decoder()
+        barrier.wait()
+        p = 0
+        for n in chunks:
+            got[i].append(dec.decode(streams[i][p : p + n]))
+            p += n
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    for i in range(n_streams):
+        solo, p = codec.streaming_decoder(), 0
+        for n, chunk in zip(chunks, got[i], strict=True):
+            torch.testing.assert_close(chunk, solo.decode(streams[i][p : p + n]), **TOL)
+            p += n
+    assert batcher.stats["chunks"] == n_streams * len(chunks)
+
+
+def test_generator_streams_through_the_batcher_equal_per_stream_decode(tiny_csm_dir):
+    """The serving path with ``batch_decode=True`` (the CUDA default): concurrent streams' audio equals
+    the same streams decoded each on its own (``batch_decode=False``), and chunks went out together."""
+    from echoforge.csm import CSMGenerator
+
+    reqs = [dict(text=f"stream {i} says hello", max_audio_length_ms=13 * 80, temperature=0.9, topk=50, seed=i)
+            for i in range(4)]  # fmt: skip
+    out = {}
+    for batched in (True, False):
+        gen = CSMGenerator.from_pretrained(tiny_csm_dir, device="cpu", max_batch_size=4, batch_decode=batched)
+        got: list[list[torch.Tensor]] = [[] for _ in reqs]
+        barrier = threading.Barrier(len(reqs))
+
+        def run(i: int, gen=gen, got=got, barrier=barrier) -> None:
+            barrier.wait()
+            got[i] = list(gen.stream(**reqs[i], first_chunk_frames=2, chunk_frames=4))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(reqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out[batched] = got
+        if batched:
+            assert gen.mimi_batcher.stats["chunks"] == sum(len(g) for g in got)
+        else:
+            assert gen.mimi_batcher is None
+        gen.scheduler.close()
+    for a, b in zip(out[True], out[False], strict=True):
+        assert [c.numel() for c in a] == [c.numel() for c in b] == [2 * 1920, 4 * 1920, 4 * 1920, 3 * 1920]
+        torch.testing.assert_close(torch.cat(a), torch.cat(b), **TOL)
