@@ -192,6 +192,36 @@ def test_text_message_gets_a_spoken_answer_with_the_responses_instructions(serve
     assert len(audio_of(events)) // 2 == FakeTTS(seconds_per_word=0.1).audio_for("Happy to help with that today.").size
 
 
+def test_text_only_reply_to_an_audio_message_then_delete_it(serve, tmp_path):
+    llm = FakeLLM("Hello in plain text.")
+    server = serve(fake_models(tmp_path, ["Say hello in text."], llm, notes=False))
+    with client_for(server).realtime.connect(model="echoforge") as conn:
+        recv_until(conn, "session.created")
+        conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        assert recv_until(conn, "session.updated")[-1].session.output_modalities == ["text"]
+        clip = base64.b64encode(pcm24k(tone(0.8))).decode()
+        conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": clip}]}
+        )
+        events = recv_until(conn, "conversation.item.done")
+        heard = next(e for e in events if e.type == "conversation.item.input_audio_transcription.completed")
+        assert heard.transcript == "Say hello in text."
+        user_item = heard.item_id
+        conn.response.create()
+        events = recv_until(conn, "response.done")
+        assert "response.output_audio.delta" not in types(events)
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Hello in plain text."
+        output = events[-1].response.output[0]
+        assert output.content[0].type == "output_text" and output.content[0].text == "Hello in plain text."
+        conn.session.update(session={"type": "realtime", "audio": {"output": {"voice": "no-such-voice"}}})
+        error = recv_until(conn, "error")[-1].error
+        assert error.code == "voice_not_found" and error.param == "session.audio.output.voice"
+        conn.conversation.item.delete(item_id=user_item)
+        assert recv_until(conn, "conversation.item.deleted")[-1].item_id == user_item
+        conn.send({"type": "conversation.item.retrieve", "item_id": user_item})
+        assert recv_until(conn, "error")[-1].error.code == "item_not_found"
+
+
 def test_cancel_mid_response_keeps_what_was_played(serve, tmp_path):
     llm = FakeLLM(STORY, gated=True)
     server = serve(fake_models(tmp_path, [], llm, notes=False, llm_max_tokens=120, reply_max_sentences=10))
