@@ -32,8 +32,9 @@ def say(
     seed: Annotated[int | None, typer.Option()] = None,
     max_ms: Annotated[int | None, typer.Option("--max-ms", help="Maximum audio length in milliseconds.")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Write audio as it is generated and report time to first audio.")] = False,
+    captions: Annotated[Path | None, typer.Option("--captions", help="Also write captions of the words as spoken: .srt or .vtt (by suffix).")] = None,
 ) -> None:
-    """Speak TEXT into an audio file."""
+    """Speak TEXT into an audio file (and, with --captions, its SRT / WebVTT captions)."""
     from echoforge.analysis.params import apply_tone
     from echoforge.audio import StreamEncoder, save_audio
     from echoforge.engines import SynthesisRequest, create_engine
@@ -66,9 +67,16 @@ def say(
                 temperature=request.temperature if temperature is None else temperature,
                 topk=request.topk if topk is None else topk,
             )
+        if captions is not None and captions.suffix.lower() not in (".srt", ".vtt"):
+            fail(f"--captions must end in .srt or .vtt (got {captions.name!r})")
         tts = create_engine(settings)
         if voice:
             request = _apply_voice(request, voice, tts, settings)
+        timer = None
+        if captions is not None:
+            from echoforge.engines.timing import timer_for
+
+            timer, request = timer_for(tts, request)
         info = tts.info()
         label = f"{info.name}" + (" (fallback, not CSM)" if info.is_fallback else "")
         console.print(f"[dim]engine:[/] {label}  [dim]model:[/] {info.model or '-'}  [dim]device:[/] {info.device}")
@@ -99,6 +107,8 @@ def say(
                 if first_audio_s is None:
                     first_audio_s = time.perf_counter() - t0
                 chunks.append(chunk)
+                if timer is not None:
+                    timer.add(chunk)
                 if writer is not None:
                     sink.write(writer.write(chunk))
                     sink.flush()
@@ -117,6 +127,11 @@ def say(
                     save_audio(output, audio, tts.sample_rate)
         else:
             save_audio(output, audio, tts.sample_rate)
+        if timer is not None and captions is not None:
+            from echoforge.captions import to_srt, to_vtt
+
+            timer.finish()
+            captions.write_text((to_srt if captions.suffix.lower() == ".srt" else to_vtt)(timer.words), encoding="utf-8")
     seconds = audio.size / tts.sample_rate
     rtf = elapsed / seconds if seconds else float("inf")
     where = "stdout" if str(output) == "-" else str(output)
@@ -124,6 +139,10 @@ def say(
     if stream and first_audio_s is not None:
         msg += f", first audio after {first_audio_s * 1000:.0f} ms"
     console.print(msg)
+    if timer is not None:
+        source = "engine word events" if timer.engine_words else f"aligned in {timer.align_s:.2f} s"
+        placed = sum(not w["interpolated"] for w in timer.words)
+        console.print(f"[green]wrote[/] {captions}: {len(timer.words)} words ({placed} placed, {source})")
 
 
 def _apply_voice(request, voice: str, tts, settings):

@@ -4,8 +4,9 @@ The ``espeak-ng`` binary prints audio but not *when* each word is spoken; the li
 (``libespeak-ng.so.1``, installed with the binary) reports an ``espeakEVENT_WORD`` at the
 sample where each word starts. :func:`speak_with_words` synthesizes one piece of text in
 process and returns the audio plus ``(word, start_s, end_s)`` for the words espeak spoke
-(from the text it was given). A word ends where the next one starts (or the audio ends),
-minus trailing silence, so commas and sentence pauses are not counted as speech.
+(from the text it was given). A word starts at its event, or at the first sound after it when
+the event comes before a pause (the start of a sentence); it ends where the next one starts (or
+the audio ends), minus trailing silence, so commas and sentence pauses are not counted as speech.
 
 The library keeps process-global state (one voice, one callback), so calls are serialized
 by one lock. It is the same synthesizer as the binary (same voice, rate and sample rate).
@@ -145,6 +146,8 @@ def speak_with_words(text: str, voice: str, wpm: int) -> tuple[np.ndarray, int, 
     for n, (k, sample) in enumerate(ordered):
         nxt = ordered[n + 1][1] if n + 1 < len(ordered) else audio.size
         nxt = max(nxt, sample)
-        end = _voiced_end(audio, sample, nxt, floor=min(nxt, sample + 1))
-        words.append((spans[k][2], sample / sr, end / sr))
+        loud = np.flatnonzero(np.abs(audio[sample:nxt]) > SILENCE)
+        start = sample + int(loud[0]) if loud.size else sample  # the event may come before a pause
+        end = _voiced_end(audio, start, nxt, floor=min(nxt, start + 1))
+        words.append((spans[k][2], start / sr, end / sr))
     return audio, sr, words
