@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from echoforge import metrics
 from echoforge.logging import setup_logging
+from echoforge.server.middleware import MetricsMiddleware
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def log_lines():
 
 def test_json_log_lines_carry_the_request_id(log_lines):
     app = FastAPI()
-    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware)
     inner = logging.getLogger("echoforge.test")
 
     @app.get("/work/{n}")
@@ -80,8 +81,8 @@ def _real_app(tmp_path, *, require_key_for_metrics: bool = True):
     if not any(getattr(r, "path", None) == "/metrics" for r in app.routes):
         # Until the server includes it: the route must come before the studio's catch-all "/" mount.
         app.router.routes.insert(0, next(r for r in metrics_router.router.routes if r.path == "/metrics"))
-    if not any(m.cls is metrics.MetricsMiddleware for m in app.user_middleware):
-        app.add_middleware(metrics.MetricsMiddleware)
+    if not any(m.cls is MetricsMiddleware for m in app.user_middleware):
+        app.add_middleware(MetricsMiddleware)
     return app
 
 
@@ -186,7 +187,7 @@ def test_metrics_helpers_emit_spans_with_real_durations(spans):
     assert stages[0].start_time == got["agent.voice_to_voice"].start_time
 
 def test_redaction_keeps_uvicorn_access_args_usable():
-    from echoforge.metrics import RedactSecretsFilter, redact
+    from echoforge.logging import RedactSecretsFilter, redact
 
     assert redact("GET /api/voices?api_key=ef_abc123&x=1") == "GET /api/voices?api_key=***&x=1"
     assert redact("Authorization: Bearer ef_abcdefgh123") == "Authorization: Bearer ***"

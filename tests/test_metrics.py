@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
 from echoforge import metrics
+from echoforge.server.middleware import MetricsMiddleware
 from echoforge.server.routers import metrics as metrics_router
 
 
@@ -47,7 +48,7 @@ def scrape_value(text: str, name: str, **labels: str) -> float | None:
 
 def small_app() -> FastAPI:
     app = FastAPI()
-    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware)
     app.include_router(metrics_router.router)
 
     @app.get("/items/{item_id}")

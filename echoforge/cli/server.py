@@ -55,13 +55,12 @@ def serve(
                 "echoforge.server.app:create_app", factory=True, host=host, port=port, reload=True, log_level="info"
             )
             return
-        from echoforge.server import observability
         from echoforge.server.app import create_app
 
         app = create_app(settings, engine_name=engine)
-        # With the metrics middleware, `echoforge.access` logs each request (with its request id).
+        # The metrics middleware's `echoforge.access` logs each request (with its request id), not uvicorn.
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), timeout_graceful_shutdown=15,
-                    access_log=observability.metrics is None)  # fmt: skip
+                    access_log=False)  # fmt: skip
 
 
 def _autoscaling_config(value: str) -> dict:

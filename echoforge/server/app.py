@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,14 +26,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from echoforge import __version__
+from echoforge import __version__, metrics
 from echoforge.config import Settings, get_settings
 from echoforge.engines import create_engine
 from echoforge.engines.base import TTSEngine
-from echoforge.logging import bind_request_id
-from echoforge.server import observability
+from echoforge.logging import redact_keys_in_logs
 from echoforge.server.deps import Authenticated, Services
 from echoforge.server.errors import error_body, install_error_handlers
+from echoforge.server.middleware import MetricsMiddleware
 from echoforge.server.routers import diagnostic, health, openai, stream, tasks, voices
 from echoforge.server.schemas import document_limits
 from echoforge.server.services.auth import ApiKeyStore, RateLimiter
@@ -105,28 +104,6 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited, send)
-
-
-class RequestIdMiddleware:
-    """Bind a request id (``X-Request-ID`` or a fresh one) to every log record of the request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        rid = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:12]
-        bind_request_id(rid)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 def build_services(
@@ -209,14 +186,13 @@ def create_app(
         services = await asyncio.to_thread(
             build_services, settings, eng, load_s, defer_workers=True, synthesis_factory=synthesis_factory
         )
-        observability.redact_keys_in_logs()
+        redact_keys_in_logs()
         # Warm up before the workers claim anything: after a crash the re-queued tasks would
         # otherwise take the engine slot first and the port would open only when they finish.
         warm_s = await asyncio.to_thread(services.synthesis.warm_up)
         if services.pool is not None:
             services.pool.start()
-        if observability.metrics is not None:
-            observability.metrics.set_model_load_time(eng.name, warm_s, phase="warmup")
+        metrics.set_model_load_time(eng.name, warm_s, phase="warmup")
         log.info(
             "engine warmed up in %.2f s; auth %s",
             warm_s,
@@ -255,10 +231,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["Retry-After", "X-Request-ID"],
         )
-    if observability.metrics is not None:  # request metrics + request id + access log
-        app.add_middleware(observability.metrics.MetricsMiddleware)
-    else:
-        app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)  # request metrics + request id + access log
 
     app.include_router(health.router)
     for module in (voices, tasks, openai, diagnostic):
