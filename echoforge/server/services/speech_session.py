@@ -73,7 +73,10 @@ class SpeechSession:
     def __init__(self, ws: WebSocket, services: Services, params: dict[str, Any]) -> None:
         self.ws = ws
         self.services = services
-        self.params = params
+        self.params = dict(params)
+        # Word events ("timestamps": true in start): {"type": "words"} after the audio holding them.
+        self.timestamps = bool(self.params.pop("timestamps", False))
+        self.audio_s = 0.0  # audio sent in this session so far (segment_start's offset_s)
         self.sentences: asyncio.Queue[Any] = asyncio.Queue()
         self.buffer = ""
         self.speaker_task: asyncio.Task | None = None
@@ -102,11 +105,27 @@ class SpeechSession:
         except ApiError as exc:
             await self.send_error(exc.message, exc.status, exc.code)
             return
-        await self.ws.send_json({"type": "segment_start", "text": text})
+        start: dict[str, Any] = {"type": "segment_start", "text": text}
+        if self.timestamps:  # where this segment starts in the session's audio
+            start["offset_s"] = round(self.audio_s, 3)
+        await self.ws.send_json(start)
+        rate = self.services.engine.sample_rate
         try:
-            async with contextlib.aclosing(self.services.synthesis.stream(request)) as chunks:
-                async for chunk in chunks:
-                    await self.ws.send_bytes(float_to_pcm16(chunk))
+            if self.timestamps:
+                from echoforge.server.services.captions import timed_stream
+
+                async with contextlib.aclosing(timed_stream(self.services.synthesis, request)) as timed:
+                    async for chunk, words in timed:
+                        if chunk.size:
+                            await self.ws.send_bytes(float_to_pcm16(chunk))
+                            self.audio_s += chunk.size / rate
+                        if words:  # times from the start of this segment's audio
+                            await self.ws.send_json({"type": "words", "words": words})
+            else:
+                async with contextlib.aclosing(self.services.synthesis.stream(request)) as chunks:
+                    async for chunk in chunks:
+                        await self.ws.send_bytes(float_to_pcm16(chunk))
+                        self.audio_s += chunk.size / rate
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.ws.send_json({"type": "segment_end", "cancelled": True})
@@ -197,6 +216,11 @@ def start_params(msg: dict[str, Any], services: Services) -> dict[str, Any]:
     if fmt != "pcm":
         raise ApiError("only format 'pcm' (s16le mono) is streamed over the WebSocket", param="format")
     params: dict[str, Any] = {"voice": voice}
+    timestamps = msg.get("timestamps", False)
+    if not isinstance(timestamps, bool):
+        raise ApiError("timestamps must be true or false", param="timestamps")
+    if timestamps:
+        params["timestamps"] = True
     for key, kind, lo, hi in (
         ("temperature", float, 0.0, 2.0),
         ("topk", int, 1, 2051),
