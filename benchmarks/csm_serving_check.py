@@ -139,7 +139,7 @@ def build_on_device(size: str, device: torch.device, dtype: torch.dtype, compile
     hf.backbone_model.to(dtype), hf.depth_decoder.to(dtype), hf.lm_head.to(dtype), hf.embed_text_tokens.to(dtype)
     ckpt = Checkpoint(model, "transformers", Path("."), tiny_tokenizer(), 0, 1, None, None)
     gen = CSMGenerator(ckpt, MimiCodec(hf.codec_model), device, compile=compile, max_batch_size=max_batch,
-                       static_shapes=static, max_waiting=256)  # fmt: skip
+                       static_shapes=static, max_waiting=256, batch_decode=True)  # fmt: skip
     return hf, gen, sum(p.numel() for p in model.parameters())
 
 

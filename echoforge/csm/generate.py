@@ -21,10 +21,12 @@ sampled frame is capturable by a CUDA graph (no ``torch.Generator`` state to thr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask
 
 from echoforge.csm.model import CSM
 
@@ -166,8 +168,37 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     return torch.stack(codes, dim=1)
 
 
+# KV block of the length-aware attention (FlexAttention's default block size).
+FLEX_BLOCK = 128
+
+
+def length_mask_mod(pos: Tensor) -> Callable:
+    """FlexAttention ``mask_mod`` of decode rows: row ``b`` sees KV columns ``0..pos[b]``.
+
+    ``pos`` is the runner's persistent per-slot position tensor (updated in place), so one function
+    serves every step: a compiled step is traced once and reads the current positions.
+    """
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return kv_idx <= pos[b]
+
+    return mask_mod
+
+
+def length_block_mask(pos: Tensor, window: int, mask_mod: Callable) -> BlockMask:
+    """A block mask ``[B, 1, 1, window]`` from per-row lengths ``pos + 1``: row ``b`` visits only its
+    ``pos[b] // FLEX_BLOCK + 1`` KV blocks, so attention costs each row's real length, not the window.
+
+    Pure tensor ops on ``pos`` (no host sync): built inside the compiled / captured step.
+    """
+    b, nb = pos.shape[0], -(-window // FLEX_BLOCK)
+    kv_num = (pos // FLEX_BLOCK + 1).to(torch.int32).view(b, 1, 1)
+    kv_idx = torch.arange(nb, device=pos.device, dtype=torch.int32).view(1, 1, 1, nb).expand(b, 1, 1, nb).contiguous()
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(1, window))
+
+
 def frame_step(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler, kv_len: int | None = None,
-               same_pos: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
+               same_pos: bool = False, mask_mod: Callable | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One frame for slots ``0..B-1``: sample ``[B, K]`` from ``h``, then feed it back through the backbone.
 
     Args:
@@ -177,6 +208,9 @@ def frame_step(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler, kv_len: int
         kv_len: eager mode: ``max(pos) + 1`` (known on the host: no sync), caches sliced to it.
             None: static shapes (the compiled / CUDA-graph path), the full window under a mask.
         same_pos: eager hint: every row is at the same column (no mask, one RoPE lookup).
+        mask_mod: static path: :func:`length_mask_mod` of the runner's positions: the backbone attends
+            through FlexAttention over each row's own KV blocks (the fused kernel on CUDA) instead
+            of SDPA over the whole window under a mask.
 
     Returns:
         ``(frame [B, K], h_next [B, D])``.
@@ -186,5 +220,7 @@ def frame_step(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler, kv_len: int
     if kv_len is not None and same_pos:
         return frame, model.backbone(x, pos[:1], None, kv_len)[:, -1]
     s = model.backbone.args.max_seq_len if kv_len is None else kv_len
+    if kv_len is None and mask_mod is not None:
+        return frame, model.backbone(x, pos[:, None], length_block_mask(pos, s, mask_mod), None)[:, -1]
     mask = (torch.arange(s, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
     return frame, model.backbone(x, pos[:, None], mask, kv_len)[:, -1]

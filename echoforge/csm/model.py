@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 # Llama-3 RoPE frequency scaling as used by Llama-3.2 (and thus by both CSM transformers).
@@ -212,6 +213,10 @@ class Attention(nn.Module):
             # fresh causal block starting at column 0 (prefill / first decoder step).
             assert seqlen == 1 or kv_len == seqlen
             y = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
+        elif isinstance(mask, BlockMask):
+            # Per-row KV lengths as a block mask (``generate.length_block_mask``): compiled, one fused
+            # kernel that visits only each row's own KV blocks (GQA included), not the whole window.
+            y = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return F.linear(y.transpose(1, 2).reshape(bsz, seqlen, a.n_head * a.head_dim), self.wo.weight)

@@ -64,10 +64,15 @@ class ModelRunner:
         compile: ``torch.compile(mode="reduce-overhead")`` the step (CUDA only; implies static).
         lag: one frame in flight before reading codes back (default: static on CUDA).
         prefix_cache_mb: memory for cached voice-prompt KV (0 = no prefix cache).
+        attention: the static step's backbone attention: ``"flex"`` (FlexAttention over each row's own
+            KV blocks: one fused kernel when compiled), ``"sdpa"`` (SDPA over the whole window under a
+            mask) or ``"auto"`` (flex when compiled on CUDA). The eager path slices the KV to the live
+            length and needs neither.
     """
 
     def __init__(self, model: CSM, device: torch.device, max_rows: int = 4, static: bool = False,
-                 compile: bool = False, lag: bool | None = None, prefix_cache_mb: float = PREFIX_CACHE_MB):  # fmt: skip
+                 compile: bool = False, lag: bool | None = None, prefix_cache_mb: float = PREFIX_CACHE_MB,
+                 attention: str = "auto"):  # fmt: skip
         self.model, self.device, self.max_rows = model, device, max_rows
         self.dtype = model.codebook0_head.weight.dtype
         self.window = model.args.backbone.max_seq_len
@@ -91,6 +96,11 @@ class ModelRunner:
         self.key = torch.zeros(r, dtype=torch.long, device=dev)
         self.counter = torch.zeros(r, dtype=torch.long, device=dev)
         self.live = torch.zeros(r, dtype=torch.long, device=dev)
+        if attention not in ("auto", "flex", "sdpa"):
+            raise ValueError(f"attention must be auto, flex or sdpa, not {attention!r}")
+        flex = attention == "flex" or (attention == "auto" and use_compile)
+        # One mask_mod over the persistent positions: the compiled step is traced once and reads them.
+        self.mask_mod = G.length_mask_mod(self.pos) if flex else None
         # Host mirrors for the eager path's hints (kv_len, all-greedy, top-k bound): plain Python.
         self._pos_host = [0] * r
         self._temp_host = [0.0] * r
@@ -202,7 +212,7 @@ class ModelRunner:
             kmax = self.kmax_for(max(self._topk_host[:b]))
             sampler = G.Sampler(self.temperature[sl], self.topk[sl], self.key[sl], self.counter[sl], kmax,
                                 greedy=False, any_greedy=True)  # fmt: skip
-            frame, h = self.step_fn(self.model, self.h[sl], self.pos[sl], sampler)
+            frame, h = self.step_fn(self.model, self.h[sl], self.pos[sl], sampler, None, False, self.mask_mod)
         else:
             temps = self._temp_host[:b]
             greedy = all(t == 0 for t in temps)
@@ -274,7 +284,7 @@ class ModelRunner:
                     times = []
                     for _ in range(3):  # cudagraph trees record on the 2nd/3rd call
                         t1 = time.perf_counter()
-                        self.step_fn(self.model, self.h[sl], self.pos[sl], sampler)
+                        self.step_fn(self.model, self.h[sl], self.pos[sl], sampler, None, False, self.mask_mod)
                         if cuda:
                             torch.cuda.synchronize(self.device)
                         times.append(time.perf_counter() - t1)
