@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from echoforge.analysis.emotion import estimate_emotion
+from echoforge.analysis.prosody import analyze_prosody
+from echoforge.analysis.speaker import backend_name, embed_speaker
 from echoforge.engines.base import Segment
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -156,10 +159,6 @@ class ProfileStore:
 
     def observe(self, voice_id: str, audio: np.ndarray, sample_rate: int, text: str = "") -> tuple[VoiceProfile, float]:
         """Analyse a turn of ``voice_id`` and update its profile; returns (profile, similarity)."""
-        from echoforge.analysis.emotion import estimate_emotion
-        from echoforge.analysis.prosody import analyze_prosody
-        from echoforge.analysis.speaker import backend_name, embed_speaker
-
         prosody = analyze_prosody(audio, sample_rate)
         emotion, embedding = estimate_emotion(prosody, text).to_dict(), embed_speaker(audio, sample_rate)
         with _UPDATE_LOCK:  # read-modify-write: concurrent turns of one voice must not lose updates

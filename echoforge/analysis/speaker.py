@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from echoforge.audio import resample
+
 log = logging.getLogger("echoforge.speaker")
 
 SAMPLE_RATE = 16_000
@@ -96,8 +98,6 @@ class DVectorEncoder:
 
 def preprocess(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Resemblyzer's ``preprocess_wav``: 16 kHz, volume up to -30 dBFS, long silences trimmed."""
-    from echoforge.audio import resample
-
     wav = resample(np.asarray(audio, dtype=np.float32), sample_rate, SAMPLE_RATE).astype(np.float64)
     rms = np.sqrt(np.mean((wav * _INT16_MAX) ** 2)) if wav.size else 0.0
     if rms > 0:
@@ -197,8 +197,6 @@ def _mel_filters(n_fft: int, n_mels: int, sr: int) -> np.ndarray:
 def mfcc(audio: np.ndarray, sample_rate: int, n_mfcc: int = 20) -> np.ndarray:
     """MFCCs ``[frames, n_mfcc]`` (25 ms Hamming windows, 10 ms hop, 40 mel bands, at 16 kHz)."""
     from scipy.fft import dct
-
-    from echoforge.audio import resample
 
     x = resample(np.asarray(audio, dtype=np.float32), sample_rate, SAMPLE_RATE)
     x = np.append(x[0], x[1:] - 0.97 * x[:-1]) if x.size else x  # pre-emphasis

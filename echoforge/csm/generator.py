@@ -29,13 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from echoforge.audio import resample, to_mono_float32
 from echoforge.csm.loader import Checkpoint, CheckpointError, load_checkpoint
-from echoforge.csm.mimi import MimiBatcher
+from echoforge.csm.mimi import MimiBatcher, MimiCodec
 from echoforge.csm.prompt import MAX_REFERENCE_S, Prompt, PromptBuilder
 from echoforge.csm.rates import FRAME_MS, SAMPLE_RATE
 from echoforge.csm.runner import PREFIX_CACHE_MB, ModelRunner
 from echoforge.csm.scheduler import MAX_PIECE_CHARS, FrameScheduler
-from echoforge.engines.base import Segment
+from echoforge.engines.base import EngineUnavailable, Segment
 
 log = logging.getLogger("echoforge.csm")
 
@@ -60,8 +61,6 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA > MPS > CPU. An explicit device this torch cannot use raises
     :class:`~echoforge.engines.base.EngineUnavailable` with one line saying why and what to do."""
     if str(device) != "auto":
-        from echoforge.engines.base import EngineUnavailable
-
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             if torch.version.cuda is None:
@@ -257,8 +256,6 @@ class CSMGenerator:
         Multi-channel audio (``[T, C]`` or ``[C, T]``, C ≤ 8) is downmixed to mono first
         (:func:`echoforge.audio.to_mono_float32`), never flattened.
         """
-        from echoforge.audio import resample, to_mono_float32
-
         audio = to_mono_float32(audio)
         if sample_rate != SAMPLE_RATE:
             audio = resample(audio, sample_rate, SAMPLE_RATE)
@@ -379,8 +376,6 @@ def _load_codec(
     ckpt: Checkpoint, codec: str | os.PathLike | None, device: torch.device, local_files_only: bool | None
 ) -> Any:
     """The Mimi codec: explicit path/repo > bundled in the checkpoint > kyutai/mimi. Always fp32."""
-    from echoforge.csm.mimi import MimiCodec
-
     if codec is None and ckpt.codec_config and ckpt.codec_state:
         try:
             mimi = MimiCodec.from_state_dict(ckpt.codec_config, ckpt.codec_state, device=device)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from echoforge.audio import cut_at_pause, resample, to_mono_float32
 from echoforge.csm.rates import FRAME_MS, SAMPLE_RATE
 from echoforge.engines.base import Segment
 from echoforge.text import normalize_text
@@ -164,8 +165,6 @@ class PromptBuilder:
                 audio.shape[0] * FRAME_MS / 1000, limit * FRAME_MS / 1000,
             )  # fmt: skip
             return replace(seg, text=_trim_transcript(seg.text, limit / audio.shape[0]), audio=audio[:limit])
-        from echoforge.audio import cut_at_pause, resample, to_mono_float32
-
         wav = resample(to_mono_float32(audio), seg.sample_rate, SAMPLE_RATE)
         text = seg.text
         if limit_s is not None and wav.size > limit_s * SAMPLE_RATE:

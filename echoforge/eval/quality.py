@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from echoforge.audio import resample
+
 SILENCE_DBFS = -50.0
 MIN_VOICED = 0.10
 MAX_FLATNESS = 0.30
@@ -39,8 +41,6 @@ class SignalCheck:
 
 
 def check_signal(audio: np.ndarray, sample_rate: int) -> SignalCheck:
-    from echoforge.audio import resample
-
     x = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, _SR) if np.size(audio) else np.zeros(0)
     dur = x.size / _SR
     win, hop = 400, 160

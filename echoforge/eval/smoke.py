@@ -18,15 +18,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from echoforge.audio import save_audio
+from echoforge.config import load_settings
+from echoforge.engines import SynthesisRequest, create_engine
+
 SMOKE_LINES = [(0, "Good morning, how are you today?"), (1, "I am fine, thanks."),
                (0, "This is a test of speech synthesis."), (1, "Yes, one two three four five.")]  # fmt: skip
 
 
 def write_tiny_csm(out: Path | str, seed: int = 0, weight_std: float = 0.2) -> Path:
     """Save a random tiny CSM (+ tokenizer) into ``out`` (:mod:`echoforge.csm.tiny`'s recipe); returns ``out``."""
+    # transformers takes seconds to import; only `echoforge data tiny-model` / the smoke kit need it.
     from transformers import PreTrainedTokenizerFast
 
-    from echoforge.csm.tiny import SPECIALS, build_tiny_model, tiny_tokenizer
+    from echoforge.csm.tiny import SPECIALS, build_tiny_model, tiny_tokenizer  # builds on transformers, as above
 
     out = Path(out)
     build_tiny_model(seed, weight_std).save_pretrained(out)
@@ -41,16 +48,10 @@ def write_tiny_csm(out: Path | str, seed: int = 0, weight_std: float = 0.2) -> P
 
 def write_smoke_kit(out: Path | str, seed: int = 0) -> dict[str, Path]:
     """The tiny model, a few espeak-ng turns with a manifest, and a 2-step training config."""
-    import yaml
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"model": write_tiny_csm(out / "tiny-csm", seed)}
     try:
-        from echoforge.audio import save_audio
-        from echoforge.config import load_settings
-        from echoforge.engines import SynthesisRequest, create_engine
-
         espeak = create_engine(load_settings(), "espeak")
         speech = out / "speech"
         speech.mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echoforge.csm.model import CSMArgs, ModelArgs, csm_configs, transformer_configs
+from echoforge.train.modeling import count_parameters
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -202,8 +203,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def validate_shapes(args: CSMArgs, expected_backbone: float | None = None, tolerance: float = 0.15) -> dict[str, int]:
     """Check a model's shapes; returns its parameter counts. Raises ValueError on a bad shape."""
-    from echoforge.train.modeling import count_parameters
-
     for name, a in (("backbone", args.backbone), ("decoder", args.decoder)):
         if a.dim % a.n_head and a.head_dim == a.dim // a.n_head:  # head_dim derived from an indivisible dim
             raise ValueError(f"{name}: dim {a.dim} is not divisible by n_head {a.n_head}")
@@ -234,8 +233,6 @@ def memory_estimate(
     T² term), 2·dim with gradient checkpointing plus one live layer; the decoder sees
     ``decoder_fraction`` of frames x 32 positions.
     """
-    from echoforge.train.modeling import count_parameters
-
     p = count_parameters(args)["total"]
     t = trainable if trainable is not None else p
     shard = world_size if cfg.distributed == "fsdp" else 1

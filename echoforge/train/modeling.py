@@ -32,7 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from echoforge.csm.layouts import layout_of
 from echoforge.csm.model import CSM, CSMArgs, ModelArgs, Transformer
+from echoforge.csm.weights import read_headers, weight_sets
 
 # ----------------------------------------------------------------------------- training forward
 
@@ -353,9 +355,6 @@ def export_checkpoint(state: dict[str, Tensor], args: CSMArgs, out_dir: Path | s
             base_cfg = json.loads((src / "config.json").read_text())
         # The source's transformers-format weights (e.g. sesame/csm-1b's transformers-0000N-of-00002
         # shards named by `transformers_weights`, or model.safetensors), every shard of them.
-        from echoforge.csm.layouts import layout_of
-        from echoforge.csm.weights import read_headers, weight_sets
-
         for ws in weight_sets(src, base_cfg):
             if ws.files[0].suffix != ".safetensors":
                 continue

@@ -29,8 +29,11 @@ import numpy as np
 import torch
 import yaml
 
+from echoforge.csm.hub import resolve
+from echoforge.csm.loader import load_checkpoint
+from echoforge.csm.model import CSM
 from echoforge.train import distributed as D
-from echoforge.train.configs import TrainConfig, validate_shapes
+from echoforge.train.configs import TrainConfig, load_config, validate_shapes
 from echoforge.train.dataset import ShardedDataset, build_rows, choose_decoder_rows, collate
 from echoforge.train.modeling import (
     CSMForTraining,
@@ -64,10 +67,6 @@ def build_model(cfg: TrainConfig, resume_dir: Path | None = None) -> tuple[Any, 
     Fine-tuning loads ``init_from`` (or, when resuming a full fine-tune, the last checkpoint);
     from-scratch builds the configured shapes with fresh weights.
     """
-    from echoforge.csm.hub import resolve
-    from echoforge.csm.loader import load_checkpoint
-    from echoforge.csm.model import CSM
-
     m = cfg.model
     source = m.codec_from or m.tokenizer_from
     source_dir = Path(resolve(source)) if source else None
@@ -368,8 +367,6 @@ def train(cfg: TrainConfig, console: Any = None, progress: bool = True) -> dict[
 def main(argv: list[str] | None = None) -> None:
     """``python -m echoforge.train.trainer CONFIG [key=value ...]`` (same as ``echoforge train``)."""
     import sys
-
-    from echoforge.train.configs import load_config
 
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
