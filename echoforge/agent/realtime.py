@@ -285,8 +285,8 @@ class RealtimeSession:
         out = _obj(audio.get("output", {}), "session.audio.output")
         if "format" in inp:
             new["audio"]["input"]["format"] = _format(inp["format"], "session.audio.input.format")
-        if inp.get("noise_reduction") is not None:
-            raise _unsupported("noise_reduction", "session.audio.input.noise_reduction")
+        if inp.get("noise_reduction") is not None:  # accepted for clients that always send it; not applied:
+            _obj(inp["noise_reduction"], "session.audio.input.noise_reduction")  # the session says null
         if "transcription" in inp and inp["transcription"] is not None:
             _obj(inp["transcription"], "session.audio.input.transcription")  # always the agent's Whisper
         if "turn_detection" in inp:
@@ -573,10 +573,13 @@ class RealtimeSession:
         )
         metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else None
         pending = [i for i in self.pending if i.text.strip()]
-        if not pending:
-            raise RealtimeError("there is no new user input to respond to: append and commit audio, or create a "
-                                "user message first", "no_user_input")  # fmt: skip
         response = _Response(new_id("resp"), modalities, voice, metadata)
+        if not pending:
+            # Nothing new was said (clients such as pipecat's ask for a response when they start):
+            # the agent only answers the user, so this response ends at once, empty.
+            self.emit("response.created", response=self._response_dict(response, "in_progress"))
+            self.emit("response.done", response=self._response_dict(response, "completed"))
+            return
         # Per-response overrides hold until response.done.
         llm = self.agent.llm
         response.restore = {"settings": llm.settings, "voice": self.agent.voice, "speak": self.agent.tts.speak}

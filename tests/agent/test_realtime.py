@@ -302,7 +302,6 @@ def test_bad_events_get_error_events_and_the_socket_stays_open(serve, tmp_path):
             (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
              "unsupported_feature", "session.audio.input.format"),
             (json.dumps({"type": "response.cancel", "event_id": "evt_client_1"}), "response_cancel_not_active", None),
-            (json.dumps({"type": "response.create"}), "no_user_input", None),
             (json.dumps({"type": "conversation.item.delete", "item_id": "item_nope"}), "item_not_found", "item_id"),
             (json.dumps([1, 2, 3]), "invalid_event", None),
         ]  # fmt: skip
@@ -317,6 +316,11 @@ def test_bad_events_get_error_events_and_the_socket_stays_open(serve, tmp_path):
         assert error.error.event_id is None
         conn.send_raw(json.dumps({"type": "response.cancel", "event_id": "evt_client_1"}))
         assert conn.recv().error.event_id == "evt_client_1"
+        # Nothing to answer: an empty response, at once (the agent only answers the user).
+        conn.response.create()
+        created, done = conn.recv(), conn.recv()
+        assert created.type == "response.created" and done.type == "response.done"
+        assert done.response.status == "completed" and done.response.output == []
         # Still open and working.
         conn.session.update(
             session={"type": "realtime", "instructions": "Be brief.", "audio": {"output": {"speed": 1.2}}}
