@@ -31,7 +31,8 @@ from torch import Tensor
 
 from echoforge.audio import resample, to_mono_float32
 from echoforge.csm.loader import Checkpoint, CheckpointError, load_checkpoint
-from echoforge.csm.mimi import MimiBatcher, MimiCodec
+from echoforge.csm.mimi import MimiCodec
+from echoforge.csm.mimi_batch import MimiBatcher
 from echoforge.csm.prompt import MAX_REFERENCE_S, Prompt, PromptBuilder
 from echoforge.csm.rates import FRAME_MS, SAMPLE_RATE
 from echoforge.csm.runner import PREFIX_CACHE_MB, ModelRunner

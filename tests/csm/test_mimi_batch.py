@@ -8,7 +8,9 @@ import threading
 import pytest
 import torch
 
-from echoforge.csm.mimi import MimiBatcher, MimiCodec, decode_batch
+from echoforge.csm.mimi import MimiCodec
+from echoforge.csm.mimi_batch import MimiBatcher
+from echoforge.csm.mimi_stream import decode_batch
 
 from .mimi_tiny import build_tiny_mimi
 
