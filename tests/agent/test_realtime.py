@@ -9,6 +9,7 @@ the embedded LLM) on a spoken question from a WAV file.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -363,3 +364,57 @@ def test_real_stack_answers_a_spoken_question(models, piper, tmp_path):
     assert done.status == "completed" and "8000" in done.output[0].content[0].transcript
     audio = pcm16_to_float(audio_of(events))
     assert audio.size / 24_000 > 1.0 and np.abs(audio).max() > 0.1
+
+
+async def test_pipecats_openai_realtime_service_talks_to_the_agent(serve, tmp_path):
+    """pipecat's ``OpenAIRealtimeLLMService`` (its own websocket client and event parser), unchanged."""
+    pytest.importorskip("pipecat")
+    from pipecat.frames.frames import EndFrame, ErrorFrame, LLMContextFrame, LLMFullResponseEndFrame, TTSAudioRawFrame
+    from pipecat.frames.frames import TTSTextFrame as PipecatTTSText
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+    from pipecat.workers.runner import WorkerRunner
+
+    class Sink(FrameProcessor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames, self.done = [], asyncio.Event()
+
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            self.frames.append(frame)
+            if isinstance(frame, LLMFullResponseEndFrame | ErrorFrame):
+                self.done.set()
+            await self.push_frame(frame, direction)
+
+    server = serve(fake_models(tmp_path, [], FakeLLM("Happy to help with that today."), notes=False))
+    service = OpenAIRealtimeLLMService(api_key="sk-local", base_url=server.url.replace("http", "ws") + "/v1/realtime")
+    sink = Sink()
+    worker = PipelineWorker(Pipeline([service, sink]), cancel_on_idle_timeout=False, params=PipelineParams())
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(worker, frame):
+        started.set()
+
+    async def drive() -> None:
+        await started.wait()
+        context = LLMContext(messages=[{"role": "user", "content": "Tell me something cheerful."}])
+        await worker.queue_frame(LLMContextFrame(context=context))
+        await sink.done.wait()
+        await worker.queue_frame(EndFrame())
+
+    runner = WorkerRunner()
+    await runner.add_workers(worker)
+    await asyncio.gather(runner.run(), drive())
+    assert not [f for f in sink.frames if isinstance(f, ErrorFrame)]
+    assert [f.text for f in sink.frames if isinstance(f, PipecatTTSText)] == ["Happy to help with that today."]
+    audio = [f for f in sink.frames if isinstance(f, TTSAudioRawFrame)]
+    assert {f.sample_rate for f in audio} == {24_000}
+    assert (
+        sum(len(f.audio) for f in audio) // 2
+        == FakeTTS(seconds_per_word=0.1).audio_for("Happy to help with that today.").size
+    )
