@@ -22,7 +22,8 @@ from probe_engine import ProbeEspeakEngine
 from echoforge.config import load_settings
 from echoforge.engines.base import BaseEngine, SynthesisRequest
 from echoforge.server.errors import Unavailable
-from echoforge.server.services.synthesis import Cancelled, GateFull, SlotGate, SynthesisService
+from echoforge.server.services.slots import Cancelled, GateFull, SlotGate
+from echoforge.server.services.synthesis import SynthesisService
 from echoforge.server.services.voices import VoiceStore
 
 

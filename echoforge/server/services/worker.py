@@ -27,7 +27,8 @@ from echoforge.logging import bind_request_id
 from echoforge.server import observability
 from echoforge.server.errors import ApiError
 from echoforge.server.services.queue import TaskQueue, TaskRecord
-from echoforge.server.services.synthesis import Cancelled, SynthesisService
+from echoforge.server.services.slots import Cancelled
+from echoforge.server.services.synthesis import SynthesisService
 
 if TYPE_CHECKING:
     from echoforge.config import Settings
