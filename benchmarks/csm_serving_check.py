@@ -271,7 +271,62 @@ def kernels(gen: CSMGenerator) -> dict:
             cnames = [e.key for e in p2.key_averages()]
             out["attention_ops_compiled"] = sorted({n for n in cnames if any(k in n.lower() for k in ATTN_KEYS)})
             out["graph_launches_compiled"] = sum(e.count for e in p2.key_averages() if "GraphLaunch" in e.key)
+    try:
+        out.update(attention_by_length(gen))
+    except Exception as exc:  # the rest of the section still reports
+        out["attention_by_length_error"] = f"{type(exc).__name__}: {exc}"[:300]
     return out
+
+
+def attention_by_length(gen: CSMGenerator, rows: int = 8, lengths: tuple[int, ...] = (128, 512, 2048)) -> dict:
+    """One backbone attention at bucket ``rows``, every row ``L`` columns long: SDPA over the whole
+    window under a mask (the old static path) vs FlexAttention with the per-row-length block mask
+    (compiled on CUDA: the fused kernel the serving step runs), µs per call; and the device kernels
+    the compiled FlexAttention launched (profiler names)."""
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+    from torch.profiler import ProfilerActivity, profile
+
+    a, dev, dt_ = gen.model.args.backbone, gen.device, gen.dtype
+    s = a.max_seq_len
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(rows, a.n_head, 1, a.head_dim, device=dev, dtype=dt_, generator=g)
+    k = torch.randn(rows, a.n_local_heads, s, a.head_dim, device=dev, dtype=dt_, generator=g)
+    v = torch.randn(rows, a.n_local_heads, s, a.head_dim, device=dev, dtype=dt_, generator=g)
+    pos = torch.zeros(rows, dtype=torch.long, device=dev)
+    mod = G.length_mask_mod(pos)
+    flex = torch.compile(flex_attention, dynamic=False) if dev.type == "cuda" else flex_attention
+
+    def timed(fn, n=20) -> float:
+        fn()
+        sync(dev)
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            sync(dev)
+            ts.append(time.perf_counter() - t0)
+        return 1e6 * statistics.median(ts)
+
+    res = {}
+    with torch.inference_mode():
+        for length in lengths:
+            pos.fill_(min(length, s) - 1)
+            mask = (torch.arange(s, device=dev)[None, :] <= pos[:, None])[:, None, None, :]
+            bm = G.length_block_mask(pos, s, mod)
+            res[f"sdpa_masked_us_L{length}"] = timed(
+                lambda m=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+            )
+            res[f"flex_us_L{length}"] = timed(lambda b=bm: flex(q, k, v, block_mask=b, enable_gqa=True))
+        if dev.type == "cuda":
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                flex(q, k, v, block_mask=bm, enable_gqa=True)
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+                sync(dev)
+            res["attention_kernels"] = sorted({e.key[:100] for e in prof.key_averages()
+                                               if getattr(e, "device_time_total", 0) > 0})  # fmt: skip
+    res["attention_flex_compiled"] = dev.type == "cuda"
+    return res
 
 
 def vs_hf(hf, gen: CSMGenerator, frames: int) -> dict:

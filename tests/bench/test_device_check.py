@@ -56,6 +56,8 @@ def test_dry_run_writes_results(tmp_path):
     assert [b["bucket"] for b in rest["buckets"]] == [8, 16, 32, 64] and rest["skipped"] == []
     assert kern["ops_per_frame_static"] > 1000 and kern["ops_per_frame_sliced"] > 1000
     assert any("scaled_dot_product" in n for n in kern["attention_ops_eager"]), kern  # which attention ran
+    # masked SDPA over the window vs the length-aware FlexAttention, per row length (compiled on CUDA)
+    assert all(kern[f"{x}_us_L{n}"] > 0 for x in ("sdpa_masked", "flex") for n in (128, 512, 2048)), kern
     assert vs["ours_fps"] > 0 and vs["hf_fps"] > 0 and vs["ours_ttfa_ms"] > 0
     assert ttfa1["batch"] == 1 and ttfa1["cached_ms"] > 0 and ttfa1["uncached_ms"] > 0
     assert [r["streams"] for r in streams["rows"]] == [1, 8, 32, 64]
