@@ -10,6 +10,11 @@ This module owns every conversion at the edges:
 * :func:`wav_stream_header` is a WAV header valid for streaming (unknown final length).
 * :func:`normalize_peak`, :func:`normalize_loudness`, :func:`fade_edges`, :func:`crossfade`
   keep levels sane and chunk seams click-free.
+
+Why one module of ~600 lines: it is the one place that knows audio formats and the libraries
+behind them (soundfile, PyAV/FFmpeg, soxr); every part of EchoForge takes audio in and hands it
+out through it, and the whole-clip and streaming encoders share one format table. Each section
+above is short and stands alone.
 """
 
 from __future__ import annotations
