@@ -1,15 +1,16 @@
 """The ``echoforge`` command line.
 
 Core commands live in :mod:`echoforge.cli.core`; each part of the product adds its own
-commands from its own module (``register(app)``), listed in ``_PARTS``.
+commands from its own module (``register(app)``), listed in ``PARTS``. A command imports what
+it runs when it runs: ``echoforge --help`` loads in ~0.2 s, where torch alone takes ~1 s.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import typer
+
+from echoforge.cli import agent, analysis, core, csm, server, train, watermark, wyoming
+from echoforge.cli import eval as eval_
 
 app = typer.Typer(
     name="echoforge",
@@ -19,23 +20,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Modules that contribute commands. A part that is not installed in this checkout is skipped
-# (checked by module presence — import errors inside a present module still surface).
-_PARTS = (
-    "echoforge.cli.core",
-    "echoforge.cli.csm",
-    "echoforge.cli.watermark",
-    "echoforge.cli.server",
-    "echoforge.cli.analysis",
-    "echoforge.cli.agent",
-    "echoforge.cli.train",
-    "echoforge.cli.eval",
-    "echoforge.cli.wyoming",
-)
+# The modules that contribute commands, in the order their commands are listed.
+PARTS = (core, csm, watermark, server, analysis, agent, train, eval_, wyoming)
 
-for _name in _PARTS:
-    if importlib.util.find_spec(_name) is not None:
-        importlib.import_module(_name).register(app)
+for _part in PARTS:
+    _part.register(app)
 
 
 def main() -> None:
