@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from echoforge import metrics
+from echoforge.server.deps import authenticate
 
 log = logging.getLogger("echoforge.server")
 
@@ -37,8 +38,6 @@ async def metrics_auth(request: Request) -> None:
         return
     if not services.settings.server.metrics_require_key:
         return
-    from echoforge.server.deps import authenticate
-
     await authenticate(request)
 
 
