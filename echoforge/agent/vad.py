@@ -5,7 +5,10 @@
 per-window speech probabilities into events:
 
 * ``started`` after ``min_speech_ms`` of speech with at most ~100 ms of gaps — short noises never start a turn;
-* ``stopped`` after ``silence_ms`` of silence, with the turn's audio (pre-roll included).
+* ``stopped`` after ``silence_ms`` of silence, with the turn's audio (pre-roll included); with
+  ``smart_turn`` on, the turn's audio is judged by the semantic end-of-turn model
+  (:mod:`echoforge.agent.turn`) after ``smart_turn_ms`` of silence: a finished thought ends the turn
+  right there, an unfinished one waits up to ``incomplete_silence_ms``.
 
 While the agent speaks (:meth:`TurnDetector.set_bot_speaking`) a window only counts as speech when
 its probability reaches the raised ``interrupt_threshold`` *and* the input is clearly louder than
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +88,10 @@ class VADEvent:
     time_s: float
     audio: np.ndarray | None = None
     during_bot_speech: bool = False
+    # ``stopped``: when the user's speech ended (``time_s`` less the silence that confirmed it) and,
+    # with smart turn on, the model's probability that the turn was complete.
+    speech_end_s: float | None = None
+    turn_probability: float | None = None
 
 
 @dataclass
@@ -99,6 +107,10 @@ class VADParams:
     preroll_ms: int = 300
     max_turn_s: float = 30.0
     partial_ms: int = 0  # a "pause" event after this much silence inside a turn (0: none)
+    smart_turn: bool = False  # semantic end of turn (echoforge.agent.turn) instead of silence alone
+    smart_turn_ms: int = 200  # silence after which the model is asked
+    smart_turn_threshold: float = 0.5  # probability of "complete" that ends the turn at once
+    incomplete_silence_ms: int = 1200  # silence that ends a turn the model judged unfinished
 
 
 @dataclass
@@ -114,10 +126,20 @@ class TurnDetector:
     Time is counted in samples, so a file can be pushed faster than real time.
     """
 
-    def __init__(self, params: VADParams | None = None, vad: SileroVAD | None = None) -> None:
+    def __init__(
+        self, params: VADParams | None = None, vad: SileroVAD | None = None, turn_model: Callable[[np.ndarray], float] | None = None
+    ) -> None:
         self.params = params or VADParams()
         self.vad = vad or SileroVAD()
         self.vad.reset()
+        # Semantic end of turn: audio → probability the turn is complete (params.smart_turn).
+        if turn_model is None and self.params.smart_turn:
+            from echoforge.agent.turn import smart_turn_model  # onnxruntime session: loaded only when used
+
+            turn_model = smart_turn_model()
+        self.turn_model = turn_model if self.params.smart_turn else None
+        self._verdict: float | None = None  # the model's answer for the current silence stretch
+        self.last_turn_probability: float | None = None
         self.bot_speaking = False
         # The echo reference follows the playback chunk by chunk (RMS per 40 ms chunk, see
         # playback_level). The input side is judged per 32 ms window: any smoothing there would let
@@ -180,6 +202,7 @@ class TurnDetector:
         self.state = "quiet"
         self._turn = _Turn()
         self._run = self._gap = self._silence = 0
+        self._verdict = None
         self._pending = np.zeros(0, dtype=np.float32)
         self._preroll.clear()
 
@@ -258,14 +281,29 @@ class TurnDetector:
         self._turn.audio.append(window)
         if speech:
             self._silence = 0
+            self._verdict = None  # the user went on: a later pause is judged afresh
             self._turn.speech_windows += 1
         else:
             self._silence += 1
+        needed_ms = p.silence_ms
         pause_windows = int(np.ceil(p.partial_ms / win_ms)) if p.partial_ms else 0
-        if pause_windows and self._silence == pause_windows and self._silence * win_ms < p.silence_ms:
+        if self.turn_model is not None:
+            ask_windows = max(1, int(np.ceil(p.smart_turn_ms / win_ms)))
+            if pause_windows and ask_windows <= pause_windows:
+                # The pause event goes first, so the recogniser works on the turn so far while the
+                # model judges it (one window later) — a finished turn then only decodes the rest.
+                ask_windows = pause_windows + 1
+            if self._silence == ask_windows and self._verdict is None:
+                self._verdict = self.last_turn_probability = float(self.turn_model(np.concatenate(self._turn.audio)))
+            if self._verdict is not None:
+                complete = self._verdict >= p.smart_turn_threshold
+                needed_ms = ask_windows * win_ms if complete else max(p.incomplete_silence_ms, p.silence_ms)
+        if pause_windows and self._silence == pause_windows and self._silence * win_ms < needed_ms:
             return VADEvent("pause", now, audio=np.concatenate(self._turn.audio))
         too_long = len(self._turn.audio) * WINDOW / SAMPLE_RATE >= p.max_turn_s
-        if self._silence * win_ms >= p.silence_ms or too_long:
+        if self._silence * win_ms >= needed_ms or too_long:
+            speech_end = now - self._silence * win_ms / 1000
+            probability = self._verdict
             # Keep ~200 ms of the trailing silence: Whisper likes a little room after the last word.
             keep = max(0, self._silence - int(200 / win_ms))
             chunks = self._turn.audio[: len(self._turn.audio) - keep]
@@ -273,5 +311,6 @@ class TurnDetector:
             self.state = "quiet"
             self._turn = _Turn()
             self._preroll.clear()
-            return VADEvent("stopped", now, audio=turn_audio)
+            self._silence, self._verdict = 0, None
+            return VADEvent("stopped", now, audio=turn_audio, speech_end_s=speech_end, turn_probability=probability)
         return None
