@@ -122,13 +122,7 @@ class _TransformerState:
                 k = torch.cat([self.k[i], k], dim=2)  # [B, H_kv, past + n, D]
                 v = torch.cat([self.v[i], v], dim=2)
             self.k[i], self.v[i] = k[:, :, -keep:], v[:, :, -keep:]
-            rep = attn.num_key_value_groups
-            if rep > 1:
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling)  # [B, H, n, D]
-            o = attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
-            x = x + layer.self_attn_layer_scale(o)
-            x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+            x = _attend_and_mlp(layer, x, q, k, v, allowed)
         self.pos += n
         return x
 
@@ -321,13 +315,21 @@ def _transformer_batch(states: list[_TransformerState], x: Tensor) -> Tensor:
             have = past[r] + n
             keep = have if window is None else min(have, window - 1)
             s.k[i], s.v[i] = k[r : r + 1, :, -keep:], v[r : r + 1, :, -keep:]
-        rep = attn.num_key_value_groups
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)  # [B, H, n, D]
-        o = attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
-        x = x + layer.self_attn_layer_scale(o)
-        x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+        x = _attend_and_mlp(layer, x, q, k, v, mask)
     for s in states:
         s.pos += n
     return x
+
+
+def _attend_and_mlp(layer: nn.Module, x: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """The rest of one decoder-transformer layer once q ``[B, H, n, D]`` and the cached k, v
+    ``[B, H_kv, S, D]`` are known: attention under ``mask``, output projection, MLP, residuals."""
+    attn = layer.self_attn
+    b, n = x.shape[0], x.shape[1]
+    rep = attn.num_key_value_groups
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)  # [B, H, n, D]
+    o = attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+    x = x + layer.self_attn_layer_scale(o)
+    return x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
