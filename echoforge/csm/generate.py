@@ -146,8 +146,9 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     cache is simply overwritten from position 0 each frame (the causal mask hides old columns),
     so nothing is reallocated or cleared.
     """
+    if not slice_kv:  # static shapes: the three-graph form (codebook_head, codebook_step, ...)
+        return static_codebooks(model, h, sampler)
     k = model.args.audio_num_codebooks
-    b = h.shape[0]
     noise = sampler.frame_noise(k, model.args.audio_vocab_size)  # [B, K, k]: the whole frame's draws at once
     c0 = sampler(model.codebook0_head(h), None if noise is None else noise[:, 0])  # [B]
     codes = [c0]
@@ -156,16 +157,77 @@ def sample_codebooks(model: CSM, h: Tensor, sampler: Sampler, slice_kv: bool = T
     positions = model.decoder_positions  # [K] = arange(K); slices of it are static per step
     pos = positions[:2]
     for i in range(1, k):
-        # Decoder positions are the same for every row.
-        if slice_kv:  # eager: attend over exactly the live prefix, no mask needed
-            out = model.decoder(x, pos, None, i + 1)
-        else:  # static shapes: full 32-column cache under the causal mask
-            out = model.decoder(x, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
+        # Decoder positions are the same for every row; attend over exactly the live prefix, no mask needed.
+        out = model.decoder(x, pos, None, i + 1)
         ci = sampler(out[:, -1] @ model.audio_head[i - 1], None if noise is None else noise[:, i])  # [B, vocab] -> [B]
         codes.append(ci)
         x = model.embed_code(i, ci)
         pos = positions[i + 1 : i + 2]
     return torch.stack(codes, dim=1)
+
+
+# ---------------------------------------------------------------------- the static frame in three graphs
+# The static (compiled / CUDA-graphed) frame is three functions: codebook_head (codebooks 0 and 1),
+# codebook_step (one depth-decoder position, the same graph for codebooks 2..K-1: the codebook is a
+# tensor) and backbone_step. frame_step runs them in a row (compiled whole: one graph per frame);
+# the runner may compile each on its own instead (ModelRunner(graphs="codebook")): the codebook-step
+# graph is then traced once and replayed K-2 times per frame, about a sixth of the ops to compile.
+
+
+def codebook_head(model: CSM, h: Tensor, sampler: Sampler) -> tuple[Tensor, Tensor, Tensor]:
+    """Codebooks 0 and 1 of a static frame from the backbone state ``h [B, D]``.
+
+    Returns ``(codes [B, 2], x [B, 1, dec_dim]`` (the decoder input of codebook 2), ``noise [B, K, k])``.
+    """
+    k, b = model.args.audio_num_codebooks, h.shape[0]
+    noise = exponential_noise(sampler.key, sampler.counter, k, min(sampler.kmax, model.args.audio_vocab_size))
+    c0 = sampler(model.codebook0_head(h), noise[:, 0])
+    x = torch.cat([model.projection(h).unsqueeze(1), model.embed_code(0, c0)], dim=1)  # [B, 2, dec_dim]
+    pos = model.decoder_positions[:2]
+    out = model.decoder(x, pos, model.decoder_causal[pos][None, None].expand(b, 1, -1, -1), None)
+    c1 = sampler(out[:, -1] @ model.audio_head[0], noise[:, 1])
+    return torch.stack([c0, c1], dim=1), model.embed_code(1, c1), noise
+
+
+def codebook_step(model: CSM, x: Tensor, i: Tensor, sampler: Sampler, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """Codebook ``i`` (a 1-element long tensor, 2..K-1) of a static frame from its decoder input ``x``.
+
+    One decoder position (column ``i`` of the decoder cache, under the causal mask); the codebook is
+    data, so one graph serves every ``i``. Returns ``(codes [B], x [B, 1, dec_dim]`` for codebook ``i+1)``.
+    """
+    b = x.shape[0]
+    out = model.decoder(x, i, model.decoder_causal[i][None, None].expand(b, 1, -1, -1), None)
+    head = model.audio_head.index_select(0, i - 1)[0]  # [dec_dim, vocab]
+    ci = sampler(out[:, -1] @ head, noise.index_select(1, i)[:, 0])
+    return ci, model.embed_code(i, ci)
+
+
+def backbone_step(model: CSM, frame: Tensor, pos: Tensor, mask_mod: Callable | None = None) -> Tensor:
+    """Feed a frame ``[B, K]`` back through the backbone (full window; static shapes) -> ``h [B, D]``."""
+    x = model.embed_frame(frame)
+    s = model.backbone.args.max_seq_len
+    if mask_mod is not None:
+        return model.backbone(x, pos[:, None], length_block_mask(pos, s, mask_mod), None)[:, -1]
+    mask = (torch.arange(s, device=frame.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    return model.backbone(x, pos[:, None], mask, None)[:, -1]
+
+
+def static_codebooks(model: CSM, h: Tensor, sampler: Sampler) -> Tensor:
+    """All K codes of a static frame ``[B, K]``: :func:`codebook_head`, then :func:`codebook_step` for 2..K-1."""
+    codes, x, noise = codebook_head(model, h, sampler)
+    cols = [codes]
+    positions = model.decoder_positions
+    for i in range(2, model.args.audio_num_codebooks):
+        ci, x = codebook_step(model, x, positions[i : i + 1], sampler, noise)
+        cols.append(ci[:, None])
+    return torch.cat(cols, dim=1)
+
+
+def static_frame(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler, mask_mod: Callable | None = None
+                 ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One static frame: the codes (:func:`sample_codebooks`, static), then :func:`backbone_step`."""
+    frame = sample_codebooks(model, h, sampler, slice_kv=False)
+    return frame, backbone_step(model, frame, pos, mask_mod)
 
 
 # KV block of the length-aware attention (FlexAttention's default block size).
@@ -215,12 +277,11 @@ def frame_step(model: CSM, h: Tensor, pos: Tensor, sampler: Sampler, kv_len: int
     Returns:
         ``(frame [B, K], h_next [B, D])``.
     """
-    frame = sample_codebooks(model, h, sampler, slice_kv=kv_len is not None)
+    if kv_len is None:  # static shapes: the compiled / CUDA-graph path
+        return static_frame(model, h, pos, sampler, mask_mod)
+    frame = sample_codebooks(model, h, sampler, slice_kv=True)
     x = model.embed_frame(frame)
-    if kv_len is not None and same_pos:
+    if same_pos:
         return frame, model.backbone(x, pos[:1], None, kv_len)[:, -1]
-    s = model.backbone.args.max_seq_len if kv_len is None else kv_len
-    if kv_len is None and mask_mod is not None:
-        return frame, model.backbone(x, pos[:, None], length_block_mask(pos, s, mask_mod), None)[:, -1]
-    mask = (torch.arange(s, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    mask = (torch.arange(kv_len, device=h.device)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
     return frame, model.backbone(x, pos[:, None], mask, kv_len)[:, -1]

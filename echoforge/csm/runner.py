@@ -68,23 +68,41 @@ class ModelRunner:
             KV blocks: one fused kernel when compiled), ``"sdpa"`` (SDPA over the whole window under a
             mask) or ``"auto"`` (flex when compiled on CUDA). The eager path slices the KV to the live
             length and needs neither.
+        graphs: how the static step is compiled: ``"frame"`` (the whole frame traced as one graph:
+            one CUDA-graph launch per frame, ~3,200 ops to compile per bucket) or ``"codebook"``
+            (three graphs: codebooks 0-1, one depth-decoder step replayed for codebooks 2..31, the
+            backbone step: ~1/6 of the ops to compile, 32 launches per frame); ``"auto"``: codebook
+            when compiled, else frame.
     """
 
     def __init__(self, model: CSM, device: torch.device, max_rows: int = 4, static: bool = False,
                  compile: bool = False, lag: bool | None = None, prefix_cache_mb: float = PREFIX_CACHE_MB,
-                 attention: str = "auto"):  # fmt: skip
+                 attention: str = "auto", graphs: str = "auto"):  # fmt: skip
         self.model, self.device, self.max_rows = model, device, max_rows
         self.dtype = model.codebook0_head.weight.dtype
         self.window = model.args.backbone.max_seq_len
         use_compile = compile and device.type == "cuda"
         self.static = static or use_compile
         self.lag = (self.static and device.type == "cuda") if lag is None else lag
+        if graphs not in ("auto", "frame", "codebook"):
+            raise ValueError(f"graphs must be auto, frame or codebook, not {graphs!r}")
+        self.graphs = ("codebook" if use_compile else "frame") if graphs == "auto" else graphs
+        self.use_compile = use_compile
         self.step_fn = G.frame_step
+        self.head_fn, self.codebook_fn, self.backbone_fn = G.codebook_head, G.codebook_step, G.backbone_step
         if use_compile:
-            # "reduce-overhead" = CUDA graphs: the ~1000-kernel sampled frame replays as one launch.
+            # "reduce-overhead" = CUDA graphs: the sampled frame replays as one launch per graph.
             # fullgraph: sampling is pure tensor code (counter-based RNG), nothing may break the graph.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(BUCKETS))
-            self.step_fn = torch.compile(G.frame_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+            def compiled(fn):
+                return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+            if self.graphs == "frame":
+                self.step_fn = compiled(G.frame_step)
+            else:
+                self.head_fn, self.codebook_fn = compiled(G.codebook_head), compiled(G.codebook_step)
+                self.backbone_fn = compiled(G.backbone_step)
         if model.max_batch_size < max_rows:  # caches only grow (several runners may share a model in tests)
             model.setup_caches(max_rows, self.dtype)
         dev, r = device, max_rows
@@ -101,6 +119,14 @@ class ModelRunner:
         flex = attention == "flex" or (attention == "auto" and use_compile)
         # One mask_mod over the persistent positions: the compiled step is traced once and reads them.
         self.mask_mod = G.length_mask_mod(self.pos) if flex else None
+        if self.graphs == "codebook":  # the graphs' inputs and outputs live here between two graphs
+            a = model.args
+            self.codes = torch.zeros(r, a.audio_num_codebooks, dtype=torch.long, device=dev)
+            self.dec_x = torch.zeros(r, 1, a.decoder.dim, dtype=self.dtype, device=dev)
+            self.noise = {k: torch.zeros(r, a.audio_num_codebooks, k, device=dev) for k in self.kmax_bounds()}
+            self.codebook_index = [
+                torch.full((1,), i, dtype=torch.long, device=dev) for i in range(a.audio_num_codebooks)
+            ]
         # Host mirrors for the eager path's hints (kv_len, all-greedy, top-k bound): plain Python.
         self._pos_host = [0] * r
         self._temp_host = [0.0] * r
@@ -195,6 +221,29 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ frames
 
+    def _static_step(self, sl: slice, sampler: G.Sampler) -> tuple[Tensor, Tensor]:
+        """One static frame of slots ``sl``: one graph (``graphs="frame"``), or three, the codebook
+        step replayed for codebooks 2..K-1 with its inputs and outputs in persistent buffers."""
+        m = self.model
+        if self.graphs == "frame":
+            return self.step_fn(m, self.h[sl], self.pos[sl], sampler, None, False, self.mask_mod)
+        # Each compiled call is a CUDA-graph replay whose outputs the next replay may overwrite:
+        # copy them out at once (the copies are stream-ordered: no sync).
+        mark = torch.compiler.cudagraph_mark_step_begin if self.use_compile else (lambda: None)
+        codes, x_buf, noise = self.codes[sl], self.dec_x[sl], self.noise[sampler.kmax][sl]
+        mark()
+        c01, x, nz = self.head_fn(m, self.h[sl], sampler)
+        codes[:, :2].copy_(c01)
+        x_buf.copy_(x)
+        noise.copy_(nz)
+        for i in range(2, m.args.audio_num_codebooks):
+            mark()
+            ci, x = self.codebook_fn(m, x_buf, self.codebook_index[i], sampler, noise)
+            codes[:, i].copy_(ci)
+            x_buf.copy_(x)
+        mark()
+        return codes, self.backbone_fn(m, codes, self.pos[sl], self.mask_mod)
+
     @property
     def pending(self) -> bool:
         """A launched frame whose codes were not read back yet (lag mode)."""
@@ -212,7 +261,7 @@ class ModelRunner:
             kmax = self.kmax_for(max(self._topk_host[:b]))
             sampler = G.Sampler(self.temperature[sl], self.topk[sl], self.key[sl], self.counter[sl], kmax,
                                 greedy=False, any_greedy=True)  # fmt: skip
-            frame, h = self.step_fn(self.model, self.h[sl], self.pos[sl], sampler, None, False, self.mask_mod)
+            frame, h = self._static_step(sl, sampler)
         else:
             temps = self._temp_host[:b]
             greedy = all(t == 0 for t in temps)
@@ -284,7 +333,7 @@ class ModelRunner:
                     times = []
                     for _ in range(3):  # cudagraph trees record on the 2nd/3rd call
                         t1 = time.perf_counter()
-                        self.step_fn(self.model, self.h[sl], self.pos[sl], sampler, None, False, self.mask_mod)
+                        self._static_step(sl, sampler)
                         if cuda:
                             torch.cuda.synchronize(self.device)
                         times.append(time.perf_counter() - t1)
