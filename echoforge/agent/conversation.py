@@ -23,11 +23,30 @@ _REFERS_BACK = re.compile(r"\b(she|he|her|him|his|hers|it|its|they|them|their|th
 _EXISTENTIAL = re.compile(r"\b(is|are|was|were|will|would|could|can)\s+there\b|\bthere\s+(is|are|was|were|'s|will)\b|^there\b")
 
 
+# A noun phrase that a later pronoun in the same question can point at: a determiner and a word
+# ("the voice agent … interrupt it"), or a name (a capitalised word that does not start the
+# sentence: "Where does Echo Forge read its settings").
+_DETERMINER_NP = re.compile(r"\b(the|this|that|my|your|our|a|an)\s+[a-z]")
+_NAME = re.compile(r"(?<!^)(?<![.?!]\s)\b(?!I\b)[A-Z][a-z]")
+
+
 def refers_back(text: str) -> bool:
-    """Whether ``text`` uses a pronoun or "there" that needs an earlier turn to be understood."""
-    t = " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
-    t = _EXISTENTIAL.sub(" ", t)
-    return bool(_REFERS_BACK.search(t))
+    """Whether ``text`` uses a pronoun or "there" that needs an earlier turn to be understood.
+
+    A pronoun whose antecedent is in the question itself ("What does the voice agent do when I
+    interrupt it?", "Where does Echo Forge read its settings from?") does not; "there" and
+    "… of it" always do ("How do I get there?", "What is the price of it?").
+    """
+    flat = " ".join(re.sub(r"[^\w' ]+", " ", text).split())
+    t = _EXISTENTIAL.sub(" ", flat.lower())
+    match = _REFERS_BACK.search(t)
+    if not match:
+        return False
+    if match.group(1) == "there" or t[: match.start()].endswith("of "):
+        return True
+    before_lower = t[: match.start()]
+    before = flat[: len(before_lower)] if len(flat) == len(t) else flat
+    return not (_DETERMINER_NP.search(before_lower) or _NAME.search(before))
 
 
 @dataclass

@@ -120,9 +120,29 @@ class BM25:
             self._idf = new
         self.idf, self.max_idf = dict(idf), max_idf
 
+    def join_compounds(self, query: str) -> str:
+        """Adjacent words whose concatenation is a term of the corpus, joined: the recogniser writes
+        "Echo Forge", "web socket", "make file" where the notes say EchoForge, WebSocket, Makefile."""
+        words = query.split()
+        if len(words) < 2 or not self.vocab:
+            return query
+        out: list[str] = []
+        i = 0
+        while i < len(words):
+            if i + 1 < len(words):
+                a, b = (re.sub(r"\W+", "", w.lower()) for w in words[i : i + 2])
+                joined = tokenize(a + b) if a and b and a.isalpha() and b.isalpha() else []
+                if len(joined) == 1 and joined[0] in self.vocab and tokenize(f"{a} {b}") != joined:
+                    out.append(a + b + re.sub(r"^.*?(\W*)$", r"\1", words[i + 1]))  # keep trailing punctuation
+                    i += 2
+                    continue
+            out.append(words[i])
+            i += 1
+        return " ".join(out)
+
     def scores(self, query: str) -> np.ndarray:
         """(n_docs,) normalised scores in 0..1."""
-        terms = tokenize(query)
+        terms = tokenize(self.join_compounds(query))
         out = np.zeros(self.n, dtype=np.float32)
         if not terms or not self.n:
             return out

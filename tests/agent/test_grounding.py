@@ -166,6 +166,20 @@ def test_refers_back_and_the_contextual_query():
     assert DONT_KNOW not in c.contextual_query("Where is it?")  # a decline names nothing
 
 
+
+def test_a_pronoun_with_its_antecedent_in_the_question_is_not_a_follow_up():
+    # Seen in the latency benchmark: "it" here is the voice agent, not the server port just discussed.
+    assert not refers_back("What does the voice agent do when I interrupt it?")
+    assert not refers_back("Where does Echo Forge read its settings from?")  # a name, as Whisper writes it
+    assert refers_back("What is the price of it?") and refers_back("Does the museum have parking there?")
+    assert refers_back("And what about its opening hours?") and refers_back("Who runs it?")
+    c = Conversation()
+    c.add(Turn("user", "How do I change the server port?"))
+    c.add(Turn("assistant", "Change the port with the server.port setting."))
+    question = "What does the voice agent do when I interrupt it?"
+    assert c.contextual_query(question) == question
+
+
 # --- small talk and emotion ----------------------------------------------------------------------------
 
 

@@ -49,6 +49,15 @@ def test_lexical_score_is_bm25_over_the_best_attainable():
     )
 
 
+def test_words_the_recogniser_splits_are_joined_to_the_notes_term():
+    # Whisper writes "Echo Forge"; the notes say "EchoForge". Split, "echo" would match echo cancellation.
+    bm25 = BM25(["EchoForge is a local-first voice platform.", "The browser keeps its echo cancellation on."])
+    assert bm25.join_compounds("What is Echo Forge?") == "What is echoforge?"
+    scores = bm25.scores("What is Echo Forge?")
+    assert scores[0] > 0.3 and scores[1] == 0
+    assert bm25.join_compounds("echo cancellation") == "echo cancellation"  # not a corpus term: unchanged
+
+
 def test_reads_pdf_md_txt(tmp_path, helpers):
     helpers.make_pdf(tmp_path / "t.pdf", helpers.telescope_text)
     assert "Zephyr telescope" in read_document(tmp_path / "t.pdf")
