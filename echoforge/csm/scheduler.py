@@ -89,7 +89,7 @@ class FrameScheduler:
         self._cv = threading.Condition()
         self._thread: Any = None
         self._closed = False
-        self._frame_s = 0.08  # recent seconds per frame step (for Retry-After)
+        self._frame_s = FRAME_MS / 1000  # recent seconds per frame step (for Retry-After); real time to start
         self.stats = {"frames": 0, "steps": 0, "prefill_tokens": 0, "rows_done": 0, "max_rows_seen": 0,
                       "rows_cancelled": 0, "prefix_hits": 0, "prefix_misses": 0, "prefix_tokens_saved": 0}  # fmt: skip
 
