@@ -10,7 +10,6 @@ re-queues them.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import re
@@ -34,7 +33,19 @@ from echoforge.logging import redact_keys_in_logs
 from echoforge.server.deps import Authenticated, Services
 from echoforge.server.errors import error_body, install_error_handlers
 from echoforge.server.middleware import MetricsMiddleware
-from echoforge.server.routers import diagnostic, health, openai, stream, tasks, voices
+from echoforge.server.routers import (
+    agent,
+    analysis,
+    captions,
+    diagnostic,
+    health,
+    openai,
+    realtime,
+    stream,
+    tasks,
+    voices,
+)
+from echoforge.server.routers import metrics as metrics_routes
 from echoforge.server.schemas import document_limits
 from echoforge.server.services.auth import ApiKeyStore, RateLimiter
 from echoforge.server.services.queue_factory import make_queue
@@ -49,9 +60,6 @@ HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 # Routers other parts of EchoForge provide (``router`` in each module), included when present:
 # name → whether the app-wide API-key dependency applies (WebSocket and /metrics check keys themselves).
-OPTIONAL_ROUTERS = {"analysis": True, "captions": True, "agent": False, "realtime": False, "metrics": False}
-
-
 class BodyLimitMiddleware:
     """413 for request bodies over ``max_bytes`` (by Content-Length, or counted while reading)."""
 
@@ -237,10 +245,11 @@ def create_app(
     for module in (voices, tasks, openai, diagnostic):
         app.include_router(module.router, dependencies=[Authenticated])
     app.include_router(stream.router)  # authenticates in the handshake (query or first message)
-    for name, needs_key in OPTIONAL_ROUTERS.items():
-        if (HERE / "routers" / f"{name}.py").is_file():
-            module = importlib.import_module(f"echoforge.server.routers.{name}")
-            app.include_router(module.router, dependencies=[Authenticated] if needs_key else [])
+    for module in (analysis, captions):
+        app.include_router(module.router, dependencies=[Authenticated])
+    # These authenticate themselves: agent / realtime in the WebSocket handshake, /metrics by server.metrics_require_key.
+    for module in (agent, realtime, metrics_routes):
+        app.include_router(module.router)
 
     _openapi = app.openapi  # the schema says the configured text limit (server.max_text_chars)
     app.openapi = lambda: document_limits(_openapi(), settings.server.max_text_chars)  # type: ignore[method-assign]
