@@ -234,7 +234,7 @@ class RealtimeSession:
         try:
             try:
                 event = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise RealtimeError("the message is not valid JSON", "invalid_json") from None
             if not isinstance(event, dict):
                 raise RealtimeError("a client event must be a JSON object", "invalid_event")
