@@ -7,9 +7,10 @@
   no codec. Torchtune's RoPE rotates interleaved pairs while ours rotates halves, so q/k rows
   are permuted on load (and back in :func:`export_sesame_state_dict`).
 
-Here: model arguments from either ``config.json`` (:func:`args_from_hf_config`,
-:func:`args_from_sesame_config`), the tensor map (:func:`tensor_specs`, :func:`combine`) and
-whole state-dict conversion / export. Nothing here reads files.
+Here: which layout a set of tensor names is (:func:`layout_of`), model arguments from either
+``config.json`` (:func:`args_from_hf_config`, :func:`args_from_sesame_config`), the tensor map
+(:func:`tensor_specs`, :func:`combine`) and whole state-dict conversion / export. Nothing here
+reads files.
 """
 
 from __future__ import annotations
