@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from echoforge.agent.stt import WhisperSTT
 from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio, resample, save_audio
 from echoforge.engines.base import EngineInfo, Segment, TTSEngine
 from echoforge.server import observability
@@ -146,8 +147,6 @@ def transcribe_reference(samples: np.ndarray, sample_rate: int) -> str | None:
     with _STT_LOCK:
         if _STT is None:
             try:
-                from echoforge.agent.stt import WhisperSTT
-
                 _STT = WhisperSTT(threads=1)
             except (ImportError, RuntimeError, OSError, ValueError) as exc:
                 log.warning("cannot transcribe reference clips (%s): voices need a transcript", exc)
