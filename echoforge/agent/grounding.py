@@ -170,13 +170,20 @@ def _stems(text: str) -> set[str]:
     return set(tokenize(text))
 
 
+def _mentions(sentence: str, noun: str) -> bool:
+    """Whether ``sentence`` names ``noun``: the same stem, or a compound that starts with it (the
+    recogniser's "Echo Forge" asks about what the notes call EchoForge)."""
+    nouns, words = _stems(noun), _stems(sentence)
+    return bool(nouns & words) or any(w.startswith(n) for n in nouns if len(n) >= 4 for w in words)
+
+
 def satisfies(sentence: str, kind: AnswerType | None, question: str = "") -> bool:
     """Whether ``sentence`` gives the kind of answer ``kind`` asks for (``None``: any sentence does)."""
     if kind is None:
         return True
     low = sentence.lower()
     has_number = bool(re.search(r"\d", low) or re.search(rf"\b{_NUMBER_WORDS}\b", low))
-    focus_ok = not kind.noun or bool(_stems(kind.noun) & _stems(sentence))
+    focus_ok = not kind.noun or _mentions(sentence, kind.noun)
     k = kind.kind
     if k == "phone":
         return len(re.sub(r"\D", "", " ".join(re.findall(r"[+(]?\d[\d\s().-]{5,}\d", sentence)))) >= 6

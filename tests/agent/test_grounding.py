@@ -167,6 +167,13 @@ def test_refers_back_and_the_contextual_query():
 
 
 
+def test_a_place_answer_about_a_name_the_recogniser_split():
+    kind = answer_type("Where does Echo Forge read its settings from?")
+    assert kind is not None and kind.kind == "place"
+    assert satisfies("EchoForge reads its settings from echoforge.yaml in the working directory.", kind)
+    assert not satisfies("Piper reads its voice from a file in the data directory.", kind)
+
+
 def test_a_pronoun_with_its_antecedent_in_the_question_is_not_a_follow_up():
     # Seen in the latency benchmark: "it" here is the voice agent, not the server port just discussed.
     assert not refers_back("What does the voice agent do when I interrupt it?")
