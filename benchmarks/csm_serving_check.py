@@ -108,7 +108,7 @@ def hf_config(size: str):
 
 
 def build_on_device(size: str, device: torch.device, dtype: torch.dtype, compile: bool, max_batch: int,
-                    static: bool = True):  # fmt: skip
+                    static: bool = True, graphs: str = "auto", attention: str = "auto"):  # fmt: skip
     """A random transformers CSM constructed on ``device`` (fp32, nothing built on the host) and our
     generator over the same weights converted in memory and cast to ``dtype`` (Mimi stays fp32).
 
@@ -139,7 +139,8 @@ def build_on_device(size: str, device: torch.device, dtype: torch.dtype, compile
     hf.backbone_model.to(dtype), hf.depth_decoder.to(dtype), hf.lm_head.to(dtype), hf.embed_text_tokens.to(dtype)
     ckpt = Checkpoint(model, "transformers", Path("."), tiny_tokenizer(), 0, 1, None, None)
     gen = CSMGenerator(ckpt, MimiCodec(hf.codec_model), device, compile=compile, max_batch_size=max_batch,
-                       static_shapes=static, max_waiting=256, batch_decode=True)  # fmt: skip
+                       static_shapes=static, max_waiting=256, batch_decode=True, graphs=graphs,
+                       attention=attention)  # fmt: skip
     return hf, gen, sum(p.numel() for p in model.parameters())
 
 
@@ -464,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-share", type=float, default=0.55,
                     help="buckets beyond 1 are compiled only before this share of --budget is spent")  # fmt: skip
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--graphs", default="codebook", choices=["codebook", "frame", "auto"],
+                    help="the static step as three graphs (codebook step replayed) or one per frame; on CPU "
+                         "uncompiled, the same orchestration")  # fmt: skip
+    ap.add_argument("--attention", default="flex", choices=["flex", "sdpa", "auto"],
+                    help="the static step's backbone attention (flex: per-row-length block mask)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--markdown", default="", help="file to append the tables to")
     ap.add_argument("--jsonl", default="", help="file to append the JSON lines to")
@@ -483,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"## CSM serving check — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
               f"`benchmarks/csm_serving_check.py --size {a.size} --device {a.device} --streams {a.streams} "
               f"--frames {a.frames} --hf-frames {a.hf_frames} --ttfa-batch {a.ttfa_batch} --ref-s {a.ref_s:g} "
-              f"--repeats {a.repeats} --budget {a.budget:g}` on {machine}; {str(dtype).replace('torch.', '')}; "
+              f"--repeats {a.repeats} --budget {a.budget:g} --graphs {a.graphs} --attention {a.attention}` on {machine}; {str(dtype).replace('torch.', '')}; "
               f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}; random weights; "
               f"{'compiled (CUDA graphs)' if compile else 'static shapes, eager'} frame step, one scheduler of "
               f"{max_rows} slots shared by every section; sampling T=0.9, top-k 50.")  # fmt: skip
@@ -500,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
                      {"error": f"{type(exc).__name__}: {exc}"[:1000]})  # fmt: skip
 
     t0 = time.perf_counter()
-    hf, gen, n_params = build_on_device(a.size, device, dtype, compile, max_rows)
+    hf, gen, n_params = build_on_device(a.size, device, dtype, compile, max_rows, graphs=a.graphs,
+                                        attention=a.attention)  # fmt: skip
     sync(device)
     build_s = time.perf_counter() - t0
     rep.emit("build", "build on the device", ["size", "params (M)", "dtype", "device", "seconds"],
@@ -514,14 +521,26 @@ def main(argv: list[str] | None = None) -> int:
         return [[t["bucket"], t["kmax"], t["first_s"], t["capture_s"]] for t in times]
 
     def compile_one() -> None:
+        fallback = None
         try:
             times = warm(gen, [1], kmax)
-        except Exception:  # the later sections still measure: on the eager step
-            runner.step_fn, runner.static = G.frame_step, False
-            raise
+        except Exception as exc:
+            if not (runner.use_compile and runner.graphs == "codebook"):
+                runner.step_fn, runner.static = G.frame_step, False  # the later sections measure the eager step
+                raise
+            traceback.print_exc()  # the three-graph step failed: try the frame traced whole
+            fallback = f"codebook graphs failed ({type(exc).__name__}: {str(exc)[:200]}); frame graph"
+            runner.graphs = "frame"
+            runner.step_fn = torch.compile(G.frame_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            try:
+                times = warm(gen, [1], kmax)
+            except Exception:
+                runner.step_fn, runner.static = G.frame_step, False
+                raise
         runner.buckets = [1]
-        rep.emit("compile", "compile + capture, bucket 1", ["bucket", "top-k bound", "first call s", "capture s"],
-                 compile_rows(times), dict(phase="bucket1", compiled=compile, buckets=times))  # fmt: skip
+        rep.emit("compile", f"compile + capture, bucket 1 ({runner.graphs} graphs)", ["bucket", "top-k bound",
+                 "first call s", "capture s"], compile_rows(times), dict(phase="bucket1", compiled=compile,
+                 graphs=runner.graphs, fallback=fallback, buckets=times))  # fmt: skip
 
     section("compile", compile_one)
     cols = ["metric", "value"]
@@ -571,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.buckets = sorted({1, *[w["bucket"] for w in warmed]})
         rep.emit("compile", "compile + capture, the buckets the stream counts need", ["bucket", "top-k bound",
                  "first call s", "capture s"], compile_rows(warmed) + [[b, kmax, "skipped (budget)", "-"] for b in skipped],
-                 dict(phase="rest", compiled=compile, buckets=warmed, skipped=skipped,
+                 dict(phase="rest", compiled=compile, graphs=runner.graphs, buckets=warmed, skipped=skipped,
                       warm_buckets=runner.buckets))  # fmt: skip
 
     section("compile", compile_rest)

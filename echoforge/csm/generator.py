@@ -133,7 +133,8 @@ class CSMGenerator:
 
     def __init__(self, ckpt: Checkpoint, codec: Any, device: torch.device, compile: bool = False, max_batch_size: int = 1,
                  static_shapes: bool | None = None, max_waiting: int = 32, prefill_chunk: int = 256,
-                 prefix_cache_mb: float = PREFIX_CACHE_MB, batch_decode: bool | None = None):  # fmt: skip
+                 prefix_cache_mb: float = PREFIX_CACHE_MB, batch_decode: bool | None = None, attention: str = "auto",
+                 graphs: str = "auto"):  # fmt: skip
         self.ckpt = ckpt
         self.model = ckpt.model
         self.codec = codec  # echoforge.csm.mimi.MimiCodec (fp32)
@@ -157,6 +158,7 @@ class CSMGenerator:
         self._compile = device.type == "cuda" and compile
         self._static = self._compile if static_shapes is None else static_shapes
         self._prefix_cache_mb = prefix_cache_mb
+        self._runner_options = dict(attention=attention, graphs=graphs)  # ModelRunner's static-step choices
         self._max_piece_chars = MAX_PIECE_CHARS
         # Every request goes through the one scheduler of this device (continuous batching).
         self.scheduler = self.make_scheduler(max_batch_size, max_waiting, prefill_chunk)
@@ -165,7 +167,8 @@ class CSMGenerator:
                        prefix_cache_mb: float | None = None) -> FrameScheduler:  # fmt: skip
         """A scheduler (and runner) of its own over this generator's model and prompts (tests, benchmarks)."""
         runner = ModelRunner(self.model, self.device, max_rows, static=self._static, compile=self._compile, lag=lag,
-                             prefix_cache_mb=self._prefix_cache_mb if prefix_cache_mb is None else prefix_cache_mb)  # fmt: skip
+                             prefix_cache_mb=self._prefix_cache_mb if prefix_cache_mb is None else prefix_cache_mb,
+                             **self._runner_options)  # fmt: skip
         return FrameScheduler(runner, self.prompts, max_waiting, prefill_chunk, self._max_piece_chars)
 
     @property
