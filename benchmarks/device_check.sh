@@ -20,15 +20,23 @@
 #                exact fp32, CUDA == CPU, bf16 agreement above a floor
 #   (speed, concurrency: the older csm_speed.py / concurrency.py steps, with --only)
 #
-# Time (s). CPU dry run (`--device cpu --sizes tiny --quick`, 2 shared cores, 2026-12-06): serving
-# 18, drift 10, tests 14: ~45 s in all. H100, full size (extrapolated, not yet measured): imports
-# ~10 per step; serving: build ~15 (random init + cast on the device, ~6 GiB), bucket-1 compile +
-# capture 60-180 (the one unknown: ~3,200 aten ops / ~1,600 fused kernels traced once; the step
-# measures it and sizes the rest from it), kernels ~5, vs transformers ~15 (24 frames; transformers
-# ~0.2 s/frame), TTFA b1 ~3, buckets 8..64 ~60-120 each while the budget lasts, streams 1/8/32/64 x
-# 48 frames ~25 (~10-20 ms/frame at any batch: ~9 GB of bf16 weights read per frame) + Mimi,
-# TTFA b16 ~5 -> ~370 s limit; drift ~60 (4 models x 200 greedy frames eager); tests ~45 (tiny
-# compiles). Defaults: T_SERVING 370, T_DRIFT 90, T_TESTS 75 (sum 535), --budget 560 for the run.
+# Time (s). CPU dry run (`--device cpu --sizes tiny --quick`, 2 shared cores, load ~3, 2026-12-06):
+# serving 15 (build 2, bucket-1 warm-up 0.1, kernels 1, vs transformers 1, TTFA b1 0.3, buckets
+# 8..64 0.6, streams 1/8/32/64 x 6 frames 6, TTFA b16 1), drift 6, tests 11: 38 s in all.
+# H100, full size, extrapolated (never measured; the step measures and reports each figure):
+#   serving  ~10 imports + ~15 build (random init in fp32 and the bf16 cast, on the device, ~12 GiB
+#            peak) + compile: the static step is three graphs (codebooks 0-1, one depth-decoder
+#            step replayed 30x, the backbone step): 344 ops traced per bucket instead of 3,009 (CPU
+#            inductor, tiny: 27 s instead of 297 s for bucket 1), so ~15-40 s per bucket on the H100's
+#            16 cores; buckets 8/16/32/64 are compiled while the measured time fits before 55 % of the
+#            step's budget (~185 s), the rest run eager and are labelled so + kernels ~25 (one eager
+#            frame ~0.1, FlexAttention compiled alone ~20) + vs transformers ~15 (24 frames each;
+#            transformers ~0.2 s/frame) + TTFA b1 ~3 + streams 1/8/32/64 x 48 frames ~30 (~10-20
+#            ms/frame at any batch: ~9 GB of bf16 weights read per frame) + TTFA b16 ~5: ~200-330
+#            of its 370;
+#   drift    ~60 (fp32 built on the device; 4 dtypes x 200 greedy frames, eager);
+#   tests    ~45 (three tiny compiles). Defaults: T_SERVING 370, T_DRIFT 90, T_TESTS 75 (sum 535),
+#            --budget 560 for the run: under 10 min with the device tool's start.
 #
 # Results land in $OUT (the device tool brings back what is there): summary.txt, results.md (the
 # benchmark tables, ready to append to BENCHMARKS.md), results.jsonl (their JSON lines) and one
@@ -82,7 +90,7 @@ while [ $# -gt 0 ]; do
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $pkgs || exit 1
       ls .whl && du -sh .whl
       exit 0 ;;
-    -h|--help) sed -n '2,58p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,63p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
