@@ -30,6 +30,8 @@ from ray import serve
 from echoforge.config import Settings, load_settings
 from echoforge.deploy.remote import RemoteEngine, RemoteSynthesisService, ReplicaHeaderMiddleware
 from echoforge.deploy.replica import EngineFactory, EngineReplica
+from echoforge.logging import setup_logging
+from echoforge.server.app import create_app
 
 log = logging.getLogger("echoforge.deploy")
 
@@ -103,9 +105,6 @@ class EchoForgeIngress:
         self._capacity = capacity
 
     async def __serve_build_asgi_app__(self) -> Any:
-        from echoforge.logging import setup_logging
-        from echoforge.server.app import create_app
-
         setup_logging(self._settings.log_level, self._settings.log_format)
         ctx = serve.get_replica_context()
         description = await self._engine_handle.describe.remote()
