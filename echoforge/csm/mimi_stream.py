@@ -100,7 +100,6 @@ class _TransformerState:
         self.v: list[Tensor | None] = [None] * len(tm.layers)
 
     def __call__(self, x: Tensor) -> Tensor:  # [B, n, C] -> [B, n, C]
-        from transformers.models.mimi.modeling_mimi import apply_rotary_pos_emb
 
         b, n, _ = x.shape
         pos = torch.arange(self.pos, self.pos + n, device=x.device)
@@ -112,12 +111,7 @@ class _TransformerState:
             allowed &= kv_pos[None, :] > pos[:, None] - self.window
         keep = past + n if self.window is None else min(past + n, self.window - 1)
         for i, layer in enumerate(self.tm.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [B, H, n, D]
-            k = attn.k_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, n, D]
-            v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k, v = _rotated_qkv(layer, x, cos, sin)
             if self.k[i] is not None:
                 k = torch.cat([self.k[i], k], dim=2)  # [B, H_kv, past + n, D]
                 v = torch.cat([self.v[i], v], dim=2)
@@ -279,7 +273,6 @@ def decode_batch(decoders: list[StreamingDecoder], codes: Tensor) -> list[Tensor
 def _transformer_batch(states: list[_TransformerState], x: Tensor) -> Tensor:
     """Mimi's decoder transformer over ``x [B, n, C]``, row ``b`` continuing ``states[b]`` (its own
     position and sliding-window cache), as :class:`_TransformerState` computes one row."""
-    from transformers.models.mimi.modeling_mimi import apply_rotary_pos_emb
 
     tm, window = states[0].tm, states[0].window
     b, n, _ = x.shape
@@ -298,12 +291,7 @@ def _transformer_batch(states: list[_TransformerState], x: Tensor) -> Tensor:
         allowed &= kv_pos[:, None, :] > qpos[:, :, None] - window
     mask = allowed[:, None]  # [B, 1, n, P+n]
     for i, layer in enumerate(tm.layers):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [B, H, n, D]
-        k = attn.k_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [B, H_kv, n, D]
-        v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k, v = _rotated_qkv(layer, x, cos, sin)
         if p_max:
             hk, d = k.shape[1], k.shape[3]
             pk = [s.k[i] if s.k[i] is not None else k.new_zeros(1, hk, 0, d) for s in states]
@@ -319,6 +307,21 @@ def _transformer_batch(states: list[_TransformerState], x: Tensor) -> Tensor:
     for s in states:
         s.pos += n
     return x
+
+
+def _rotated_qkv(layer: nn.Module, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One decoder-transformer layer's q ``[B, H, n, D]``, k and v ``[B, H_kv, n, D]`` for ``x [B, n, dim]``,
+    q and k rotated by ``cos`` / ``sin``."""
+    from transformers.models.mimi.modeling_mimi import apply_rotary_pos_emb  # transformers: see the module docstring
+
+    attn = layer.self_attn
+    b, n = x.shape[0], x.shape[1]
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
 
 
 def _attend_and_mlp(layer: nn.Module, x: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
