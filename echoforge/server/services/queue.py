@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echoforge.server import observability
+from echoforge import metrics
 from echoforge.server.errors import QueueFull
 
 log = logging.getLogger("echoforge.server.queue")
@@ -162,7 +162,7 @@ class TaskQueue(ABC):
     def _check_capacity(self) -> None:
         queued, _ = self.counts()
         if queued >= self.max_pending:
-            observability.task_finished("rejected")
+            metrics.observe_task("rejected")
             raise QueueFull(
                 f"the task queue is full ({queued} pending, limit {self.max_pending}); retry later",
                 retry_after=self.retry_after(),

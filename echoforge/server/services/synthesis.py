@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from echoforge import metrics
 from echoforge.analysis.params import apply_tone, tone_from_instructions
 from echoforge.engines.base import EngineBusy, Segment, SynthesisRequest, TTSEngine, engine_concurrency
-from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Unavailable
 from echoforge.server.services.slots import Cancelled, GateFull, SlotGate
 from echoforge.server.services.voices import VoiceStore
@@ -287,7 +287,7 @@ class SynthesisService:
                     time.sleep(0.05)
 
     def _account(self, audio_s: float, synth_s: float, ttfa_s: float | None = None) -> None:
-        observability.synthesis_done(self.engine.name, audio_s, synth_s, ttfa_s)
+        metrics.observe_synthesis(self.engine.name, audio_s, synth_s, ttfa_s)
         with self._stats_lock:
             self.stats.requests += 1
             self.stats.audio_s += audio_s

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from echoforge import metrics
 from echoforge.agent.stt import WhisperSTT
 from echoforge.audio import AudioDecodeError, AudioTooLong, load_audio, resample, save_audio
 from echoforge.engines.base import EngineInfo, Segment, TTSEngine
-from echoforge.server import observability
 from echoforge.server.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 
 log = logging.getLogger("echoforge.server.voices")
@@ -416,11 +416,11 @@ class VoiceStore:
             if path.is_file():
                 try:
                     cached = pickle.loads(path.read_bytes())  # our own cache file, written below
-                    observability.prompt_cache(True)
+                    metrics.record_prompt_cache(True)
                     return _pinned(cached)
                 except Exception:  # stale/corrupt cache → recompute
                     path.unlink(missing_ok=True)
-            observability.prompt_cache(False)
+            metrics.record_prompt_cache(False)
             encoded = _pinned(encode(segment))
             self.prompt_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from echoforge import metrics
 from echoforge.analysis.memory import ProfileStore
 from echoforge.audio import encode
 from echoforge.conversation import Turn, render_conversation
 from echoforge.engines.base import SynthesisRequest
 from echoforge.logging import bind_request_id
-from echoforge.server import observability
 from echoforge.server.errors import ApiError
 from echoforge.server.services.queue import TaskQueue, TaskRecord
 from echoforge.server.services.slots import Cancelled
@@ -69,7 +69,7 @@ class TaskRunner:
         status = self._run(task, stopping)
         outcome = {"queued": "requeued" if stopping.is_set() else "retried"}.get(status, status)
         wait_s = (task.started_at - task.created_at) if task.started_at else None
-        observability.task_finished(outcome, wait_s, time.perf_counter() - t0)
+        metrics.observe_task(outcome, wait_s, time.perf_counter() - t0)
         return status
 
     def _run(self, task: TaskRecord, stopping: threading.Event) -> str:
