@@ -2,7 +2,7 @@
 
 One frame is 1920 samples = 80 ms of audio and costs CSM one backbone step. Everything that
 converts between samples, seconds and frames (codec, prompt, scheduler, metrics, training
-data, evaluation) imports these; nothing else here, so importing them costs nothing.
+data, evaluation) imports these; this module imports nothing (no torch).
 """
 
 SAMPLE_RATE = 24_000  # Hz, Mimi's (and so CSM's) audio
