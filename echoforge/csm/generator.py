@@ -140,8 +140,9 @@ class CSMGenerator:
         self.codec = codec  # echoforge.csm.mimi.MimiCodec (fp32)
         # Streams' Mimi chunks are decoded together: one call per chunk length for every stream
         # waiting, on the codec's device (the scheduler's), instead of one call per stream. Default:
-        # on CUDA (one launch sequence for all rows); on CPU each stream decoding in its own thread
-        # uses the cores better (16 tiny streams: 1.21 s batched 1.43 s, BENCHMARKS.md).
+        # on CUDA (one launch sequence for all rows instead of one per stream); on CPU it is a wash
+        # (16 tiny streams: 1.43 / 0.97 s batched vs 1.21 / 1.08 s per stream in two runs, BENCHMARKS.md),
+        # so each stream keeps decoding in its own thread there.
         if batch_decode is None:
             batch_decode = device.type == "cuda"
         self.mimi_batcher = MimiBatcher(codec) if batch_decode else None
