@@ -56,7 +56,7 @@ class TurnSettings(BaseModel):
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start of speech.")
     max_turn_s: float = Field(30.0, gt=1.0, le=300.0, description="A turn longer than this is ended anyway.")
     smart_turn: bool = Field(
-        False,
+        True,
         description="Semantic end of turn: after smart_turn_ms of silence the smart-turn v3 model (bundled with "
         "pipecat-ai) judges whether the user finished; a finished turn ends then, an unfinished one waits "
         "incomplete_silence_ms. Off: silence_ms alone decides.",

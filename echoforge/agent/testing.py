@@ -231,6 +231,19 @@ class FakeVAD:
         return self.speech if rms >= self.level else self.quiet
 
 
+class FakeTurnModel:
+    """The smart-turn model's interface (``p = model(audio)``): a fixed "turn complete" probability;
+    records the length of the audio it was asked about."""
+
+    def __init__(self, probability: float = 1.0) -> None:
+        self.probability = probability
+        self.calls: list[int] = []
+
+    def __call__(self, audio: np.ndarray) -> float:
+        self.calls.append(int(audio.size))
+        return self.probability
+
+
 class FakeSTT:
     """Whisper's interface: each call on audio with sound in it returns the next scripted line.
 

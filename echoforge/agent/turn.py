@@ -31,12 +31,20 @@ class SmartTurn:
 
     def __init__(self, threads: int = 1) -> None:
         try:
-            from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-        except ImportError as exc:  # pipecat-ai: the pipecat extra
+            from loguru import logger  # pipecat logs through loguru: its banner and debug lines stay out of ours
+
+            logger.disable("pipecat")
+            try:
+                from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+                self._analyzer = LocalSmartTurnAnalyzerV3(sample_rate=SAMPLE_RATE, cpu_count=threads)
+            finally:
+                logger.enable("pipecat")
+        except ImportError as exc:  # pipecat-ai is in the agent extra
             raise RuntimeError(
-                f"agent.turn.smart_turn needs the pipecat-ai package (pip install 'echoforge[pipecat]'): {exc}"
+                "agent.turn.smart_turn needs the pipecat-ai package (pip install 'echoforge[agent]'), "
+                f"or set agent.turn.smart_turn: false: {exc}"
             ) from exc
-        self._analyzer = LocalSmartTurnAnalyzerV3(sample_rate=SAMPLE_RATE, cpu_count=threads)
         self._lock = threading.Lock()  # one inference at a time on the shared session
 
     def __call__(self, audio: np.ndarray) -> float:

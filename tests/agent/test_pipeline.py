@@ -22,7 +22,17 @@ from echoforge.agent.frames import (
     UserStartedSpeakingFrame,
 )
 from echoforge.agent.pipeline import VoiceAgent, vad_params
-from echoforge.agent.testing import SAFETY_TIMEOUT_S, FakeClock, FakeLLM, FakeSTT, FakeTTS, FakeVAD, silence, tone
+from echoforge.agent.testing import (
+    SAFETY_TIMEOUT_S,
+    FakeClock,
+    FakeLLM,
+    FakeSTT,
+    FakeTTS,
+    FakeTurnModel,
+    FakeVAD,
+    silence,
+    tone,
+)
 from echoforge.agent.vad import TurnDetector
 from echoforge.audio import resample
 
@@ -95,7 +105,7 @@ async def test_barge_in_stops_audio_and_cancels_generation():
         cfg,
         FakeSTT(["Tell me a long story about a dragon.", "Stop talking please."]),
         llm,
-        vad=TurnDetector(vad_params(cfg), FakeVAD()),
+        vad=TurnDetector(vad_params(cfg), FakeVAD(), turn_model=FakeTurnModel(1.0)),  # a tone is a finished turn
         clock=clock,
     )
     await agent.start()

@@ -22,7 +22,7 @@ from _servers import AppServer
 
 from echoforge.agent.config import AgentSettings
 from echoforge.agent.pipeline import vad_params
-from echoforge.agent.testing import FakeLLM, FakeSTT, FakeTTS, FakeVAD, fake_knowledge_base, silence, tone
+from echoforge.agent.testing import FakeLLM, FakeSTT, FakeTTS, FakeTurnModel, FakeVAD, fake_knowledge_base, silence, tone
 from echoforge.agent.vad import TurnDetector
 from echoforge.audio import float_to_pcm16, pcm16_to_float, resample
 from echoforge.engines.base import SynthesisRequest
@@ -46,7 +46,7 @@ def fake_models(tmp_path, stt_lines, llm, notes=True, **settings):
         llm=llm,
         kb=kb,
         emotion_detector=None,
-        new_detector=lambda: TurnDetector(vad_params(cfg), FakeVAD()),
+        new_detector=lambda: TurnDetector(vad_params(cfg), FakeVAD(), turn_model=FakeTurnModel(1.0)),
     )
 
 

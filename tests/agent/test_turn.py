@@ -19,21 +19,11 @@ from echoforge.agent.frames import (
     UserStoppedSpeakingFrame,
 )
 from echoforge.agent.pipeline import TurnLatency, VADProcessor
-from echoforge.agent.testing import FakeVAD, run_pipeline, tone
+from echoforge.agent.testing import FakeTurnModel, FakeVAD, run_pipeline, tone
 from echoforge.agent.testing import silence as quiet
 from echoforge.agent.vad import WINDOW, TurnDetector, VADParams
 
 WIN_MS = WINDOW * 1000 / 16_000  # 32 ms
-
-
-class FakeTurnModel:
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
-        self.calls: list[int] = []  # samples of audio per call
-
-    def __call__(self, audio: np.ndarray) -> float:
-        self.calls.append(audio.size)
-        return self.probability
 
 
 def speech(ms: float) -> np.ndarray:
