@@ -92,3 +92,31 @@ def test_a_codebook_graphs_step_builds_no_tensor_from_host_data():
     with mode:
         G.length_block_mask(runner.pos[:4], 512, runner.mask_mod or G.length_mask_mod(runner.pos))
     assert mode.seen == Counter()
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_three_graph_step_with_length_attention():
+    """The GPU step's graphs through a real compiler (inductor's CPU backend here; ~1 min): the
+    FlexAttention block mask built inside the backbone step lowers with fullgraph, and the compiled
+    step gives the uncompiled step's codes."""
+
+    def run(compiled: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        m = small_csm()
+        r = ModelRunner(m, torch.device("cpu"), max_rows=3, static=True, attention="flex", graphs="codebook")
+        if compiled:
+            torch._dynamo.reset()
+            r.head_fn, r.codebook_fn, r.backbone_fn = (
+                torch.compile(f, backend="inductor", fullgraph=True, dynamic=False)
+                for f in (G.codebook_head, G.codebook_step, G.backbone_step)
+            )
+        g = torch.Generator().manual_seed(1)
+        with torch.inference_mode():
+            for slot, p in enumerate((5, 130, 400)):
+                r.start_row(slot, torch.randn(32, generator=g), pos=p, temperature=0.0, topk=50, key=slot)
+            return [r.decode(3, None)[1] for _ in range(3)], r.h.clone()
+
+    got, h_got = run(True)
+    want, h_want = run(False)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(h_got, h_want, rtol=1e-5, atol=1e-5)
