@@ -4,7 +4,7 @@ A real ``echoforge serve`` (its own process, Piper fallback engine, embedded LLM
 notes) and the official ``openai`` SDK's realtime client, as a user has them. Each turn is a
 question about ``knowledge_base/`` spoken by the server's own ``/v1/audio/speech`` (24 kHz PCM,
 the Realtime format), streamed with ``input_audio_buffer.append`` at real-time pace like a
-microphone (100 ms per event), then silence until the answer ends; server VAD ends the turn.
+microphone (20 ms per event by default, ``--chunk-ms``), then silence until the answer ends; server VAD ends the turn.
 
 ``end of speech`` is when the question's last audible sample was "spoken" (stream start + its
 position); the figure is the wall time from there to the first audio delta received, so it
@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -39,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from agent_latency import QUESTIONS, pct  # noqa: E402  (one list of questions for both agent benchmarks)
 
 RATE = 24_000
-CHUNK = RATE // 10  # samples per append event (100 ms)
+# The agent's own stage times (Prometheus, GET /metrics): summed over turns, so per turn = the change.
+STAGE_SUM = re.compile(r'^echoforge_agent_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', re.M)
 
 
 def free_port() -> int:
@@ -83,6 +85,14 @@ def start_server(data_dir: Path, engine: str, max_tokens: int) -> tuple[subproce
     raise RuntimeError("server not ready within 300 s")
 
 
+def agent_stage_sums(url: str) -> dict[str, float]:
+    try:
+        text = httpx.get(url + "/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    return {stage: float(value) for stage, value in STAGE_SUM.findall(text)}
+
+
 def speech_end(pcm: bytes) -> int:
     """Index of the last sample louder than -40 dBFS (Piper ends with a short silence)."""
     samples = np.abs(np.frombuffer(pcm, "<i2").astype(np.float32)) / 32768
@@ -90,20 +100,21 @@ def speech_end(pcm: bytes) -> int:
     return int(loud[-1]) + 1 if loud.size else samples.size
 
 
-def one_turn(conn, question_pcm: bytes) -> dict:
+def one_turn(conn, question_pcm: bytes, chunk_ms: int) -> dict:
     """Stream the question at real-time pace, then silence until ``response.done``."""
     end = speech_end(question_pcm)
+    chunk = RATE * chunk_ms // 1000  # samples per append event
     done = threading.Event()
     t0 = time.monotonic()
 
     def mic() -> None:
-        silence = bytes(2 * CHUNK)
+        silence = bytes(2 * chunk)
         k = 0
         while not done.is_set():
-            start = k * CHUNK * 2
-            piece = question_pcm[start : start + CHUNK * 2] if start < len(question_pcm) else silence
+            start = k * chunk * 2
+            piece = question_pcm[start : start + chunk * 2] if start < len(question_pcm) else silence
             # A microphone delivers a chunk once it has been recorded.
-            time.sleep(max(0.0, t0 + (k + 1) * CHUNK / RATE - time.monotonic()))
+            time.sleep(max(0.0, t0 + (k + 1) * chunk / RATE - time.monotonic()))
             conn.input_audio_buffer.append(audio=base64.b64encode(piece).decode())
             k += 1
 
@@ -145,7 +156,11 @@ def run(args: argparse.Namespace) -> dict:
                     pcm = client.audio.speech.create(
                         model="tts-1", voice="alloy", input=question, response_format="pcm"
                     ).content
-                    row = {"question": question, **one_turn(conn, pcm)}
+                    before = agent_stage_sums(url)
+                    row = {"question": question, **one_turn(conn, pcm, args.chunk_ms)}
+                    after = agent_stage_sums(url)
+                    row["agent_stages_s"] = {k: round(v - before.get(k, 0.0), 4) for k, v in after.items()}
+                    row["agent_v2v_s"] = row["agent_stages_s"].get("voice_to_voice")
                     if i == 0:
                         print(f"warm-up: {question!r} → {row['answer']!r}")
                         continue
@@ -158,13 +173,16 @@ def run(args: argparse.Namespace) -> dict:
             proc.wait(30)
     engine = health.get("engine") or {}
     values = [r["speech_end_to_first_audio_s"] for r in rows if r["speech_end_to_first_audio_s"] is not None]
+    agent = [r["agent_v2v_s"] for r in rows if r["agent_v2v_s"] is not None]
     return {
         "benchmark": "realtime_latency",
         "engine": f"{engine.get('name')} ({engine.get('sample_rate')} Hz)",
         "turns": len(rows),
         "max_tokens": args.max_tokens,
+        "chunk_ms": args.chunk_ms,
         "first_connection_s": round(load_s, 2),
         "speech_end_to_first_audio": {"p50": pct(values, 50), "p95": pct(values, 95), "n": len(values)},
+        "agent_voice_to_voice": {"p50": pct(agent, 50), "p95": pct(agent, 95), "n": len(agent)},
         "rows": rows,
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -172,13 +190,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| question | heard | first audio (ms) |", "| --- | --- | ---: |"]
-    for r in result["rows"]:
-        v = r["speech_end_to_first_audio_s"]
-        lines.append(f"| {r['question']} | {r['heard']} | {'–' if v is None else f'{v * 1000:.0f}'} |")
-    s = result["speech_end_to_first_audio"]
     fmt = lambda x: "–" if x is None else f"{x * 1000:.0f}"  # noqa: E731
-    lines.append(f"| **p50 / p95** | | **{fmt(s['p50'])} / {fmt(s['p95'])}** |")
+    lines = [
+        "| question | heard | first audio delta (ms) | agent's own voice-to-voice (ms) |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['question']} | {r['heard']} | {fmt(r['speech_end_to_first_audio_s'])} | {fmt(r['agent_v2v_s'])} |"
+        )
+    s, a = result["speech_end_to_first_audio"], result["agent_voice_to_voice"]
+    lines.append(f"| **p50 / p95** | | **{fmt(s['p50'])} / {fmt(s['p95'])}** | {fmt(a['p50'])} / {fmt(a['p95'])} |")
     return "\n".join(lines)
 
 
@@ -189,9 +211,11 @@ def append_md(result: dict, path: Path, date: str | None = None, note: str = "")
         f"`benchmarks/realtime_latency.py --turns {result['turns']}` on {result['machine']} (CPU only, shared; load "
         f"average {result['load_avg_1m']} at the end): a real `echoforge serve` with engine `{result['engine']}`, "
         f"the embedded LLM (max {result['max_tokens']} tokens, greedy), Whisper tiny.en, the shipped notes; the "
-        f"official `openai` SDK's realtime client streams each spoken question at real-time pace (100 ms "
+        f"official `openai` SDK's realtime client streams each spoken question at real-time pace ({result['chunk_ms']} ms "
         f"`input_audio_buffer.append` events, server VAD). Milliseconds from the end of the question's speech to the "
-        f"first `response.output_audio.delta` received (VAD silence included); one warm-up turn not counted.\n\n"
+        f"first `response.output_audio.delta` received (VAD silence included), next to the agent's own "
+        f"voice-to-voice time for the same turn (its Prometheus histogram, from its estimate of the end of speech to "
+        f"its first audio chunk out); one warm-up turn not counted.\n\n"
         + table(result)
         + "\n\n"
         + (note + "\n" if note else "")
@@ -205,6 +229,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--engine", default="piper", help="the server's TTS engine (piper, espeak, csm)")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--chunk-ms", type=int, default=20, help="audio per append event (a browser worklet: 20-40 ms)")
     parser.add_argument("--no-md", action="store_true", help="do not append to BENCHMARKS.md")
     parser.add_argument("--date", default=None, help="date for the BENCHMARKS.md heading (default: now)")
     parser.add_argument("--note", default="", help="a sentence appended under the table")

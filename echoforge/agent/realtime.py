@@ -374,7 +374,7 @@ class RealtimeSession:
         params.preroll_ms = int(td["prefix_padding_ms"])
         params.silence_ms = int(td["silence_duration_ms"])
         params.partial_ms = s.stt_partial_ms if s.stt_partial_ms < params.silence_ms else 0
-        detector = TurnDetector(params, old.vad)
+        detector = TurnDetector(params, old.vad, old.turn_model)
         detector.bot_speaking = old.bot_speaking
         self.agent.vad.detector = detector
         self.agent.output.detector = detector
