@@ -22,7 +22,16 @@ from _servers import AppServer
 
 from echoforge.agent.config import AgentSettings
 from echoforge.agent.pipeline import vad_params
-from echoforge.agent.testing import FakeLLM, FakeSTT, FakeTTS, FakeTurnModel, FakeVAD, fake_knowledge_base, silence, tone
+from echoforge.agent.testing import (
+    FakeLLM,
+    FakeSTT,
+    FakeTTS,
+    FakeTurnModel,
+    FakeVAD,
+    fake_knowledge_base,
+    silence,
+    tone,
+)
 from echoforge.agent.vad import TurnDetector
 from echoforge.audio import float_to_pcm16, pcm16_to_float, resample
 from echoforge.engines.base import SynthesisRequest
@@ -117,6 +126,10 @@ def test_spoken_question_with_server_vad(serve, tmp_path):
         td = created.session.audio.input.turn_detection
         assert td.type == "server_vad" and td.silence_duration_ms == models.settings.turn.silence_ms
         assert created.session.audio.output.format.rate == 24_000
+        vad = {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 400, "prefix_padding_ms": 200}
+        conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": vad}}})
+        td = recv_until(conn, "session.updated")[-1].session.audio.input.turn_detection
+        assert (td.threshold, td.silence_duration_ms, td.prefix_padding_ms) == (0.6, 400, 200)
         append_audio(conn, pcm.tobytes())
         events = recv_until(conn, "response.done")
     kinds = types(events)
