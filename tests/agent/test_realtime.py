@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 from types import SimpleNamespace
 
@@ -355,28 +354,39 @@ def test_api_key_as_bearer_when_keys_are_configured(serve, tmp_path):
 
 
 @pytest.mark.integration
-def test_real_stack_answers_a_spoken_question(models, piper, tmp_path):
-    """Piper's voice asks from a WAV file; Silero, Whisper, the notes and the LLM answer in Piper's voice."""
-    wav = tmp_path / "question.wav"
-    speech = piper.synthesize(SynthesisRequest(text="What port does the server use?"))
-    sf.write(wav, resample(speech, piper.sample_rate, 24_000), 24_000, subtype="PCM_16")
-    data, _ = sf.read(io.BytesIO(wav.read_bytes()), dtype="int16")
-    pcm = pcm24k(silence(0.3)) + data.tobytes() + pcm24k(silence(1.2))
+def test_real_stack_holds_a_spoken_conversation(models, piper, tmp_path):
+    """Two questions in Piper's voice, from WAV files; Silero, Whisper, the notes and the LLM answer in Piper's voice."""
+
+    def question(text: str, name: str) -> bytes:
+        wav = tmp_path / name  # what a user holds: recordings
+        sf.write(
+            wav,
+            resample(piper.synthesize(SynthesisRequest(text=text)), piper.sample_rate, 24_000),
+            24_000,
+            subtype="PCM_16",
+        )
+        data, rate = sf.read(wav, dtype="int16")
+        assert rate == 24_000
+        return pcm24k(silence(0.3)) + data.tobytes() + pcm24k(silence(1.2))
+
     server = AppServer(tmp_path / "data", piper).start()
     try:
         server.app.state.agent_models = models
         with client_for(server).realtime.connect(model="echoforge") as conn:
             recv_until(conn, "session.created")
-            append_audio(conn, pcm)
-            events = recv_until(conn, "response.done")
+            append_audio(conn, question("What port does the server use?", "port.wav"))
+            first = recv_until(conn, "response.done")
+            append_audio(conn, question("How long do I bake the loaf?", "bread.wav"))
+            second = recv_until(conn, "response.done")
     finally:
         server.stop()
-    heard = next(e for e in events if e.type == "conversation.item.input_audio_transcription.completed").transcript
-    assert "port" in heard.lower()
-    done = events[-1].response
-    assert done.status == "completed" and "8000" in done.output[0].content[0].transcript
-    audio = pcm16_to_float(audio_of(events))
-    assert audio.size / 24_000 > 1.0 and np.abs(audio).max() > 0.1
+    for events, words, answer in ((first, "port", "8000"), (second, "bake", "twenty")):
+        heard = next(e for e in events if e.type == "conversation.item.input_audio_transcription.completed").transcript
+        assert words in heard.lower()
+        done = events[-1].response
+        assert done.status == "completed" and answer in done.output[0].content[0].transcript
+        audio = pcm16_to_float(audio_of(events))
+        assert audio.size / 24_000 > 1.0 and np.abs(audio).max() > 0.1
 
 
 async def test_pipecats_openai_realtime_service_talks_to_the_agent(serve, tmp_path):
