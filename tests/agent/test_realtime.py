@@ -36,6 +36,10 @@ from echoforge.audio import float_to_pcm16, pcm16_to_float, resample
 from echoforge.engines.base import SynthesisRequest
 
 openai = pytest.importorskip("openai")
+from openai.types.realtime import RealtimeServerEvent  # noqa: E402
+from pydantic import TypeAdapter  # noqa: E402
+
+STRICT = TypeAdapter(RealtimeServerEvent)
 # Only against a hang (pytest-timeout): no assertion depends on how long anything takes.
 pytestmark = pytest.mark.timeout(300)
 
@@ -90,11 +94,18 @@ def append_audio(conn, pcm: bytes, chunk_ms: int = 100) -> None:
         conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + step]).decode())
 
 
+def recv(conn):
+    """The next server event, checked against the SDK's own types strictly (the SDK itself does not validate)."""
+    raw = conn.recv_bytes()
+    STRICT.validate_json(raw)
+    return conn.parse_event(raw)
+
+
 def recv_until(conn, kind: str, count: int = 1) -> list:
     """Events up to the ``count``-th of type ``kind`` (included)."""
     events = []
     while sum(e.type == kind for e in events) < count:
-        events.append(conn.recv())
+        events.append(recv(conn))
     return events
 
 
@@ -120,7 +131,7 @@ def test_spoken_question_with_server_vad(serve, tmp_path):
     pcm, rate = sf.read(wav, dtype="int16")
     assert rate == 24_000
     with client_for(server).realtime.connect(model="gpt-realtime") as conn:
-        created = conn.recv()
+        created = recv(conn)
         assert created.type == "session.created" and created.session.model == "gpt-realtime"
         td = created.session.audio.input.turn_detection
         assert td.type == "server_vad" and td.silence_duration_ms == models.settings.turn.silence_ms
@@ -320,7 +331,7 @@ def test_bad_events_get_error_events_and_the_socket_stays_open(serve, tmp_path):
         ]  # fmt: skip
         for raw, code, param in bad:
             conn.send_raw(raw)
-            error = conn.recv()
+            error = recv(conn)
             assert error.type == "error", raw
             assert (
                 error.error.type == "invalid_request_error" and error.error.code == code and error.error.param == param
@@ -328,10 +339,10 @@ def test_bad_events_get_error_events_and_the_socket_stays_open(serve, tmp_path):
             assert error.error.message
         assert error.error.event_id is None
         conn.send_raw(json.dumps({"type": "response.cancel", "event_id": "evt_client_1"}))
-        assert conn.recv().error.event_id == "evt_client_1"
+        assert recv(conn).error.event_id == "evt_client_1"
         # Nothing to answer: an empty response, at once (the agent only answers the user).
         conn.response.create()
-        created, done = conn.recv(), conn.recv()
+        created, done = recv(conn), recv(conn)
         assert created.type == "response.created" and done.type == "response.done"
         assert done.response.status == "completed" and done.response.output == []
         # Still open and working.
@@ -345,12 +356,12 @@ def test_bad_events_get_error_events_and_the_socket_stays_open(serve, tmp_path):
 def test_api_key_as_bearer_when_keys_are_configured(serve, tmp_path):
     server = serve(fake_models(tmp_path, [], FakeLLM()), {"server": {"api_keys": [KEY]}})
     with client_for(server, key="wrong-key").realtime.connect(model="echoforge") as conn:
-        error = conn.recv()
+        error = recv(conn)
         assert error.type == "error" and error.error.code == "invalid_api_key"
         with pytest.raises(Exception, match="(?i)closed|1008"):
-            conn.recv()
+            recv(conn)
     with client_for(server, key=KEY).realtime.connect(model="echoforge") as conn:
-        assert conn.recv().type == "session.created"
+        assert recv(conn).type == "session.created"
 
 
 @pytest.mark.integration
