@@ -74,7 +74,7 @@ from echoforge.agent.grounding import (
 from echoforge.agent.llm import build_messages
 from echoforge.agent.processors import DOWN, UP, Clock, Direction, FrameProcessor, Pipeline, iterate_in_thread
 from echoforge.agent.sentences import SentenceSplitter
-from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
+from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADEvent, VADParams
 from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
 
 log = logging.getLogger("echoforge.agent")
@@ -98,6 +98,9 @@ class VADProcessor(FrameProcessor):
         super().__init__()
         self.detector = detector
         self.paused = False
+        # A tap for protocol adapters (the Realtime API): each VAD event, with its position in the
+        # input, before its frames go out.
+        self.on_event: Callable[[VADEvent], None] | None = None
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, InputAudioRawFrame):
@@ -113,6 +116,8 @@ class VADProcessor(FrameProcessor):
             else:
                 events = self.detector.push(audio)
             for event in events:
+                if self.on_event is not None:
+                    self.on_event(event)
                 if event.kind == "started":
                     await self.push_frame(UserStartedSpeakingFrame(during_bot_speech=event.during_bot_speech))
                     await self.push_frame(InterruptionFrame(reason="barge-in" if event.during_bot_speech else "user"))

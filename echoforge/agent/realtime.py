@@ -35,6 +35,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,7 @@ from echoforge.agent.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
+from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADEvent, VADParams
 from echoforge.audio import StreamResampler, float_to_pcm16, pcm16_to_float
 
 log = logging.getLogger("echoforge.agent.realtime")
@@ -192,11 +193,14 @@ class RealtimeSession:
         self.response: _Response | None = None
         self._buffer = bytearray()  # manual turns: pcm16 24 kHz until commit
         self._input = StreamResampler(PCM_RATE, SAMPLE_RATE)
-        self._input_samples = 0  # 16 kHz samples given to the VAD (audio_start_ms / audio_end_ms)
+        self._input_samples = 0  # 16 kHz samples given to the VAD
+        self._marks: deque[tuple[str, int]] = deque()  # ("start" | "stop", ms into the input) per VAD decision
+        self._vad_offset_ms = 0  # input already heard when the current turn detector was made
         self._speech_item: _Item | None = None  # the user item the VAD is hearing
         self._injected: set[int] = set()  # ids of the TranscriptionFrames response.create sent in
         self._spoken: dict[int, list[str]] = {}  # turn id -> sentences spoken before the start was seen
         agent.tts.on_text = self._on_sentence
+        agent.vad.on_event = self._on_vad
 
     # -- plumbing ----------------------------------------------------------------------------------
     @property
@@ -378,6 +382,7 @@ class RealtimeSession:
         detector.bot_speaking = old.bot_speaking
         self.agent.vad.detector = detector
         self.agent.output.detector = detector
+        self._vad_offset_ms = _ms(self._input_samples, SAMPLE_RATE)  # its clock starts at 0 here
 
     async def _append(self, event: dict) -> None:
         audio = event.get("audio")
@@ -399,9 +404,33 @@ class RealtimeSession:
             self._buffer += pcm
             return
         chunk = self._input.process(pcm16_to_float(pcm))
-        if chunk.size:
-            self._input_samples += chunk.size
-            await self.agent.push_audio(chunk, SAMPLE_RATE)
+        if not chunk.size:
+            return
+        self._input_samples += chunk.size
+        await self.agent.push_audio(chunk, SAMPLE_RATE)
+
+    def _on_vad(self, event: VADEvent) -> None:
+        """VAD hook (before the event's frames go out): where in the input speech started / ended."""
+        detector = self.agent.vad.detector
+        if event.kind == "started":  # confirmed after min_speech_ms (interrupt_min_speech_ms over the agent)
+            p = detector.params
+            needed = p.interrupt_min_speech_ms if event.during_bot_speech else p.min_speech_ms
+            self._marks.append(("start", self._vad_offset_ms + max(0, int(event.time_s * 1000) - needed)))
+        elif event.kind == "stopped":
+            end_s = (
+                event.speech_end_s
+                if event.speech_end_s is not None
+                else event.time_s - detector.params.silence_ms / 1000
+            )
+            self._marks.append(("stop", self._vad_offset_ms + int(end_s * 1000)))
+
+    def _mark(self, kind: str) -> int:
+        """The input position (ms) of the VAD's next ``kind`` decision."""
+        while self._marks:
+            mark, ms = self._marks.popleft()
+            if mark == kind:
+                return ms
+        return _ms(self._input_samples, SAMPLE_RATE)
 
     async def _commit(self, event: dict) -> None:
         if self.server_vad:
@@ -616,16 +645,14 @@ class RealtimeSession:
         response = self.response
         if isinstance(frame, UserStartedSpeakingFrame):
             item = self._speech_item = _Item(new_id("item"), "user", "input_audio", status="in_progress")
-            start = max(0, self._input_samples - int(self.agent.vad.detector.params.min_speech_ms * SAMPLE_RATE / 1000))
-            self.emit("input_audio_buffer.speech_started", audio_start_ms=_ms(start, SAMPLE_RATE), item_id=item.id)
+            start = self._mark("start")
+            self.emit("input_audio_buffer.speech_started", audio_start_ms=start, item_id=item.id)
             if response is not None:  # barge-in: the interruption right behind this frame cancels the reply
                 response.cancel_reason = response.cancel_reason or "turn_detected"
         elif isinstance(frame, UserStoppedSpeakingFrame):
             item = self._speech_item or _Item(new_id("item"), "user", "input_audio")
             self._speech_item = item
-            silence = int(self.agent.vad.detector.params.silence_ms * SAMPLE_RATE / 1000)
-            self.emit("input_audio_buffer.speech_stopped", audio_end_ms=_ms(max(0, self._input_samples - silence), SAMPLE_RATE),
-                            item_id=item.id)  # fmt: skip
+            self.emit("input_audio_buffer.speech_stopped", audio_end_ms=self._mark("stop"), item_id=item.id)
             self._add_item(item)
             self.emit("input_audio_buffer.committed", item_id=item.id, previous_item_id=self._previous(item))
             self.emit("conversation.item.added", item=item.as_dict(), previous_item_id=self._previous(item))

@@ -150,6 +150,9 @@ def test_spoken_question_with_server_vad(serve, tmp_path):
              "response.output_item.done", "response.done"]  # fmt: skip
     assert [kinds.index(k) for k in order] == sorted(kinds.index(k) for k in order)
     started = events[kinds.index("input_audio_buffer.speech_started")]
+    stopped = events[kinds.index("input_audio_buffer.speech_stopped")]
+    # The tone runs from 300 to 1500 ms of the recording (positions in the audio, not times).
+    assert 250 <= started.audio_start_ms <= 450 and 1400 <= stopped.audio_end_ms <= 1700, (started, stopped)
     heard = events[kinds.index("conversation.item.input_audio_transcription.completed")]
     assert heard.transcript == "What port does the server use?" and heard.item_id == started.item_id
     done = events[-1]
