@@ -26,8 +26,8 @@
 # H100, full size, extrapolated (never measured; the step measures and reports each figure):
 #   serving  ~10 imports + ~15 build (random init in fp32 and the bf16 cast, on the device, ~12 GiB
 #            peak) + compile: the static step is three graphs (codebooks 0-1, one depth-decoder
-#            step replayed 30x, the backbone step): 344 ops traced per bucket instead of 3,009 (CPU
-#            inductor, tiny: 27 s instead of 297 s for bucket 1), so ~15-40 s per bucket on the H100's
+#            step replayed 30x, the backbone step): 1,536 aten ops compiled per bucket instead of 9,256
+#            (CPU inductor, tiny: 27 s instead of 297 s for bucket 1), so ~15-40 s per bucket on the H100's
 #            16 cores; buckets 8/16/32/64 are compiled while the measured time fits before 55 % of the
 #            step's budget (~185 s), the rest run eager and are labelled so + kernels ~25 (one eager
 #            frame ~0.1, FlexAttention compiled alone ~20) + vs transformers ~15 (24 frames each;

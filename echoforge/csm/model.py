@@ -196,10 +196,11 @@ class Attention(nn.Module):
         a = self.args
         bsz, seqlen, _ = x.shape
         qkv = F.linear(x, self.wqkv.weight).view(bsz, seqlen, a.n_head + 2 * a.n_local_heads, a.head_dim)
-        qk = apply_rope(qkv[:, :, : a.n_head + a.n_local_heads], cos, sin)  # q and k rotated in one go
-        q = qk[:, :, : a.n_head].transpose(1, 2)  # [B, H, T, hd]
-        k = qk[:, :, a.n_head :].transpose(1, 2)  # [B, H_kv, T, hd]
-        v = qkv[:, :, a.n_head + a.n_local_heads :].transpose(1, 2)
+        # Views only, as few ops as possible (each is dispatched per layer per codebook step):
+        qk, v = qkv.split([a.n_head + a.n_local_heads, a.n_local_heads], dim=2)
+        qk = apply_rope(qk, cos, sin).transpose(1, 2)  # q and k rotated in one go: [B, H + H_kv, T, hd]
+        q, k = qk.split([a.n_head, a.n_local_heads], dim=1)  # [B, H, T, hd], [B, H_kv, T, hd]
+        v = v.transpose(1, 2)
         if self.kv_cache is not None:  # inference: keys/values go to the slot's cache columns
             k, v = self.kv_cache.update(input_pos, k, v, slot)  # [B, H_kv, S, hd]
         # else (training, no cache): attend over this block alone (mask None + kv_len T = causal)
