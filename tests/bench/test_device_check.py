@@ -27,7 +27,7 @@ NOT_ON_DEVICE = [
 
 
 SERVING = ["serving_build", "serving_compile", "serving_kernels", "serving_vs_hf", "serving_ttfa", "serving_compile",
-           "serving_streams", "serving_ttfa"]  # fmt: skip
+           "serving_streams", "serving_ttfa", "serving_compile"]  # fmt: skip
 
 
 def _dry_run(out: Path, only: str, **popen) -> subprocess.Popen:
@@ -49,11 +49,13 @@ def test_dry_run_writes_results(tmp_path):
     assert "echoforge importable" in summary
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [x["benchmark"] for x in lines] == [*SERVING, "precision_drift"]
-    build, c1, kern, vs, ttfa1, rest, streams, ttfa16, drift = lines
+    build, c1, kern, vs, ttfa1, rest, streams, ttfa16, big_topk, drift = lines
     assert build["size"] == "tiny" and build["build_s"] > 0
     # compile time per bucket, measured: bucket 1 first, then every bucket the stream counts need
     assert [b["bucket"] for b in c1["buckets"]] == [1] and c1["buckets"][0]["first_s"] > 0
     assert [b["bucket"] for b in rest["buckets"]] == [8, 16, 32, 64] and rest["skipped"] == []
+    assert rest["serving_warmup_estimate_s"] > 0  # every bucket at both top-k bounds, from the measured ones
+    assert [(b["bucket"], b["kmax"]) for b in big_topk["buckets"]] == [(1, 2051)]  # the other bound, measured
     assert kern["ops_per_frame_static"] > 1000 and kern["ops_per_frame_sliced"] > 1000
     assert any("scaled_dot_product" in n for n in kern["attention_ops_eager"]), kern  # which attention ran
     # masked SDPA over the window vs the length-aware FlexAttention, per row length (compiled on CUDA)
