@@ -1,0 +1,227 @@
+"""The output stage: :class:`OutputProcessor` plays the agent's audio at real-time pace.
+
+Owns the playback buffer and its pacing task, what of a reply was actually heard (``_Sentence``,
+``_Reply``: samples sent per sentence), the bot started / stopped speaking frames, the cut on an
+interruption and committing the assistant's turn (heard words only) to the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from echoforge.agent.config import AgentSettings
+from echoforge.agent.conversation import Conversation, Turn
+from echoforge.agent.frames import (
+    AssistantTurnFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    OutputAudioRawFrame,
+    TTSAudioRawFrame,
+    UserStartedSpeakingFrame,
+)
+from echoforge.agent.processors import DOWN, UP, Clock, Direction, FrameProcessor
+from echoforge.agent.vad import TurnDetector
+
+
+@dataclass
+class _Sentence:
+    text: str
+    sent: int = 0  # samples sent to the player
+    complete: bool = False  # the TTS finished it
+
+
+@dataclass
+class _Reply:
+    turn_id: int
+    sentences: dict[int, _Sentence] = field(default_factory=dict)
+    audio: list[np.ndarray] = field(default_factory=list)
+    sample_rate: int = 24_000
+    full_text: str = ""
+    sources: list[str] = field(default_factory=list)
+
+
+class OutputProcessor(FrameProcessor):
+    """Paces agent audio to real time, tracks what was heard, commits assistant turns.
+
+    A separate playback task drains a buffer of fixed-size chunks so that text frames are never held
+    behind audio. Each chunk goes out as an :class:`OutputAudioRawFrame` once the already-sent audio is
+    within ``playback_lead_ms`` of the wall clock.
+    """
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        settings: AgentSettings,
+        detector: TurnDetector | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__()
+        self.clock = clock or Clock()
+        self.conversation = conversation
+        self.settings = settings
+        self.detector = detector
+        self._buffer: deque[tuple[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._play_task: asyncio.Task | None = None
+        self._reply: _Reply | None = None
+        self._play_until = 0.0  # monotonic time at which everything sent so far has been played
+        self.speaking = False
+        self.chunks_sent = 0
+        # Set by UserStartedSpeakingFrame, which reaches us before the InterruptionFrame right behind
+        # it: the interruption's cancellations yield to the loop, and no chunk may slip out meanwhile.
+        self._hold = False
+
+    async def start(self) -> None:
+        await super().start()
+        self._wake = asyncio.Event()
+        self._play_task = asyncio.create_task(self._play(), name="output-play")
+
+    async def stop(self) -> None:
+        from echoforge.agent.processors import cancel_task
+
+        await cancel_task(self._play_task)
+        await super().stop()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, InterruptionFrame) and direction is DOWN:
+            await self._interrupt(frame)
+            return
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._hold = True
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self._reply = _Reply(frame.turn_id, sources=list(frame.sources))
+        elif isinstance(frame, TTSAudioRawFrame):
+            self._enqueue_audio(frame)
+            return
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            if self._reply is not None and self._reply.turn_id == frame.turn_id:
+                self._reply.full_text = frame.text
+            self._buffer.append(("end", frame.turn_id))
+            self._wake.set()
+        await self.push_frame(frame, direction)
+
+    def spoken_so_far(self) -> dict[int, bool]:
+        """The current reply's sentences that reached the output: ``{index: complete}`` (for tests, UIs)."""
+        reply = self._reply
+        return {i: s.complete for i, s in reply.sentences.items()} if reply is not None else {}
+
+    def _enqueue_audio(self, frame: TTSAudioRawFrame) -> None:
+        reply = self._reply
+        if reply is None or reply.turn_id != frame.turn_id:
+            return  # audio of a reply that was interrupted
+        reply.sample_rate = frame.sample_rate
+        sentence = reply.sentences.setdefault(frame.index, _Sentence(frame.text))
+        if frame.last:
+            sentence.complete = True
+            return
+        step = max(1, frame.sample_rate * self.settings.output_chunk_ms // 1000)
+        for i in range(0, frame.audio.size, step):
+            self._buffer.append(("audio", (frame.index, frame.audio[i : i + step], frame.sample_rate)))
+        self._wake.set()
+
+    async def _play(self) -> None:
+        lead = self.settings.playback_lead_ms / 1000
+        while True:
+            if not self._buffer:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            kind, item = self._buffer.popleft()
+            if kind == "end":
+                await self.clock.sleep(self._play_until - self.clock.now())
+                await self._finish_reply(item)
+                continue
+            index, chunk, sr = item
+            wait = self._play_until - self.clock.now() - lead
+            if wait > 0:
+                await self.clock.sleep(wait)
+            reply = self._reply
+            if reply is None or self._hold:
+                continue
+            if not self.speaking:
+                self.speaking = True
+                await self._announce(BotStartedSpeakingFrame())
+            now = self.clock.now()
+            self._play_until = max(self._play_until, now) + chunk.size / sr
+            reply.sentences[index].sent += chunk.size
+            reply.audio.append(chunk)
+            if self.detector is not None:
+                self.detector.note_playback(chunk)
+            self.chunks_sent += 1
+            await self.push_frame(OutputAudioRawFrame(audio=chunk, sample_rate=sr))
+
+    async def _announce(self, frame: Frame) -> None:
+        """Bot speaking frames go upstream (the VAD guard) and on to the observer."""
+        await self.push_frame(frame, UP)
+
+    async def _finish_reply(self, turn_id: int) -> None:
+        reply = self._reply
+        if reply is None or reply.turn_id != turn_id:
+            return
+        self._reply = None
+        text = " ".join(reply.sentences[i].text for i in sorted(reply.sentences)) or reply.full_text
+        self._commit(reply, text, interrupted=False)
+        await self.push_frame(AssistantTurnFrame(text=text, full_text=reply.full_text, interrupted=False, sources=reply.sources))
+        if self.speaking:
+            self.speaking = False
+            await self._announce(BotStoppedSpeakingFrame(interrupted=False))
+
+    def _heard_text(self, reply: _Reply) -> str:
+        """The words actually played: whole sentences, then the played fraction of the current one.
+
+        Audio sent within the last ``playback_lead_ms`` is still in the player's buffer, so it is
+        subtracted; the cut sentence keeps the share of its words that matches the share of its
+        audio heard (audio known so far: sent + queued).
+        """
+        unplayed = max(0.0, self._play_until - self.clock.now()) * reply.sample_rate
+        heard_left = sum(s.sent for s in reply.sentences.values()) - unplayed
+        words: list[str] = []
+        for i in sorted(reply.sentences):
+            sentence = reply.sentences[i]
+            total = self._sentence_total(reply, i)
+            heard = min(sentence.sent, max(0.0, heard_left))
+            heard_left -= sentence.sent
+            sentence_words = sentence.text.split()
+            if total and heard >= total and sentence.complete:
+                words += sentence_words
+                continue
+            n = int(len(sentence_words) * heard / total) if total else 0
+            words += sentence_words[:n]
+            break
+        return " ".join(words)
+
+    def _sentence_total(self, reply: _Reply, index: int) -> int:
+        """Samples of sentence ``index`` that reached the output buffer (sent + still queued)."""
+        queued = sum(item[1].size for kind, item in self._buffer if kind == "audio" and item[0] == index)
+        return reply.sentences[index].sent + queued
+
+    async def _interrupt(self, frame: InterruptionFrame) -> None:
+        reply = self._reply
+        heard = ""
+        if reply is not None and any(s.sent for s in reply.sentences.values()):
+            heard = self._heard_text(reply)  # before the buffer is cleared: it sizes the cut sentence
+        self._buffer.clear()
+        self._hold = False
+        self._play_until = self.clock.now()
+        await self.push_frame(frame, DOWN)  # transports flush their players first
+        if reply is not None:
+            self._reply = None
+            self._commit(reply, heard, interrupted=True)
+            await self.push_frame(AssistantTurnFrame(text=heard, full_text=reply.full_text, interrupted=True, sources=reply.sources))
+        if self.speaking:
+            self.speaking = False
+            await self._announce(BotStoppedSpeakingFrame(interrupted=True))
+
+    def _commit(self, reply: _Reply, text: str, interrupted: bool) -> None:
+        audio = np.concatenate(reply.audio) if reply.audio else None
+        if text or interrupted:
+            self.conversation.add(Turn("assistant", text, audio, reply.sample_rate, interrupted=interrupted))

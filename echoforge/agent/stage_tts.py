@@ -1,0 +1,103 @@
+"""The TTS stage: :class:`TTSProcessor` speaks each sentence through the engine.
+
+Owns the synthesis request of one sentence (voice, voice prompt, the conversation as context,
+speed), streaming the engine's audio in a worker thread, and the hooks protocol adapters use
+(text-only replies, a tap on each sentence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from echoforge.agent.config import AgentSettings
+from echoforge.agent.conversation import Conversation
+from echoforge.agent.frames import (
+    Frame,
+    TTSAudioRawFrame,
+    TTSTextFrame,
+)
+from echoforge.agent.processors import Direction, FrameProcessor, iterate_in_thread
+from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
+
+
+class TTSProcessor(FrameProcessor):
+    """Speaks each sentence through the engine (in a worker thread), with the conversation as context."""
+
+    def __init__(
+        self,
+        engine: TTSEngine,
+        conversation: Conversation,
+        settings: AgentSettings,
+        voice: Callable[[], str | None] | None = None,
+        voice_prompt: Callable[[str | None], Segment | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.conversation = conversation
+        self.settings = settings
+        self.voice = voice or (lambda: settings.voice)
+        self.voice_prompt = voice_prompt or (lambda _voice: None)
+        self.cancelled = 0
+        # Hooks for protocol adapters (the Realtime API): the speaking rate, text-only replies
+        # (sentences still go through, without audio) and a tap on each sentence as it is spoken.
+        self.speed = 1.0
+        self.speak = True
+        self.on_text: Callable[[TTSTextFrame], None] | None = None
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if not isinstance(frame, TTSTextFrame):
+            await self.push_frame(frame, direction)
+            return
+        if self.on_text is not None:
+            self.on_text(frame)
+        if not self.speak:
+            await self._end_sentence(frame)
+            return
+        s = self.settings
+        voice = self.voice()
+        # A saved voice's reference clip leads the context, pinned: CSM keeps it when the
+        # conversation fills its window and drops the oldest turns instead.
+        prompt = self.voice_prompt(voice)
+        stop = threading.Event()
+        request = SynthesisRequest(
+            text=frame.text,
+            voice=voice,
+            speaker=s.speaker,
+            context=([prompt.as_voice_prompt()] if prompt is not None else [])
+            + self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
+            should_stop=stop.is_set,  # barge-in: CSM drops this row at the next frame
+            speed=self.speed,
+        )
+        try:
+            async for chunk in iterate_in_thread(lambda: self.engine.stream(request), stop):
+                chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                if chunk.size:
+                    await self.push_frame(
+                        TTSAudioRawFrame(
+                            audio=chunk,
+                            sample_rate=self.engine.sample_rate,
+                            text=frame.text,
+                            turn_id=frame.turn_id,
+                            index=frame.index,
+                        )
+                    )
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        await self._end_sentence(frame)
+
+    async def _end_sentence(self, frame: TTSTextFrame) -> None:
+        await self.push_frame(
+            TTSAudioRawFrame(
+                audio=np.zeros(0, np.float32),
+                sample_rate=self.engine.sample_rate,
+                text=frame.text,
+                turn_id=frame.turn_id,
+                index=frame.index,
+                last=True,
+            )
+        )
