@@ -65,6 +65,7 @@ PCM_RATE = 24_000  # the Realtime API's audio/pcm: always 24 kHz s16le mono
 AUDIO_FORMAT = {"type": "audio/pcm", "rate": PCM_RATE}
 MAX_BUFFER_S = 300  # manual turns: audio held until commit (OpenAI's buffer limit is 15 MiB ≈ 5 min)
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms
+MAX_TEXT_CHARS = 16_384  # instructions or one message's text
 
 
 def new_id(prefix: str) -> str:
@@ -707,6 +708,7 @@ class RealtimeSession:
         user = next((t for t in reversed(turns) if t.role == "user"), None)
         for item in self.pending:
             item.turn = user
+            item.audio = None  # the turn holds it now (the TTS context)
         self.pending = []
         kind = "output_audio" if "audio" in response.modalities else "output_text"
         item = self._add_item(_Item(new_id("item"), "assistant", kind, status="in_progress"))
@@ -847,6 +849,8 @@ def _obj(value: Any, param: str) -> dict[str, Any]:
 def _text(value: Any, param: str) -> str:
     if not isinstance(value, str):
         raise RealtimeError(f"{param} must be a string", "invalid_value", param)
+    if len(value) > MAX_TEXT_CHARS:  # every character goes into the LLM's prompt
+        raise RealtimeError(f"{param} is longer than {MAX_TEXT_CHARS} characters", "string_above_max_length", param)
     return value
 
 

@@ -331,6 +331,8 @@ def test_bad_events_get_error_events_and_the_socket_stays_open(serve, tmp_path):
             (json.dumps({"type": "response.cancel", "event_id": "evt_client_1"}), "response_cancel_not_active", None),
             (json.dumps({"type": "conversation.item.delete", "item_id": "item_nope"}), "item_not_found", "item_id"),
             (json.dumps([1, 2, 3]), "invalid_event", None),
+            (json.dumps({"type": "session.update", "session": {"instructions": "x" * 20_000}}), "string_above_max_length",
+             "session.instructions"),
         ]  # fmt: skip
         for raw, code, param in bad:
             conn.send_raw(raw)
