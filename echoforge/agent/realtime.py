@@ -66,6 +66,8 @@ AUDIO_FORMAT = {"type": "audio/pcm", "rate": PCM_RATE}
 MAX_BUFFER_S = 300  # manual turns: audio held until commit (OpenAI's buffer limit is 15 MiB ≈ 5 min)
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms
 MAX_TEXT_CHARS = 16_384  # instructions or one message's text
+# semantic_vad's eagerness → how long a pause the smart-turn model judged unfinished may last (ms)
+EAGERNESS_WAIT_MS = {"high": 600, "medium": 1200, "auto": 1200, "low": 2500}
 
 
 def new_id(prefix: str) -> str:
@@ -197,6 +199,7 @@ class RealtimeSession:
         self._input_samples = 0  # 16 kHz samples given to the VAD
         self._marks: deque[tuple[str, int]] = deque()  # ("start" | "stop", ms into the input) per VAD decision
         self._vad_offset_ms = 0  # input already heard when the current turn detector was made
+        self._turn_model: Callable[[np.ndarray], float] | None = None  # semantic_vad: the smart-turn model
         self._speech_item: _Item | None = None  # the user item the VAD is hearing
         self._injected: set[int] = set()  # ids of the TranscriptionFrames response.create sent in
         self._spoken: dict[int, list[str]] = {}  # turn id -> sentences spoken before the start was seen
@@ -304,6 +307,16 @@ class RealtimeSession:
             new["audio"]["output"]["speed"] = _number(out["speed"], "session.audio.output.speed", 0.25, 1.5)
         if "model" in session and isinstance(session["model"], str):
             new["model"] = session["model"]
+        td = new["audio"]["input"]["turn_detection"]
+        if td is not None and td["type"] == "semantic_vad" and self._turn_model is None:
+            try:  # loaded once, off the event loop
+                from echoforge.agent.turn import smart_turn_model
+
+                self._turn_model = await asyncio.to_thread(smart_turn_model)
+            except (ImportError, OSError) as exc:
+                raise _unsupported(
+                    f"semantic_vad without the smart-turn model ({exc})", "session.audio.input.turn_detection"
+                ) from None
         self._apply(new)
         self.emit("session.updated", session=self.session)
 
@@ -312,13 +325,21 @@ class RealtimeSession:
         if value is None:
             return None
         td = _obj(value, param)
-        if td.get("type") != "server_vad":
-            raise _unsupported(f"turn detection {td.get('type')!r} (only server_vad or null)", f"{param}.type")
+        if td.get("type") not in ("server_vad", "semantic_vad"):
+            raise RealtimeError("turn_detection.type must be server_vad or semantic_vad (or turn_detection null)",
+                                "invalid_value", f"{param}.type")  # fmt: skip
         for flag in ("create_response", "interrupt_response"):
             if td.get(flag) is False:
                 raise _unsupported(f"{flag}: false", f"{param}.{flag}")
         if td.get("idle_timeout_ms") is not None:
             raise _unsupported("idle_timeout_ms", f"{param}.idle_timeout_ms")
+        if td["type"] == "semantic_vad":
+            eagerness = td.get("eagerness") or "auto"
+            if eagerness not in EAGERNESS_WAIT_MS:
+                raise RealtimeError(
+                    "eagerness must be low, medium, high or auto", "invalid_value", f"{param}.eagerness"
+                )
+            return {"type": "semantic_vad", "eagerness": eagerness, "create_response": True, "interrupt_response": True}
         current = self.session["audio"]["input"]["turn_detection"] or {}
         turn = self.agent.settings.turn
         return {
@@ -374,12 +395,21 @@ class RealtimeSession:
         s = self.agent.settings
         old: TurnDetector = self.agent.vad.detector
         params = VADParams(**{**old.params.__dict__})
-        params.threshold = float(td["threshold"])
-        params.interrupt_threshold = max(params.interrupt_threshold, params.threshold)
-        params.preroll_ms = int(td["prefix_padding_ms"])
-        params.silence_ms = int(td["silence_duration_ms"])
+        turn_model = None
+        if td["type"] == "semantic_vad":
+            # The agent's semantic end of turn: the smart-turn model judges each pause; eagerness is
+            # how long a pause it judged unfinished may last.
+            params.smart_turn = True
+            params.incomplete_silence_ms = EAGERNESS_WAIT_MS[td["eagerness"]]
+            turn_model = old.turn_model or self._turn_model
+        else:
+            params.smart_turn = False
+            params.threshold = float(td["threshold"])
+            params.interrupt_threshold = max(params.interrupt_threshold, params.threshold)
+            params.preroll_ms = int(td["prefix_padding_ms"])
+            params.silence_ms = int(td["silence_duration_ms"])
         params.partial_ms = s.stt_partial_ms if s.stt_partial_ms < params.silence_ms else 0
-        detector = TurnDetector(params, old.vad, old.turn_model)
+        detector = TurnDetector(params, old.vad, turn_model)
         detector.bot_speaking = old.bot_speaking
         self.agent.vad.detector = detector
         self.agent.output.detector = detector

@@ -167,6 +167,30 @@ def test_spoken_question_with_server_vad(serve, tmp_path):
     assert audio.size == expected and np.abs(audio).max() > 3000
 
 
+def test_semantic_vad_is_the_agents_smart_turn(serve, tmp_path):
+    pytest.importorskip("pipecat")  # the smart-turn model ships in pipecat-ai's wheel
+    server = serve(fake_models(tmp_path, ["Tell me something nice."], FakeLLM("You are doing great."), notes=False))
+    with client_for(server).realtime.connect(model="echoforge") as conn:
+        recv_until(conn, "session.created")
+        semantic = {"type": "semantic_vad", "eagerness": "sometimes"}
+        conn.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": semantic}}},
+            }
+        )
+        assert recv_until(conn, "error")[-1].error.param == "session.audio.input.turn_detection.eagerness"
+        semantic["eagerness"] = "high"
+        conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": semantic}}})
+        td = recv_until(conn, "session.updated")[-1].session.audio.input.turn_detection
+        assert (td.type, td.eagerness) == ("semantic_vad", "high")
+        # Whatever the model makes of a tone, 1.5 s of silence ends the turn (high: ≤ 600 ms when unfinished).
+        append_audio(conn, pcm24k(np.concatenate([silence(0.3), tone(1.0), silence(1.5)])))
+        events = recv_until(conn, "response.done")
+    heard = next(e for e in events if e.type == "conversation.item.input_audio_transcription.completed")
+    assert heard.transcript == "Tell me something nice." and events[-1].response.status == "completed"
+
+
 def test_manual_turns_commit_then_response_create(serve, tmp_path):
     llm = FakeLLM("Sure, here is a short and friendly answer.")
     server = serve(fake_models(tmp_path, ["Please say something friendly."], llm))
