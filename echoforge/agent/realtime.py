@@ -205,6 +205,7 @@ class RealtimeSession:
         self._spoken: dict[int, list[str]] = {}  # turn id -> sentences spoken before the start was seen
         agent.tts.on_text = self._on_sentence
         agent.vad.on_event = self._on_vad
+        agent.llm.respond = self._respond_now
 
     # -- plumbing ----------------------------------------------------------------------------------
     @property
@@ -328,9 +329,11 @@ class RealtimeSession:
         if td.get("type") not in ("server_vad", "semantic_vad"):
             raise RealtimeError("turn_detection.type must be server_vad or semantic_vad (or turn_detection null)",
                                 "invalid_value", f"{param}.type")  # fmt: skip
-        for flag in ("create_response", "interrupt_response"):
-            if td.get(flag) is False:
-                raise _unsupported(f"{flag}: false", f"{param}.{flag}")
+        if td.get("interrupt_response") is False:
+            raise _unsupported("interrupt_response: false", f"{param}.interrupt_response")
+        create = td.get("create_response", True)
+        if not isinstance(create, bool):
+            raise RealtimeError("create_response must be true or false", "invalid_value", f"{param}.create_response")
         if td.get("idle_timeout_ms") is not None:
             raise _unsupported("idle_timeout_ms", f"{param}.idle_timeout_ms")
         if td["type"] == "semantic_vad":
@@ -339,7 +342,12 @@ class RealtimeSession:
                 raise RealtimeError(
                     "eagerness must be low, medium, high or auto", "invalid_value", f"{param}.eagerness"
                 )
-            return {"type": "semantic_vad", "eagerness": eagerness, "create_response": True, "interrupt_response": True}
+            return {
+                "type": "semantic_vad",
+                "eagerness": eagerness,
+                "create_response": create,
+                "interrupt_response": True,
+            }
         current = self.session["audio"]["input"]["turn_detection"] or {}
         turn = self.agent.settings.turn
         return {
@@ -349,7 +357,7 @@ class RealtimeSession:
                                              f"{param}.prefix_padding_ms", 0, 2000)),
             "silence_duration_ms": int(_number(td.get("silence_duration_ms", current.get("silence_duration_ms", turn.silence_ms)),
                                                f"{param}.silence_duration_ms", 100, 5000)),
-            "create_response": True,
+            "create_response": create,
             "interrupt_response": True,
             "idle_timeout_ms": None,
         }  # fmt: skip
@@ -439,6 +447,16 @@ class RealtimeSession:
             return
         self._input_samples += chunk.size
         await self.agent.push_audio(chunk, SAMPLE_RATE)
+
+    @property
+    def auto_respond(self) -> bool:
+        """Whether the end of a spoken turn starts a response (server VAD with ``create_response``)."""
+        td = self.session["audio"]["input"]["turn_detection"]
+        return td is not None and td["create_response"]
+
+    def _respond_now(self, frame: TranscriptionFrame) -> bool:
+        """LLM stage gate: our response.create's turns always; the VAD's when create_response is on."""
+        return frame.id in self._injected or self.auto_respond
 
     def _on_vad(self, event: VADEvent) -> None:
         """VAD hook (before the event's frames go out): where in the input speech started / ended."""
@@ -726,7 +744,7 @@ class RealtimeSession:
         await self._transcribed(item)
         if not item.text:
             return  # nothing recognised: the agent does not answer, neither do we
-        if self.response is None:  # the agent answers every spoken turn (create_response: true)
+        if self.response is None and self.auto_respond:  # the agent answers the spoken turn
             response = _Response(new_id("resp"), list(self.session["output_modalities"]), self.agent.voice)
             self.response = response
             self.emit("response.created", response=self._response_dict(response, "in_progress"))

@@ -97,11 +97,14 @@ class LLMProcessor(FrameProcessor):
         self.generating = False
         self._stop: threading.Event | None = None
         self._speculation: Grounding | None = None  # the decision for the words at the last pause
+        # A gate for protocol adapters (the Realtime API's create_response: false): whether this
+        # transcript gets a reply now. None: every non-empty one does.
+        self.respond: Callable[[TranscriptionFrame], bool] | None = None
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, TranscriptionFrame):
             await self.push_frame(frame, direction)
-            if frame.text.strip():
+            if frame.text.strip() and (self.respond is None or self.respond(frame)):
                 await self._respond(frame)
             return
         if isinstance(frame, InterimTranscriptionFrame):

@@ -191,6 +191,24 @@ def test_semantic_vad_is_the_agents_smart_turn(serve, tmp_path):
     assert heard.transcript == "Tell me something nice." and events[-1].response.status == "completed"
 
 
+def test_server_vad_without_create_response_waits_for_response_create(serve, tmp_path):
+    llm = FakeLLM("Here you go.")
+    server = serve(fake_models(tmp_path, ["Give me a moment."], llm, notes=False))
+    with client_for(server).realtime.connect(model="echoforge") as conn:
+        recv_until(conn, "session.created")
+        vad = {"type": "server_vad", "create_response": False}
+        conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": vad}}})
+        assert recv_until(conn, "session.updated")[-1].session.audio.input.turn_detection.create_response is False
+        append_audio(conn, pcm24k(np.concatenate([silence(0.3), tone(1.0), silence(0.9)])))
+        spoken = recv_until(conn, "conversation.item.done")
+        assert spoken[-1].item.content[0].transcript == "Give me a moment."
+        conn.response.create()
+        events = recv_until(conn, "response.done")
+    assert not [e for e in spoken + events if e.type in ("error", "response.created")][1:]
+    assert events[0].type == "response.created" and events[-1].response.status == "completed"
+    assert len(llm.calls) == 1 and llm.calls[0][-1]["content"].endswith("Give me a moment.")
+
+
 def test_manual_turns_commit_then_response_create(serve, tmp_path):
     llm = FakeLLM("Sure, here is a short and friendly answer.")
     server = serve(fake_models(tmp_path, ["Please say something friendly."], llm))
