@@ -165,7 +165,7 @@ def answer_type(question: str) -> AnswerType | None:
 
 
 def _stems(text: str) -> set[str]:
-    from echoforge.agent.rag import tokenize
+    from echoforge.agent.rag_lexical import tokenize
 
     return set(tokenize(text))
 
@@ -321,7 +321,7 @@ def ungrounded(piece: str, known: str, names: bool = True) -> list[str]:
 @functools.cache
 def _generic() -> frozenset[str]:
     """Words that carry no fact, as retrieval's tokenizer stems them (so the set follows its stemmer)."""
-    from echoforge.agent.rag import tokenize
+    from echoforge.agent.rag_lexical import tokenize
 
     return frozenset(tokenize("answer echo assistant sure yes note question help great well just also know"))
 
@@ -332,7 +332,7 @@ def support(piece: str, known: str) -> float:
     For answers from notes: a piece built from other words than the notes' ("The answer is: Echo,
     the voice assistant") is not an answer from them, whatever it says.
     """
-    from echoforge.agent.rag import tokenize
+    from echoforge.agent.rag_lexical import tokenize
 
     terms = [t for t in tokenize(piece) if t not in _generic()]
     if not terms:
@@ -343,7 +343,7 @@ def support(piece: str, known: str) -> float:
 
 def answers(reply: str, grounded: str, question: str) -> bool:
     """Whether ``reply`` shares a term of the notes' answer sentence that the question does not have."""
-    from echoforge.agent.rag import tokenize
+    from echoforge.agent.rag_lexical import tokenize
 
     new = set(tokenize(grounded)) - set(tokenize(question)) - _generic()
     return not new or bool(new & set(tokenize(reply)))

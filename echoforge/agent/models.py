@@ -188,7 +188,7 @@ def agent_status(settings: AgentSettings, data_dir: Path, models: AgentModels | 
     import importlib.util
     import sys
 
-    from echoforge.agent.rag import SUFFIXES
+    from echoforge.agent.rag_documents import SUFFIXES
 
     folder = Path(settings.knowledge_base) if settings.knowledge_base is not None else Path(data_dir) / "knowledge_base"
     documents = sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES) if folder.is_dir() else 0

@@ -20,6 +20,12 @@ Layout of the index folder (``<data_dir>/kb_index`` by default)::
 without reading it; one whose content hash is unchanged only gets its mtime refreshed; changed or
 new files are re-chunked and re-embedded and their old vectors removed by id; deleted files lose
 their vectors. Changing the embedding model or chunking rebuilds everything.
+
+This module owns the index (:class:`KnowledgeBase`: build, persistence, hybrid query), the
+embedder, the sentence selection inside retrieved passages (:func:`best_sentences`) and the
+threshold calibration. The lexical part (tokenizer, :class:`BM25`) lives in
+:mod:`echoforge.agent.rag_lexical`, reading and chunking documents in
+:mod:`echoforge.agent.rag_documents`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,122 +41,36 @@ from pathlib import Path
 
 import numpy as np
 
+from echoforge.agent.rag_documents import SUFFIXES, chunk_text, read_document
+from echoforge.agent.rag_lexical import BM25, tokenize
 from echoforge.text import sentences_of
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DENSE_WEIGHT",
+    "BM25",
+    "SUFFIXES",
+    "BuildReport",
+    "Embedder",
+    "KnowledgeBase",
+    "Passage",
+    "Retrieval",
+    "best_sentences",
+    "calibrate_threshold",
+    "chunk_text",
+    "default_embedding_model",
+    "read_document",
+    "split_sentences",
+    "tokenize",
+]
 
 log = logging.getLogger("echoforge.agent.rag")
 
-SUFFIXES = (".md", ".txt", ".pdf")
 # Calibrated on tests/agent/data/kb_questions.json over knowledge_base/ (see calibrate_threshold):
 # with bm25s + PyStemmer, recall@3 24/24, 10/10 unanswerable rejected, suggested 0.1649 (the gap
 # between the best unanswerable 0.145 and the weakest answerable 0.185).
 DEFAULT_THRESHOLD = 0.165
 DENSE_WEIGHT = 0.5
-_WORD = r"[a-z0-9]+(?:[._][a-z0-9]+)*"  # ``server.port`` and ``v1.2`` stay one term
-_STOP = sorted(
-    "a an and are as at be but by can could do does did for from had has have how i if in into is it its "
-    "me my of on or our should so than that the their them then there these they this to was we were what "
-    "when where which while who whom why will with would you your yours about any some tell please".split()
-)
-_stemmers = threading.local()  # PyStemmer objects are not thread-safe: one per thread
-
-
-def _stemmer():
-    if not hasattr(_stemmers, "stemmer"):
-        import Stemmer
-
-        _stemmers.stemmer = Stemmer.Stemmer("english")
-    return _stemmers.stemmer
-
-
-def _tokenize(texts: list[str], return_ids: bool):
-    import bm25s
-
-    return bm25s.tokenize(
-        texts, token_pattern=_WORD, stopwords=_STOP, stemmer=_stemmer(), return_ids=return_ids, show_progress=False
-    )
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased, stop-word-free, Snowball-stemmed terms (bm25s's tokenizer with PyStemmer).
-
-    leaves/leave → leav, voices/voice → voic, running → run; ``server.port`` stays one term.
-    """
-    return _tokenize([text], return_ids=False)[0]
-
-
-class BM25:
-    """Okapi BM25 (``bm25s``) over a small in-memory corpus, with scores normalised to 0..1.
-
-    The normalised score is ``bm25 / Σ_q idf(q)·(k1 + 1)`` over the question's terms, where a
-    term the corpus never uses counts with the largest possible IDF: a question about something
-    absent ("the lighthouse in the harbour") cannot score high just because one common word
-    ("harbour"?) matched. bm25s scores with the ATIRE term-frequency part ``tf·(k1+1) / (tf + norm)``
-    (at most ``k1 + 1``) and the Lucene IDF ``log(1 + (N − df + 0.5) / (df + 0.5))``; the IDF of
-    each term is recomputed from the document frequencies held in bm25s's sparse index.
-    """
-
-    def __init__(self, docs: list[str], k1: float = 1.2, b: float = 0.75) -> None:
-        import bm25s
-
-        self.k1, self.b = k1, b
-        self.n = len(docs)
-        self._index = bm25s.BM25(k1=k1, b=b, method="atire", idf_method="lucene")
-        self.vocab: dict[str, int] = {}
-        self.idf: dict[str, float] = {}
-        self._idf = np.zeros(0, dtype=np.float32)
-        if self.n:
-            corpus = _tokenize(docs, return_ids=True)
-            if corpus.vocab:
-                self._index.index(corpus, create_empty_token=False, show_progress=False)
-                self.vocab = self._index.vocab_dict
-                df = np.diff(self._index.scores["indptr"])  # docs per term (every stored score is > 0)
-                self._idf = self._idf_of(df)
-                self.idf = {t: float(self._idf[i]) for t, i in self.vocab.items()}
-        self.max_idf = float(self._idf_of(np.zeros(1))[0])
-
-    def _idf_of(self, df: np.ndarray) -> np.ndarray:
-        return np.log(1 + (self.n - df + 0.5) / (df + 0.5)).astype(np.float32)
-
-    def use_idf(self, idf: dict[str, float], max_idf: float) -> None:
-        """Score with another corpus's IDF (a knowledge base's, for its sentences); unknown terms get ``max_idf``."""
-        if self.vocab:
-            new = np.asarray([idf.get(t, max_idf) for t in sorted(self.vocab, key=self.vocab.get)], np.float32)
-            per_entry = np.repeat(new / self._idf, np.diff(self._index.scores["indptr"]))
-            self._index.scores["data"] = (self._index.scores["data"] * per_entry).astype(np.float32)
-            self._idf = new
-        self.idf, self.max_idf = dict(idf), max_idf
-
-    def join_compounds(self, query: str) -> str:
-        """Adjacent words whose concatenation is a term of the corpus, joined: the recogniser writes
-        "Echo Forge", "web socket", "make file" where the notes say EchoForge, WebSocket, Makefile."""
-        words = query.split()
-        if len(words) < 2 or not self.vocab:
-            return query
-        out: list[str] = []
-        i = 0
-        while i < len(words):
-            if i + 1 < len(words):
-                a, b = (re.sub(r"\W+", "", w.lower()) for w in words[i : i + 2])
-                joined = tokenize(a + b) if a and b and a.isalpha() and b.isalpha() else []
-                if len(joined) == 1 and joined[0] in self.vocab and tokenize(f"{a} {b}") != joined:
-                    out.append(a + b + re.sub(r"^.*?(\W*)$", r"\1", words[i + 1]))  # keep trailing punctuation
-                    i += 2
-                    continue
-            out.append(words[i])
-            i += 1
-        return " ".join(out)
-
-    def scores(self, query: str) -> np.ndarray:
-        """(n_docs,) normalised scores in 0..1."""
-        terms = tokenize(self.join_compounds(query))
-        out = np.zeros(self.n, dtype=np.float32)
-        if not terms or not self.n:
-            return out
-        best = sum(self.idf.get(t, self.max_idf) for t in terms) * (self.k1 + 1)
-        ids = [self.vocab[t] for t in terms if t in self.vocab]
-        if ids:
-            out = np.asarray(self._index.get_scores(ids), dtype=np.float32)
-        return out / best if best > 0 else out
 
 
 def default_embedding_model() -> str:
@@ -205,67 +125,6 @@ class BuildReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def read_document(path: Path) -> str:
-    """Plain text of a .md/.txt (UTF-8) or .pdf (pypdf) file."""
-    if path.suffix.lower() == ".pdf":
-        from pypdf import PdfReader
-
-        reader = PdfReader(str(path))
-        return "\n\n".join((page.extract_text() or "") for page in reader.pages)
-    return path.read_text(encoding="utf-8", errors="replace")
-
-
-def chunk_text(text: str, chunk_chars: int = 600, overlap: int = 100) -> list[str]:
-    """Split text into chunks of at most ~``chunk_chars``, on paragraph then sentence boundaries.
-
-    Markdown headings are carried into the chunks below them, so a chunk keeps its topic.
-    Consecutive chunks share up to ``overlap`` characters of trailing sentences.
-    """
-    heading = ""
-    pieces: list[tuple[str, str]] = []  # (heading, sentence-ish piece)
-    for para in re.split(r"\n\s*\n", text):
-        para = " ".join(para.split())
-        if not para:
-            continue
-        m = re.match(r"^(#{1,6})\s+(.*)$", para)
-        if m and len(para) < 200:
-            heading = m.group(2).strip()
-            continue
-        for sent in re.split(r"(?<=[.!?])\s+", para):
-            while len(sent) > chunk_chars:  # a run-on "sentence" (tables, code): hard split
-                pieces.append((heading, sent[:chunk_chars]))
-                sent = sent[chunk_chars - overlap :]
-            if sent:
-                pieces.append((heading, sent))
-        pieces.append((heading, "\n"))  # paragraph marker
-    chunks: list[str] = []
-    cur: list[str] = []
-    cur_heading = ""
-
-    def flush() -> None:
-        body = " ".join(s for s in cur if s != "\n").strip()
-        if body:
-            chunks.append(f"{cur_heading}: {body}" if cur_heading else body)
-
-    for head, piece in pieces:
-        size = sum(len(s) + 1 for s in cur)
-        if cur and (head != cur_heading or size + len(piece) > chunk_chars):
-            flush()
-            # Overlap: carry trailing sentences of the same section into the next chunk.
-            carry: list[str] = []
-            if head == cur_heading:
-                for s in reversed(cur):
-                    if s == "\n" or sum(len(c) + 1 for c in carry) + len(s) > overlap:
-                        break
-                    carry.insert(0, s)
-            cur = carry
-        cur_heading = head
-        if piece != "\n" or cur:
-            cur.append(piece)
-    flush()
-    return chunks
 
 
 def _sha256(path: Path) -> str:

@@ -413,7 +413,7 @@ class HashEmbedder:
         self.dim = dim
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        from echoforge.agent.rag import tokenize
+        from echoforge.agent.rag_lexical import tokenize
 
         out = np.zeros((len(texts), self.dim), np.float32)
         for row, text in enumerate(texts):
