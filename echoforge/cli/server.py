@@ -114,7 +114,7 @@ def worker(
         queue = make_queue(settings)
         synthesis = SynthesisService(eng, voices, settings)
         synthesis.warm_up()
-        n = threads or synthesis.concurrency * (synthesis.max_batch if synthesis.batching else 1)
+        n = threads or synthesis.concurrency
         pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), n)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

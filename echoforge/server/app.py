@@ -139,10 +139,8 @@ def build_services(
     keys = ApiKeyStore(settings.data_dir, [k.get_secret_value() for k in s.api_keys])
     pool = None
     if start_workers:
-        # One claimer per engine slot (server.workers for CSM, the engine's max_concurrency for
-        # the fallbacks); batch-capable engines get more so requests can meet in a batch.
-        threads = synthesis.concurrency * (synthesis.max_batch if synthesis.batching else 1)
-        pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), threads)
+        # One claimer per engine slot (server.workers for CSM, the engine's max_concurrency for the fallbacks).
+        pool = WorkerPool(queue, TaskRunner(queue, synthesis, settings), synthesis.concurrency)
         if not defer_workers:
             pool.start()
     return Services(

@@ -1,7 +1,7 @@
-"""A small deterministic test engine: one tone burst per word, optional delay, batching and failures.
+"""A small deterministic test engine: one tone burst per word, optional delay and failures.
 
 Configured by environment variables (set by the server launcher in tests):
-``SINE_DELAY`` seconds per chunk (default 0), ``SINE_BATCH=1`` adds ``synthesize_batch``,
+``SINE_DELAY`` seconds per chunk (default 0),
 ``SINE_GATE=DIR`` makes every chunk wait until the file ``DIR/open`` exists (the engine touches
 ``DIR/blocked`` while it waits: a test in another process knows a task is mid-synthesis),
 texts containing ``transient-failure`` fail on their first attempt in a process.
@@ -32,12 +32,10 @@ class SineEngine(BaseEngine):
         self.delay = float(os.environ.get("SINE_DELAY", "0"))
         self.gate_dir = os.environ.get("SINE_GATE")
         self.prompts_encoded = 0
-        self.batch_sizes: list[int] = []
 
     @classmethod
     def from_settings(cls, settings) -> SineEngine:
-        engine = BatchSineEngine() if os.environ.get("SINE_BATCH") == "1" else cls()
-        return engine
+        return cls()
 
     def voices(self) -> list[VoiceInfo]:
         return [VoiceInfo(id="sine", name="Sine")]
@@ -80,18 +78,6 @@ def _wait_for_file_gate(gate_dir: str) -> None:
     while not (gate / "open").exists():
         (gate / "blocked").touch()
         time.sleep(0.02)
-
-
-class BatchSineEngine(SineEngine):
-    def synthesize_batch(self, requests: list[SynthesisRequest]) -> list[np.ndarray]:
-        self.batch_sizes.append(len(requests))
-        if self.delay:
-            time.sleep(self.delay * 4)
-        saved, self.delay = self.delay, 0.0
-        try:
-            return [self.synthesize(r) for r in requests]
-        finally:
-            self.delay = saved
 
 
 class GatedSineEngine(SineEngine):

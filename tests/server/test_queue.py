@@ -149,29 +149,6 @@ def test_progress_is_reported(gated):
         assert task["status"] == "done" and task["progress"] == 1.0
 
 
-@pytest.mark.integration
-def test_requests_arriving_together_are_batched(tmp_path):
-    server = ServerProcess(
-        tmp_path,
-        "sine",
-        {"server": {"workers": 1}, "csm": {"max_batch_size": 4}},
-        env={"SINE_BATCH": "1", "SINE_DELAY": "0.05"},
-    ).start()
-    try:
-        with server.client() as client:
-            ids = _submit(client, 6, "Batch me please.")
-            assert all(wait_task(client, i)["status"] == "done" for i in ids)
-            stats = client.get("/api/diagnostic").json()["synthesis"]
-        assert stats["batching"] is True
-        assert (
-            stats["batched_requests"] >= 6
-            and stats["largest_batch"] >= 2
-            and stats["batches"] < stats["batched_requests"]
-        )
-    finally:
-        server.stop()
-
-
 def test_voice_prompt_is_encoded_once_and_cached_on_disk(slow_server):
     with slow_server.client() as client:
         for _ in range(2):

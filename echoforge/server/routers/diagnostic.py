@@ -74,12 +74,7 @@ async def diagnostic(services: ServicesDep, _: RateLimitedDep) -> dict:
         "self_test": self_test,
         "synthesis": {
             "concurrency": services.synthesis.concurrency,
-            "batching": services.synthesis.batching,
-            "max_batch_size": services.synthesis.max_batch,
             "requests": s.requests,
-            "batches": s.batches,
-            "batched_requests": s.batched_requests,
-            "largest_batch": s.max_batch,
             "streams": s.streams,
             "scheduler": getattr(services.engine, "scheduler_stats", lambda: None)(),
         },

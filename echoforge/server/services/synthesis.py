@@ -10,8 +10,8 @@
   Queue workers (``/api/generate`` tasks) always wait: the task queue bounds them itself
   (``429 queue_full``).
 * :meth:`SynthesisService.synthesize` is for queue workers (blocking, cancellable between
-  chunks, reports progress). When the engine has ``synthesize_batch`` (or ``generate_batch``),
-  requests that arrive within a few milliseconds of each other are batched into one call.
+  chunks, reports progress). Batching is the engine's own business: CSM's scheduler batches every
+  stream frame by frame (continuous batching); there is no request-level batching here.
 * :meth:`SynthesisService.stream` is for HTTP/WebSocket streaming: an async iterator over
   the engine's chunks, produced in a thread and handed to the loop as they come.
 * :meth:`SynthesisService.build_request` turns API parameters + a voice into a
@@ -24,13 +24,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import queue as queue_mod
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("echoforge.server.synthesis")
 
-BATCH_WINDOW_S = 0.02
 
 
 class _SchedulerLoad:
@@ -72,17 +70,8 @@ def estimate_seconds(text: str, speed: float = 1.0) -> float:
 
 
 @dataclass
-class _BatchItem:
-    request: SynthesisRequest
-    future: Future = field(default_factory=Future)
-
-
-@dataclass
 class SynthesisStats:
     requests: int = 0
-    batches: int = 0
-    batched_requests: int = 0
-    max_batch: int = 0
     streams: int = 0
     rejected: int = 0
     audio_s: float = 0.0
@@ -111,8 +100,6 @@ class SynthesisService:
         self._slots: SlotGate | _SchedulerLoad = (
             _SchedulerLoad(engine, self.concurrency) if self.scheduled else SlotGate(self.concurrency, self.max_waiting)
         )
-        self._batch_fn = getattr(engine, "synthesize_batch", None) or getattr(engine, "generate_batch", None)
-        self.max_batch = settings.csm.max_batch_size if self._batch_fn else 1
         self.stats = SynthesisStats()
         self._stats_lock = threading.Lock()
         # Stream producers: the running ones plus some that wait for a slot (tickets are taken in
@@ -121,17 +108,6 @@ class SynthesisService:
         # admitted stream never waits for a thread while its frames are being made.
         producers = self.concurrency + self.max_waiting if self.scheduled else self.concurrency * 2
         self._executor = ThreadPoolExecutor(max_workers=max(4, producers + 4), thread_name_prefix="echoforge-stream")
-        self._batch_queue: queue_mod.Queue[_BatchItem | None] = queue_mod.Queue()
-        self._batch_threads: list[threading.Thread] = []
-        if self._batch_fn and self.max_batch > 1:
-            for i in range(self.concurrency):
-                t = threading.Thread(target=self._batch_loop, name=f"echoforge-batch-{i}", daemon=True)
-                t.start()
-                self._batch_threads.append(t)
-
-    @property
-    def batching(self) -> bool:
-        return bool(self._batch_threads)
 
     # ------------------------------------------------------------------ requests
     def check_text(
@@ -249,26 +225,21 @@ class SynthesisService:
         t0 = time.perf_counter()
         if should_stop and should_stop():
             raise Cancelled("cancelled before start")
-        if self.batching:
-            item = _BatchItem(request)
-            self._batch_queue.put(item)
-            audio = item.future.result()
-        else:
-            expected = estimate_seconds(request.text, request.speed) * self.engine.sample_rate
-            pieces: list[np.ndarray] = []
-            produced = 0
-            with self.slot(should_stop):
-                if should_stop is not None and request.should_stop is None:
-                    request = dataclasses.replace(request, should_stop=should_stop)
-                for chunk in self._worker_chunks(request, should_stop):
-                    if should_stop and should_stop():
-                        raise Cancelled("cancelled")
-                    chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-                    pieces.append(chunk)
-                    produced += chunk.size
-                    if on_progress:
-                        on_progress(min(0.95, produced / expected))
-            audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        expected = estimate_seconds(request.text, request.speed) * self.engine.sample_rate
+        pieces: list[np.ndarray] = []
+        produced = 0
+        with self.slot(should_stop):
+            if should_stop is not None and request.should_stop is None:
+                request = dataclasses.replace(request, should_stop=should_stop)
+            for chunk in self._worker_chunks(request, should_stop):
+                if should_stop and should_stop():
+                    raise Cancelled("cancelled")
+                chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                pieces.append(chunk)
+                produced += chunk.size
+                if on_progress:
+                    on_progress(min(0.95, produced / expected))
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         self._account(audio.size / self.engine.sample_rate, time.perf_counter() - t0)
         return audio
 
@@ -292,38 +263,6 @@ class SynthesisService:
             self.stats.requests += 1
             self.stats.audio_s += audio_s
             self.stats.synth_s += synth_s
-
-    def _batch_loop(self) -> None:
-        while True:
-            first = self._batch_queue.get()
-            if first is None:
-                return
-            items = [first]
-            deadline = time.monotonic() + BATCH_WINDOW_S
-            while len(items) < self.max_batch:
-                try:
-                    nxt = self._batch_queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue_mod.Empty:
-                    break
-                if nxt is None:
-                    self._batch_queue.put(None)  # let the sibling threads see the stop too
-                    break
-                items.append(nxt)
-            try:
-                with self.slot():
-                    outputs = list(self._batch_fn([it.request for it in items]))  # type: ignore[misc]
-                if len(outputs) != len(items):
-                    raise RuntimeError(f"engine returned {len(outputs)} results for a batch of {len(items)}")
-            except BaseException as exc:  # hand the error to every waiting worker
-                for it in items:
-                    it.future.set_exception(exc)
-                continue
-            with self._stats_lock:
-                self.stats.batches += 1
-                self.stats.batched_requests += len(items)
-                self.stats.max_batch = max(self.stats.max_batch, len(items))
-            for it, out in zip(items, outputs, strict=True):
-                it.future.set_result(np.asarray(out, dtype=np.float32).reshape(-1))
 
     # ------------------------------------------------------------------ async streaming
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
@@ -463,6 +402,4 @@ class SynthesisService:
         }
 
     def close(self) -> None:
-        for _ in self._batch_threads:
-            self._batch_queue.put(None)
         self._executor.shutdown(wait=False, cancel_futures=True)
