@@ -62,7 +62,7 @@ from echoforge.agent.stage_stt import STTProcessor
 from echoforge.agent.stage_tts import TTSProcessor
 from echoforge.agent.stage_vad import VADProcessor
 from echoforge.agent.vad import SAMPLE_RATE, TurnDetector, VADParams
-from echoforge.engines.base import Segment, TTSEngine
+from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
 
 __all__ = [
     "LISTENING",
@@ -146,6 +146,7 @@ class VoiceAgent:
         vad: TurnDetector | None = None,
         voice_prompt: Callable[[str | None], Segment | None] | None = None,
         clock: Clock | None = None,
+        synthesize: Callable[[SynthesisRequest], AsyncIterator[np.ndarray]] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -158,7 +159,8 @@ class VoiceAgent:
         self.stt = STTProcessor(stt)
         self.llm = LLMProcessor(llm, self.conversation, settings, kb, emotion_detector, lambda: self.style)
         self.sentences = SentenceProcessor(settings.reply_max_sentences)
-        self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice, voice_prompt)
+        # In the server: the synthesis service's stream (admission, metrics), as for any request.
+        self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice, voice_prompt, synthesize)
         self.output = OutputProcessor(self.conversation, settings, detector, clock)
         self.pipeline = Pipeline([self.vad, self.stt, self.llm, self.sentences, self.tts, self.output], self._observe)
         self._events: asyncio.Queue[Frame] = asyncio.Queue()

@@ -1,15 +1,17 @@
 """The TTS stage: :class:`TTSProcessor` speaks each sentence through the engine.
 
 Owns the synthesis request of one sentence (voice, voice prompt, the conversation as context,
-speed), streaming the engine's audio in a worker thread, and the hooks protocol adapters use
-(text-only replies, a tap on each sentence).
+speed), streaming its audio, and the hooks protocol adapters use (text-only replies, a tap on
+each sentence). In the server the audio comes through the synthesis service like every other
+caller's (``synthesize=services.synthesis.stream``: one admission point, metrics); standalone
+(the CLI) the engine streams in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
@@ -34,9 +36,11 @@ class TTSProcessor(FrameProcessor):
         settings: AgentSettings,
         voice: Callable[[], str | None] | None = None,
         voice_prompt: Callable[[str | None], Segment | None] | None = None,
+        synthesize: Callable[[SynthesisRequest], AsyncIterator[np.ndarray]] | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
+        self.synthesize = synthesize
         self.conversation = conversation
         self.settings = settings
         self.voice = voice or (lambda: settings.voice)
@@ -73,7 +77,11 @@ class TTSProcessor(FrameProcessor):
             speed=self.speed,
         )
         try:
-            async for chunk in iterate_in_thread(lambda: self.engine.stream(request), stop):
+            if self.synthesize is not None:
+                chunks = self.synthesize(request)  # closing it (cancellation) stops the engine's row
+            else:
+                chunks = iterate_in_thread(lambda: self.engine.stream(request), stop)
+            async for chunk in chunks:
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
                 if chunk.size:
                     await self.push_frame(

@@ -259,6 +259,8 @@ def test_text_message_gets_a_spoken_answer_with_the_responses_instructions(serve
     system = llm.calls[0][0]
     assert system["role"] == "system" and system["content"].startswith("You are Pip. Be cheerful.")
     assert len(audio_of(events)) // 2 == FakeTTS(seconds_per_word=0.1).audio_for("Happy to help with that today.").size
+    # The agent's speech went through the server's synthesis service (admission, metrics) like any request.
+    assert server.services.synthesis.stats.streams >= 1
 
 
 def test_text_only_reply_to_an_audio_message_then_delete_it(serve, tmp_path):

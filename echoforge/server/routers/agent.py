@@ -67,6 +67,13 @@ async def agent_models(app: FastAPI) -> Any:
         return models
 
 
+def _synthesize(app: FastAPI) -> Any:
+    """The synthesis service's stream, when the app has one: the agent's sentences are admitted,
+    counted and streamed like every other request (no private path to the engine)."""
+    synthesis = getattr(_services(app), "synthesis", None)
+    return synthesis.stream if synthesis is not None else None
+
+
 def _voice_prompts(app: FastAPI, engine: Any, speaker: int) -> Any:
     """The saved voices' prompts (pinned reference clips) for the agent, when the app has a voice store."""
     from echoforge.agent.pipeline import voice_prompts
@@ -190,6 +197,7 @@ async def agent_socket(ws: WebSocket) -> None:
             models.emotion_detector,
             vad=models.new_detector(),
             voice_prompt=_voice_prompts(ws.app, engine, models.settings.speaker),
+            synthesize=_synthesize(ws.app),
         )
         if msg.get("voice"):
             agent.set_voice(str(msg["voice"]))

@@ -23,7 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from echoforge.agent.realtime import RealtimeError, RealtimeSession, new_id
 from echoforge.server.routers import stream as _stream  # one WebSocket handshake: /api/stream's
-from echoforge.server.routers.agent import _services, _settings_and_engine, _voice_prompts, agent_models
+from echoforge.server.routers.agent import _services, _settings_and_engine, _synthesize, _voice_prompts, agent_models
 
 log = logging.getLogger("echoforge.server.realtime")
 router = APIRouter(tags=["agent"])
@@ -69,6 +69,7 @@ async def _new_session(ws: WebSocket, outbox: asyncio.Queue) -> RealtimeSession:
         models.emotion_detector,
         vad=models.new_detector(),
         voice_prompt=_voice_prompts(ws.app, engine, models.settings.speaker),
+        synthesize=_synthesize(ws.app),
     )
     store = getattr(_services(ws.app), "voices", None)
     return RealtimeSession(
