@@ -14,6 +14,13 @@
   changing voice or sampling settings reopens it with a new ``start``.
 * Interruption: pipecat's ``InterruptibleTTSService`` reconnects when the bot is interrupted
   while speaking; closing the socket stops the server's synthesis at once.
+* **Word timestamps** (pipecat's word-timestamp TTS convention, as Cartesia's or ElevenLabs'
+  services): the session asks the server for word events (``"timestamps": true``), and each
+  word goes to :meth:`add_word_timestamps` with its start time from the beginning of the turn's
+  audio, in order with the audio (``push_text_frames=False``: the base class pushes one
+  ``TTSTextFrame`` per word when its audio plays). So after an interruption the assistant's
+  context holds the words the user heard, up to the last one spoken — not whole sentences.
+  ``word_timestamps=False`` restores sentence text frames.
 
 * Voice: an EchoForge voice id, name or OpenAI alias (``alloy`` …), as everywhere else.
 * Tone: ``tone="gently"`` (or an inline ``(excited) …`` in the text) selects the emotion's
@@ -90,6 +97,7 @@ class EchoForgeTTSService(InterruptibleTTSService):
         tone: str | None = None,
         settings: EchoForgeTTSSettings | None = None,
         open_timeout_s: float = 10.0,
+        word_timestamps: bool = True,
         **kwargs: Any,
     ) -> None:
         """Point the service at an EchoForge server.
@@ -101,6 +109,8 @@ class EchoForgeTTSService(InterruptibleTTSService):
             tone: default tone modifier / emotion (``gently``, ``excited`` …).
             settings: further runtime settings (sampling); its values win over ``voice``/``tone``.
             open_timeout_s: how long to wait for the WebSocket handshake and the ``ready`` event.
+            word_timestamps: report each word when its audio plays (``TTSTextFrame`` per word);
+                ``False``: pipecat's sentence text frames.
             **kwargs: passed to pipecat's ``TTSService`` (e.g. ``sample_rate``, ``text_aggregation_mode``).
         """
         store = self.Settings(model=None, voice=voice, language=None, tone=tone)
@@ -108,7 +118,15 @@ class EchoForgeTTSService(InterruptibleTTSService):
             setattr(store, name, None)
         if settings is not None:
             store.apply_update(settings)
+        kwargs.setdefault("push_text_frames", not word_timestamps)
         super().__init__(push_start_frame=True, push_stop_frames=True, settings=store, **kwargs)
+        self._word_timestamps = word_timestamps
+        # Word times: the server's are from the start of each segment (sentence); pipecat's from
+        # the start of the turn's audio. Audio received for the turn now playing, and where the
+        # current segment started in it.
+        self._turn_audio: str | None = None
+        self._turn_samples = 0
+        self._segment_base_s = 0.0
         self._url = stream_url(base_url)
         self._api_key = api_key
         self._open_timeout_s = open_timeout_s
@@ -129,6 +147,8 @@ class EchoForgeTTSService(InterruptibleTTSService):
 
     def _start_message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"type": "start", "voice": self._settings.voice or "alloy", "format": "pcm"}
+        if self._word_timestamps:
+            msg["timestamps"] = True
         for name in _SAMPLING:
             value = getattr(self._settings, name)
             if value is not None:
@@ -223,11 +243,32 @@ class EchoForgeTTSService(InterruptibleTTSService):
                 await self._audio(message)
                 continue
             event = json.loads(message)
-            if event.get("type") == "flushed":
+            if event.get("type") == "segment_start":
+                self._turn_owner()
+                self._segment_base_s = self._turn_samples / self._in_rate if self._in_rate else 0.0
+            elif event.get("type") == "words":
+                await self._words(event.get("words") or [])
+            elif event.get("type") == "flushed":
                 if self._pending:
                     self._pending.popleft()
             elif event.get("type") == "error":
                 await self.push_error(error_msg=f"EchoForge: {event.get('message')} ({event.get('code')})")
+
+    def _turn_owner(self) -> str | None:
+        """The turn the server is speaking now; its audio count restarts when the turn changes."""
+        context_id = self._pending[0] if self._pending else self.get_active_audio_context_id()
+        if context_id != self._turn_audio:
+            self._turn_audio, self._turn_samples, self._segment_base_s = context_id, 0, 0.0
+        return context_id
+
+    async def _words(self, words: list[dict[str, Any]]) -> None:
+        """The server's word events → pipecat word timestamps (from the start of the turn's audio)."""
+        context_id = self._turn_owner()
+        if context_id is None or not words or not self.audio_context_available(context_id):
+            return  # words of an interrupted turn
+        await self.add_word_timestamps(
+            [(str(w["word"]), self._segment_base_s + float(w["start_s"])) for w in words], context_id
+        )
 
     async def _audio(self, data: bytes) -> None:
         data = self._odd + data
@@ -235,6 +276,8 @@ class EchoForgeTTSService(InterruptibleTTSService):
         pcm, self._odd = data[:cut], data[cut:]
         if not pcm:
             return
+        self._turn_owner()
+        self._turn_samples += len(pcm) // 2
         if self._in_rate and self._in_rate != self.sample_rate:
             pcm = await self._resampler.resample(pcm, self._in_rate, self.sample_rate)
         context_id = self._pending[0] if self._pending else self.get_active_audio_context_id()
@@ -278,6 +321,7 @@ class EchoForgeTTSService(InterruptibleTTSService):
         await super()._handle_interruption(frame, direction)
         self._pending.clear()  # what the server still sends belongs to interrupted turns
         self._open = None
+        self._turn_audio, self._turn_samples, self._segment_base_s = None, 0, 0.0
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Send text of the turn ``context_id``; its audio arrives on the receive task.

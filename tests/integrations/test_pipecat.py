@@ -75,7 +75,7 @@ async def test_settings_update_changes_voice_and_sampling(echoforge_server):
     update = TTSUpdateSettingsFrame(delta=EchoForgeTTSService.Settings(voice="atlas", temperature=0.5, speed=1.2))
     down, up = await run_test(tts, frames_to_send=[update, TTSSpeakFrame("Now with a voice that exists.")])
     assert not [f for f in up if isinstance(f, ErrorFrame)], up
-    assert tts._start_message() == {"type": "start", "voice": "atlas", "format": "pcm", "temperature": 0.5, "speed": 1.2}
+    assert tts._start_message() == {"type": "start", "voice": "atlas", "format": "pcm", "timestamps": True, "temperature": 0.5, "speed": 1.2}
     assert _samples(_audio(down)).size > 0
 
 
