@@ -618,6 +618,7 @@ function generationPayload() {
     topk: Number($("#gen-topk").value),
     speed: Number($("#gen-speed").value),
     format: $("#gen-format").value,
+    timestamps: true, // word timings: captions while it plays, SRT / VTT downloads
   };
   const seed = seedValue("#gen-seed");
   if (seed !== undefined) body.seed = seed;
@@ -779,6 +780,7 @@ function initStudio() {
 }
 
 async function generate() {
+  clearCaptions();
   const payload = generationPayload();
   const mode = $('#gen-form input[name="mode"]:checked').value;
   const voice = voiceById(payload.voice);
@@ -790,7 +792,75 @@ async function generate() {
   const slug = (voice?.name || "speech").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
   const done = await studio.run("/api/generate", payload, { noun: "Generating", filenameBase: `echoforge-${slug}`, format: payload.format,
     label: `Generated speech: ${voice?.name || payload.voice}` });
-  if (done) addHistory({ ...base, format: payload.format, task_id: done.task.id || done.task.task_id, audio_url: done.audioUrl, rtf: done.task.timings?.rtf, mode: "task" });
+  if (done) {
+    addHistory({ ...base, format: payload.format, task_id: done.task.id || done.task.task_id, audio_url: done.audioUrl, rtf: done.task.timings?.rtf, mode: "task" });
+    await showCaptions(done.task, `echoforge-${slug}`);
+  }
+}
+
+// ---------------------------------------------------------------- captions (word timings of a task)
+
+let captionUrls = [];
+
+function clearCaptions() {
+  for (const url of captionUrls) URL.revokeObjectURL(url);
+  captionUrls = [];
+  const audio = $("#gen-audio");
+  for (const t of audio.querySelectorAll("track")) t.remove();
+  for (const id of ["#gen-caption", "#gen-words", "#gen-srt", "#gen-vtt"]) $(id).hidden = true;
+  audio.ontimeupdate = null;
+}
+
+/** A <track> with the task's WebVTT, the caption line and word highlight while playing, SRT / VTT downloads. */
+async function showCaptions(task, filenameBase) {
+  clearCaptions();
+  const words = task.words;
+  if (!Array.isArray(words) || !words.length || !task.captions_url) return;
+  const audio = $("#gen-audio");
+  const files = {};
+  for (const fmt of ["vtt", "srt"]) {
+    try {
+      const { url } = await fetchAudioUrl(`${task.captions_url}?format=${fmt}`);
+      captionUrls.push(url);
+      files[fmt] = url;
+    } catch { /* captions are an extra: the audio stays */ }
+  }
+  if (files.vtt) {
+    const track = h("track", { kind: "captions", srclang: "en", label: "Captions", src: files.vtt, default: "" });
+    audio.append(track);
+    track.track.mode = "hidden"; // cues drive the caption line below (an <audio> shows none itself)
+  }
+  for (const fmt of ["srt", "vtt"]) {
+    const a = $(`#gen-${fmt}`);
+    if (!files[fmt]) continue;
+    a.href = files[fmt];
+    a.download = `${filenameBase}.${fmt}`;
+    a.hidden = false;
+  }
+  const box = $("#gen-words");
+  box.replaceChildren(...words.flatMap((w, i) => [h("span", { class: "w", "data-i": String(i) }, w.word), " "]));
+  box.hidden = false;
+  const line = $("#gen-caption");
+  line.hidden = false;
+  line.textContent = "";
+  const spans = box.querySelectorAll(".w");
+  let current = -1;
+  const update = () => {
+    const t = audio.currentTime;
+    let i = -1;
+    for (let k = 0; k < words.length; k++) if (words[k].start_s <= t + 0.01) i = k; else break;
+    if (i >= 0 && t > words[i].end_s + 0.5 && (i + 1 >= words.length)) i = -1; // after the last word
+    if (i !== current) {
+      if (current >= 0) { spans[current].classList.remove("current"); spans[current].removeAttribute("aria-current"); }
+      if (i >= 0) { spans[i].classList.add("current"); spans[i].setAttribute("aria-current", "true"); }
+      current = i;
+    }
+    const cues = audio.querySelector("track")?.track?.activeCues;
+    line.textContent = cues && cues.length ? Array.from(cues).map((c) => c.text).join(" ") : "";
+  };
+  audio.ontimeupdate = update;
+  audio.onseeked = update;
+  update();
 }
 
 // ---------------------------------------------------------------- streaming (WebSocket + Web Audio)
