@@ -257,6 +257,9 @@ class TTSAudioRawFrame(DataFrame):
     turn_id: int = 0
     index: int = 0
     last: bool = False
+    # On the ``last`` frame, when the engine reports its own word timings (espeak-ng):
+    # ``[{word, start_s, end_s, interpolated}]`` of ``text``, from the start of the sentence's audio.
+    words: list[dict[str, Any]] | None = None
 
 
 def frame_event(frame: Frame) -> dict[str, Any] | None:

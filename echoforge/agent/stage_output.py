@@ -30,6 +30,7 @@ from echoforge.agent.frames import (
 )
 from echoforge.agent.processors import DOWN, UP, Clock, Direction, FrameProcessor
 from echoforge.agent.vad import TurnDetector
+from echoforge.captions import words_heard
 
 
 @dataclass
@@ -37,6 +38,7 @@ class _Sentence:
     text: str
     sent: int = 0  # samples sent to the player
     complete: bool = False  # the TTS finished it
+    words: list[dict[str, Any]] | None = None  # its word timings, when the engine reports them
 
 
 @dataclass
@@ -122,6 +124,7 @@ class OutputProcessor(FrameProcessor):
         sentence = reply.sentences.setdefault(frame.index, _Sentence(frame.text))
         if frame.last:
             sentence.complete = True
+            sentence.words = getattr(frame, "words", None)
             return
         step = max(1, frame.sample_rate * self.settings.output_chunk_ms // 1000)
         for i in range(0, frame.audio.size, step):
@@ -179,7 +182,8 @@ class OutputProcessor(FrameProcessor):
         """The words actually played: whole sentences, then the played fraction of the current one.
 
         Audio sent within the last ``playback_lead_ms`` is still in the player's buffer, so it is
-        subtracted; the cut sentence keeps the share of its words that matches the share of its
+        subtracted; the cut sentence keeps the words whose middle was heard when the engine reported
+        its word timings (espeak-ng), else the share of its words that matches the share of its
         audio heard (audio known so far: sent + queued).
         """
         unplayed = max(0.0, self._play_until - self.clock.now()) * reply.sample_rate
@@ -194,7 +198,11 @@ class OutputProcessor(FrameProcessor):
             if total and heard >= total and sentence.complete:
                 words += sentence_words
                 continue
-            n = int(len(sentence_words) * heard / total) if total else 0
+            if sentence.words and len(sentence.words) == len(sentence_words):
+                # The engine said when each word is spoken: the words whose middle has played.
+                n = len(words_heard(sentence.words, heard / reply.sample_rate))
+            else:
+                n = int(len(sentence_words) * heard / total) if total else 0
             words += sentence_words[:n]
             break
         return " ".join(words)

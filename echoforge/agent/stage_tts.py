@@ -76,6 +76,11 @@ class TTSProcessor(FrameProcessor):
             should_stop=stop.is_set,  # barge-in: CSM drops this row at the next frame
             speed=self.speed,
         )
+        timer = None
+        if getattr(self.engine, "reports_word_timings", False):  # the engine's own word events: free
+            from echoforge.engines.timing import timer_for
+
+            timer, request = timer_for(self.engine, request)
         try:
             if self.synthesize is not None:
                 chunks = self.synthesize(request)  # closing it (cancellation) stops the engine's row
@@ -83,6 +88,8 @@ class TTSProcessor(FrameProcessor):
                 chunks = iterate_in_thread(lambda: self.engine.stream(request), stop)
             async for chunk in chunks:
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                if timer is not None:
+                    timer.add(chunk)
                 if chunk.size:
                     await self.push_frame(
                         TTSAudioRawFrame(
@@ -96,9 +103,13 @@ class TTSProcessor(FrameProcessor):
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
-        await self._end_sentence(frame)
+        words = None
+        if timer is not None:
+            timer.finish()
+            words = timer.words
+        await self._end_sentence(frame, words)
 
-    async def _end_sentence(self, frame: TTSTextFrame) -> None:
+    async def _end_sentence(self, frame: TTSTextFrame, words: list | None = None) -> None:
         await self.push_frame(
             TTSAudioRawFrame(
                 audio=np.zeros(0, np.float32),
@@ -107,5 +118,6 @@ class TTSProcessor(FrameProcessor):
                 turn_id=frame.turn_id,
                 index=frame.index,
                 last=True,
+                words=words,
             )
         )

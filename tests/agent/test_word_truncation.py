@@ -1,0 +1,77 @@
+"""Barge-in truncation by word timings: the cut sentence keeps the words whose middle was heard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from echoforge.agent.config import AgentSettings
+from echoforge.agent.frames import (
+    AssistantTurnFrame,
+    BotStartedSpeakingFrame,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    TTSAudioRawFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+)
+from echoforge.agent.pipeline import Conversation, OutputProcessor, TTSProcessor
+from echoforge.agent.testing import UP, FakeClock, Harness
+from echoforge.engines import espeak_events
+from echoforge.engines.espeak import EspeakEngine
+
+SR = 24_000
+
+
+def _frames(words: list[dict] | None) -> list[TTSAudioRawFrame]:
+    text = "one two three four"
+    audio = (0.2 * np.sin(np.arange(SR) * 2 * np.pi * 220 / SR)).astype(np.float32)  # 1.0 s
+    return [
+        TTSAudioRawFrame(audio=audio, sample_rate=SR, text=text, turn_id=1, index=0),
+        TTSAudioRawFrame(
+            audio=np.zeros(0, np.float32), sample_rate=SR, text=text, turn_id=1, index=0, last=True, words=words
+        ),
+    ]
+
+
+async def _cut_after(frames: list[TTSAudioRawFrame], seconds: float) -> str:
+    clock = FakeClock()
+    proc = OutputProcessor(Conversation(), AgentSettings(), clock=clock)
+    async with Harness(proc) as h:
+        await h.send(LLMFullResponseStartFrame(turn_id=1))
+        for f in frames:
+            await h.send(f)
+        await h.wait_for(lambda f: isinstance(f, BotStartedSpeakingFrame), UP)
+        await h.drain()
+        await clock.run_for(seconds)
+        await h.drain()
+        await h.send(UserStartedSpeakingFrame(during_bot_speech=True))
+        await h.drain()
+        await h.send(InterruptionFrame(reason="barge-in"))
+        cut = await h.wait_for(lambda f: isinstance(f, AssistantTurnFrame))
+    return cut.text
+
+
+async def test_the_cut_follows_the_word_timings_not_the_share_of_audio():
+    # "three" is long and its middle (0.35 s) has played at 0.55 s; "four"'s (0.75 s) has not.
+    words = [
+        {"word": "one", "start_s": 0.0, "end_s": 0.1, "interpolated": False},
+        {"word": "two", "start_s": 0.1, "end_s": 0.2, "interpolated": False},
+        {"word": "three", "start_s": 0.2, "end_s": 0.5, "interpolated": False},
+        {"word": "four", "start_s": 0.5, "end_s": 1.0, "interpolated": False},
+    ]
+    assert await _cut_after(_frames(words), 0.55) == "one two three"
+    assert await _cut_after(_frames(None), 0.55) == "one two"  # without timings: 55 % of 4 words
+
+
+@pytest.mark.skipif(not espeak_events.available(), reason="libespeak-ng not installed")
+async def test_the_tts_stage_passes_espeak_word_timings_on_the_sentence_end():
+    engine = EspeakEngine()
+    proc = TTSProcessor(engine, Conversation(), AgentSettings())
+    async with Harness(proc) as h:
+        await h.send(TTSTextFrame(text="Hello there, my friend.", turn_id=2, index=0))
+        last = await h.wait_for(lambda f: isinstance(f, TTSAudioRawFrame) and f.last)
+    audio_s = sum(f.audio.size for f in h.down if isinstance(f, TTSAudioRawFrame)) / engine.sample_rate
+    assert [w["word"] for w in last.words] == ["Hello", "there,", "my", "friend."]
+    assert all(a["end_s"] <= b["start_s"] for a, b in zip(last.words, last.words[1:], strict=False))
+    assert last.words[-1]["end_s"] <= audio_s + 1e-3
