@@ -101,3 +101,20 @@ def test_word_timer_without_recognized_words_still_returns_every_word_at_the_end
     words = timer.finish()
     assert [w["word"] for w in words] == ["a", "bb", "ccc"] and all(w["interpolated"] for w in words)
     assert words[-1]["end_s"] == 3.0
+
+
+@pytest.mark.integration
+def test_whisper_aligner_places_the_words_of_espeak_speech():
+    pytest.importorskip("faster_whisper")
+    from echoforge.engines.timing import WhisperAligner
+
+    engine = EspeakEngine()
+    text = "Good morning, how are you today?"
+    audio, truth = synthesize_timed(engine, SynthesisRequest(text=text))
+    heard = WhisperAligner()(audio, engine.sample_rate, text)
+    words = align_words(text, heard, audio.size / engine.sample_rate)
+    assert [w["word"] for w in words] == text.split()
+    _ordered(words)
+    assert sum(w["interpolated"] for w in words) <= 1
+    # Whisper tiny's word times are coarse (BENCHMARKS.md: median 82 ms): within 300 ms here.
+    assert max(abs(w["start_s"] - t["start_s"]) for w, t in zip(words, truth, strict=True)) < 0.3
