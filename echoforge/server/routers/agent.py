@@ -67,6 +67,23 @@ async def agent_models(app: FastAPI) -> Any:
         return models
 
 
+def new_agent(app: FastAPI, engine: Any, models: Any) -> Any:
+    """One agent session on the app's engine and loaded models (``/api/agent`` and ``/v1/realtime``)."""
+    from echoforge.agent.pipeline import VoiceAgent  # as before: the agent package loads with the first session
+
+    return VoiceAgent(
+        engine,
+        models.settings,
+        models.stt,
+        models.llm,
+        models.kb,
+        models.emotion_detector,
+        vad=models.new_detector(),
+        voice_prompt=_voice_prompts(app, engine, models.settings.speaker),
+        synthesize=_synthesize(app),
+    )
+
+
 def _synthesize(app: FastAPI) -> Any:
     """The synthesis service's stream, when the app has one: the agent's sentences are admitted,
     counted and streamed like every other request (no private path to the engine)."""
@@ -159,8 +176,6 @@ async def _control(agent: Any, msg: dict[str, Any]) -> bool:
 
 @router.websocket("/api/agent")
 async def agent_socket(ws: WebSocket) -> None:
-    from echoforge.agent.pipeline import VoiceAgent
-
     await ws.accept()
     try:
         go_on, start_timeout = await _check_handshake(ws)
@@ -188,17 +203,7 @@ async def agent_socket(ws: WebSocket) -> None:
         settings, engine = _settings_and_engine(ws.app)
         await ws.send_json({"type": "log", "message": "loading agent models…"})
         models = await agent_models(ws.app)
-        agent = VoiceAgent(
-            engine,
-            models.settings,
-            models.stt,
-            models.llm,
-            models.kb,
-            models.emotion_detector,
-            vad=models.new_detector(),
-            voice_prompt=_voice_prompts(ws.app, engine, models.settings.speaker),
-            synthesize=_synthesize(ws.app),
-        )
+        agent = new_agent(ws.app, engine, models)
         if msg.get("voice"):
             agent.set_voice(str(msg["voice"]))
         if isinstance(msg.get("style"), dict):

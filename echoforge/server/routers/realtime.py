@@ -23,7 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from echoforge.agent.realtime import RealtimeError, RealtimeSession, new_id
 from echoforge.server.routers import stream as _stream  # one WebSocket handshake: /api/stream's
-from echoforge.server.routers.agent import _services, _settings_and_engine, _synthesize, _voice_prompts, agent_models
+from echoforge.server.routers.agent import _services, _settings_and_engine, agent_models, new_agent
 
 log = logging.getLogger("echoforge.server.realtime")
 router = APIRouter(tags=["agent"])
@@ -56,21 +56,9 @@ def _error(message: str, code: str | None, type_: str = "invalid_request_error")
 
 
 async def _new_session(ws: WebSocket, outbox: asyncio.Queue) -> RealtimeSession:
-    from echoforge.agent.pipeline import VoiceAgent
-
     _, engine = _settings_and_engine(ws.app)
     models = await agent_models(ws.app)
-    agent = VoiceAgent(
-        engine,
-        models.settings,
-        models.stt,
-        models.llm,
-        models.kb,
-        models.emotion_detector,
-        vad=models.new_detector(),
-        voice_prompt=_voice_prompts(ws.app, engine, models.settings.speaker),
-        synthesize=_synthesize(ws.app),
-    )
+    agent = new_agent(ws.app, engine, models)
     store = getattr(_services(ws.app), "voices", None)
     return RealtimeSession(
         agent,
