@@ -147,6 +147,7 @@ class VoiceAgent:
         voice_prompt: Callable[[str | None], Segment | None] | None = None,
         clock: Clock | None = None,
         synthesize: Callable[[SynthesisRequest], AsyncIterator[np.ndarray]] | None = None,
+        aligner: Callable[[np.ndarray, int, str], list[tuple[str, float, float]]] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -161,7 +162,9 @@ class VoiceAgent:
         self.sentences = SentenceProcessor(settings.reply_max_sentences)
         # In the server: the synthesis service's stream (admission, metrics), as for any request.
         self.tts = TTSProcessor(engine, self.conversation, settings, lambda: self.voice, voice_prompt, synthesize)
-        self.output = OutputProcessor(self.conversation, settings, detector, clock)
+        # Barge-in keeps the words heard: the engine's word timings, else (with an aligner) the cut
+        # sentence aligned to its audio, else the share of its audio played.
+        self.output = OutputProcessor(self.conversation, settings, detector, clock, aligner)
         self.pipeline = Pipeline([self.vad, self.stt, self.llm, self.sentences, self.tts, self.output], self._observe)
         self._events: asyncio.Queue[Frame] = asyncio.Queue()
         self.state = STOPPED
@@ -282,6 +285,14 @@ class VoiceAgent:
         self._events.put_nowait(MetricsFrame(latency=latency))
         if _metrics is not None:  # Prometheus histograms (+ spans when tracing is on)
             _metrics.observe_agent_latency(latency)
+
+
+def word_aligner(engine: TTSEngine) -> Callable[[np.ndarray, int, str], list[tuple[str, float, float]]] | None:
+    """The aligner for barge-in truncation: none when the engine reports its own word timings
+    (espeak-ng), else the default one (DTW against an espeak-ng rendition)."""
+    from echoforge.engines.timing import default_aligner, engine_reports_words
+
+    return None if engine_reports_words(engine) else default_aligner()
 
 
 def vad_params(s: AgentSettings) -> VADParams:

@@ -8,7 +8,9 @@ interruption and committing the assistant's turn (heard words only) to the conve
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,10 @@ from echoforge.agent.frames import (
 )
 from echoforge.agent.processors import DOWN, UP, Clock, Direction, FrameProcessor
 from echoforge.agent.vad import TurnDetector
+from echoforge.analysis.alignment import align_words
 from echoforge.captions import words_heard
+
+log = logging.getLogger("echoforge.agent")
 
 
 @dataclass
@@ -39,6 +44,7 @@ class _Sentence:
     sent: int = 0  # samples sent to the player
     complete: bool = False  # the TTS finished it
     words: list[dict[str, Any]] | None = None  # its word timings, when the engine reports them
+    audio: list[np.ndarray] = field(default_factory=list)  # what reached the output (for alignment on a cut)
 
 
 @dataclass
@@ -65,9 +71,13 @@ class OutputProcessor(FrameProcessor):
         settings: AgentSettings,
         detector: TurnDetector | None = None,
         clock: Clock | None = None,
+        aligner: Callable[[np.ndarray, int, str], list[tuple[str, float, float]]] | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock or Clock()
+        # Word timings for engines that do not report their own (Piper, CSM): the cut sentence is
+        # aligned to its audio on a barge-in only (echoforge.engines.timing; ~50 ms once).
+        self.aligner = aligner
         self.conversation = conversation
         self.settings = settings
         self.detector = detector
@@ -126,6 +136,8 @@ class OutputProcessor(FrameProcessor):
             sentence.complete = True
             sentence.words = getattr(frame, "words", None)
             return
+        if self.aligner is not None:
+            sentence.audio.append(frame.audio)
         step = max(1, frame.sample_rate * self.settings.output_chunk_ms // 1000)
         for i in range(0, frame.audio.size, step):
             self._buffer.append(("audio", (frame.index, frame.audio[i : i + step], frame.sample_rate)))
@@ -182,9 +194,10 @@ class OutputProcessor(FrameProcessor):
         """The words actually played: whole sentences, then the played fraction of the current one.
 
         Audio sent within the last ``playback_lead_ms`` is still in the player's buffer, so it is
-        subtracted; the cut sentence keeps the words whose middle was heard when the engine reported
-        its word timings (espeak-ng), else the share of its words that matches the share of its
-        audio heard (audio known so far: sent + queued).
+        subtracted; the cut sentence keeps the words whose middle was heard — by the engine's own word
+        timings (espeak-ng) or, with an ``aligner``, by aligning its audio to its text (Piper, CSM) —
+        else the share of its words that matches the share of its audio heard (audio known so far:
+        sent + queued).
         """
         unplayed = max(0.0, self._play_until - self.clock.now()) * reply.sample_rate
         heard_left = sum(s.sent for s in reply.sentences.values()) - unplayed
@@ -198,14 +211,30 @@ class OutputProcessor(FrameProcessor):
             if total and heard >= total and sentence.complete:
                 words += sentence_words
                 continue
-            if sentence.words and len(sentence.words) == len(sentence_words):
-                # The engine said when each word is spoken: the words whose middle has played.
-                n = len(words_heard(sentence.words, heard / reply.sample_rate))
+            timed = sentence.words if sentence.words and len(sentence.words) == len(sentence_words) else None
+            if timed is None and self.aligner is not None and sentence.audio:
+                timed = self._align(sentence, reply.sample_rate)
+            if timed is not None:
+                # When each word is spoken (the engine's or aligned): the words whose middle has played.
+                n = len(words_heard(timed, heard / reply.sample_rate))
             else:
                 n = int(len(sentence_words) * heard / total) if total else 0
             words += sentence_words[:n]
             break
         return " ".join(words)
+
+    def _align(self, sentence: _Sentence, sample_rate: int) -> list[dict[str, Any]] | None:
+        """The cut sentence's word timings from its audio (None when alignment is not possible)."""
+        audio = np.concatenate(sentence.audio)
+        try:
+            recognized = self.aligner(audio, sample_rate, sentence.text)  # type: ignore[misc]
+        except Exception as exc:  # no espeak-ng library, odd audio: the share-of-audio rule stands in
+            log.warning("word alignment of a cut sentence failed (%s); using the share of audio heard", exc)
+            return None
+        if not recognized:
+            return None
+        timed = align_words(sentence.text, recognized, audio.size / sample_rate)
+        return timed if len(timed) == len(sentence.text.split()) else None
 
     def _sentence_total(self, reply: _Reply, index: int) -> int:
         """Samples of sentence ``index`` that reached the output buffer (sent + still queued)."""

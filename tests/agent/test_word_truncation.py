@@ -34,9 +34,9 @@ def _frames(words: list[dict] | None) -> list[TTSAudioRawFrame]:
     ]
 
 
-async def _cut_after(frames: list[TTSAudioRawFrame], seconds: float) -> str:
+async def _cut_after(frames: list[TTSAudioRawFrame], seconds: float, aligner=None) -> str:
     clock = FakeClock()
-    proc = OutputProcessor(Conversation(), AgentSettings(), clock=clock)
+    proc = OutputProcessor(Conversation(), AgentSettings(), clock=clock, aligner=aligner)
     async with Harness(proc) as h:
         await h.send(LLMFullResponseStartFrame(turn_id=1))
         for f in frames:
@@ -62,6 +62,54 @@ async def test_the_cut_follows_the_word_timings_not_the_share_of_audio():
     ]
     assert await _cut_after(_frames(words), 0.55) == "one two three"
     assert await _cut_after(_frames(None), 0.55) == "one two"  # without timings: 55 % of 4 words
+
+
+class RecordingAligner:
+    """An aligner with known answers: "three" long, as in the test above; records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, str]] = []
+
+    def __call__(self, audio, sample_rate, text):
+        self.calls.append((audio.size, sample_rate, text))
+        return [("one", 0.0, 0.1), ("two", 0.1, 0.2), ("three", 0.2, 0.5), ("four", 0.5, 1.0)]
+
+
+async def test_without_engine_timings_the_cut_sentence_is_aligned_on_barge_in():
+    aligner = RecordingAligner()
+    assert await _cut_after(_frames(None), 0.55, aligner) == "one two three"
+    assert aligner.calls == [(SR, SR, "one two three four")]  # once, on the cut, with the sentence's audio
+    # The engine's own timings win: no alignment then.
+    aligner.calls.clear()
+    late = [dict(w, start_s=0.9, end_s=1.0) for w in ({"word": x} for x in "one two three four".split())]
+    assert await _cut_after(_frames(late), 0.55, aligner) == ""
+    assert aligner.calls == []
+
+
+async def test_an_aligner_that_fails_falls_back_to_the_share_of_audio():
+    def broken(audio, sample_rate, text):
+        raise OSError("libespeak-ng.so: cannot open shared object file")
+
+    assert await _cut_after(_frames(None), 0.55, broken) == "one two"
+
+
+@pytest.mark.skipif(not espeak_events.available(), reason="libespeak-ng not installed")
+def test_the_default_aligner_times_piper_speech_for_the_cut(piper):
+    from echoforge.agent.pipeline import word_aligner
+    from echoforge.analysis.alignment import align_words
+    from echoforge.captions import words_heard
+    from echoforge.engines import SynthesisRequest
+
+    assert word_aligner(EspeakEngine()) is None  # espeak-ng reports its own word events
+    aligner = word_aligner(piper)
+    text = "The quick brown fox jumps over the lazy dog."
+    audio = piper.synthesize(SynthesisRequest(text=text))
+    timed = align_words(text, aligner(audio, piper.sample_rate, text), audio.size / piper.sample_rate)
+    assert [w["word"] for w in timed] == text.split()
+    assert all(a["start_s"] <= b["start_s"] for a, b in zip(timed, timed[1:], strict=False))
+    half = audio.size / piper.sample_rate / 2
+    heard = words_heard(timed, half)
+    assert 2 <= len(heard) <= 7  # about half the sentence, by when its words were spoken
 
 
 @pytest.mark.skipif(not espeak_events.available(), reason="libespeak-ng not installed")
