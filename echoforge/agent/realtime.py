@@ -21,8 +21,15 @@ client event                        what the agent does
 
 Field names and event shapes follow ``openai.types.realtime`` (the official SDK's types).
 Audio in and out is PCM s16le mono at 24 kHz, base64 in JSON; the engine's audio is resampled
-as a stream (no seams). Anything the session cannot do (tools, semantic VAD, G.711, images…)
-is refused with an ``error`` event in OpenAI's shape; the socket stays open.
+as a stream (no seams). ``semantic_vad`` is the agent's smart-turn end of turn. Anything the
+session cannot do (tools, G.711, images…) is refused with an ``error`` event in OpenAI's shape;
+the socket stays open.
+
+Why one module of ~900 lines: the GA event set is large (about 30 client and server events), and
+every handler reads and writes the same session state — the conversation items, the response in
+flight, the input buffer and the audio played so far. A split by event family would pass that
+state between modules without making any part simpler; the router
+(``server/routers/realtime.py``) keeps the socket, authentication and session setup apart.
 """
 
 from __future__ import annotations
