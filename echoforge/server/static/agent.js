@@ -7,6 +7,7 @@
 // are the studio's (dom.js).
 
 import { api, session } from "./api.js";
+import { PcmPlayer } from "./audio.js";
 import { $, h, initTheme, renderEngineBadge, renderOfflineBadge, store } from "./dom.js";
 
 const SLIDERS = [["warmth", "Warmth"], ["energy", "Energy"], ["humor", "Humor"], ["formality", "Formality"]];
@@ -18,7 +19,7 @@ session.apiKey = store.get("apiKey", "");
 const HEALTH_EVERY_MS = Number(new URLSearchParams(location.search).get("health_ms")) || 5000;
 
 let ws = null, ctx = null, micStream = null, worklet = null, analyser = null;
-let outRate = 24000, nextTime = 0, sources = [], paused = false, turn = 0;
+let outRate = 24000, player = null, paused = false, turn = 0; // player: the reply audio, on the mic's AudioContext
 
 function apiKey() {
   if (session.apiKey) return session.apiKey;
@@ -69,27 +70,13 @@ function showLost(on, text = "Connection to the server lost.") {
   if (on) ui.reconnect.focus();
 }
 
-// --- playback -----------------------------------------------------------------------------------
+// --- playback (audio.js's PcmPlayer, the studio's streaming player) ---------------------------------
 function playPcm(buf) {
-  const pcm = new Int16Array(buf);
-  if (!pcm.length || !ctx) return;
-  const audio = ctx.createBuffer(1, pcm.length, outRate);
-  const ch = audio.getChannelData(0);
-  for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
-  const src = ctx.createBufferSource();
-  src.buffer = audio;
-  src.connect(ctx.destination);
-  nextTime = Math.max(nextTime, ctx.currentTime + 0.03);
-  src.start(nextTime);
-  nextTime += audio.duration;
-  sources.push(src);
-  src.onended = () => { sources = sources.filter((s) => s !== src); };
+  if (player) player.push(buf);
 }
 
 function stopPlayback() {
-  for (const s of sources) { try { s.stop(); } catch { /* already stopped */ } }
-  sources = [];
-  nextTime = 0;
+  player?.stop();
 }
 
 // --- mic ----------------------------------------------------------------------------------------
@@ -118,6 +105,7 @@ async function startMic() {
     audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
   });
   ctx = new AudioContext();
+  player = new PcmPlayer({ context: ctx, sampleRate: outRate, lead: 0.03 });
   const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
   await ctx.audioWorklet.addModule(url);
   const src = ctx.createMediaStreamSource(micStream);
@@ -143,7 +131,7 @@ async function startMic() {
 function stopMic() {
   if (micStream) micStream.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
-  micStream = ctx = worklet = analyser = null;
+  micStream = ctx = worklet = analyser = player = null;
   ui.meter.style.width = "0";
 }
 
@@ -152,6 +140,7 @@ function onEvent(ev) {
   switch (ev.type) {
     case "ready":
       outRate = ev.sample_rate;
+      if (player) player.sampleRate = outRate;
       setRunning(true);
       setState("ready");
       addLog(`connected — voice engine ${ev.engine} (${ev.sample_rate} Hz)`);

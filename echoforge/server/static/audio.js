@@ -1,4 +1,5 @@
-// Audio helpers: 16-bit WAV encoding (for streamed PCM and browser recordings).
+// Audio helpers: 16-bit WAV encoding (for streamed PCM and browser recordings), and the one
+// streaming PCM player (the studio's streamed generation and the agent page's replies).
 
 /** Int16Array chunks of mono PCM → a WAV Blob. */
 export function wavFromPcm16(chunks, sampleRate) {
@@ -31,4 +32,75 @@ export async function toWav(blob) {
   } finally {
     ctx.close();
   }
+}
+
+/**
+ * Plays mono PCM s16le as it arrives: each chunk is scheduled with Web Audio right after the
+ * previous one (never earlier than `lead` seconds from now), so chunks play gapless.
+ * A frame may split a sample: decode() carries the odd byte to the next frame.
+ * stop() silences everything scheduled at once (barge-in, interrupt, pause).
+ */
+export class PcmPlayer {
+  /** `context`: the AudioContext to play on (the agent's microphone one); a new one when omitted. */
+  constructor({ context = null, sampleRate = 24000, lead = 0.05 } = {}) {
+    this.ctx = context || new (window.AudioContext || window.webkitAudioContext)();
+    this.sampleRate = sampleRate;
+    this.lead = lead;
+    this.nextTime = 0;
+    this.sources = [];
+    this.leftover = null; // a split byte between frames
+  }
+
+  /** An ArrayBuffer frame → Int16Array samples (null when it holds no whole sample). */
+  decode(data) {
+    let bytes = new Uint8Array(data);
+    if (this.leftover) {
+      const joined = new Uint8Array(this.leftover.length + bytes.length);
+      joined.set(this.leftover);
+      joined.set(bytes, this.leftover.length);
+      bytes = joined;
+      this.leftover = null;
+    }
+    if (bytes.length % 2) { this.leftover = bytes.slice(-1); bytes = bytes.slice(0, -1); }
+    if (!bytes.length) return null;
+    return new Int16Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+  }
+
+  /** Schedule Int16Array samples after what is already queued. */
+  play(ints) {
+    if (!ints || !ints.length) return;
+    const ctx = this.ctx;
+    const buffer = ctx.createBuffer(1, ints.length, this.sampleRate);
+    const ch = buffer.getChannelData(0);
+    for (let i = 0; i < ints.length; i++) ch[i] = ints[i] / 32768;
+    const src = ctx.createBufferSource();
+    src.buffer = buffer;
+    src.connect(ctx.destination);
+    this.nextTime = Math.max(this.nextTime, ctx.currentTime + this.lead);
+    src.start(this.nextTime);
+    this.nextTime += buffer.duration;
+    this.sources.push(src);
+    src.onended = () => { this.sources = this.sources.filter((s) => s !== src); };
+  }
+
+  /** decode() then play(); returns the samples (or null). */
+  push(data) {
+    const ints = this.decode(data);
+    this.play(ints);
+    return ints;
+  }
+
+  /** Seconds of scheduled audio still to play. */
+  remaining() { return Math.max(0, this.nextTime - this.ctx.currentTime); }
+
+  /** Stop everything scheduled now; the next chunk starts `lead` from then. */
+  stop() {
+    for (const s of this.sources) { try { s.stop(); } catch { /* already stopped */ } }
+    this.sources = [];
+    this.nextTime = 0;
+    this.leftover = null;
+  }
+
+  /** Close the AudioContext (the agent page closes its own, shared with the microphone). */
+  close() { return this.ctx.close(); }
 }
