@@ -281,12 +281,12 @@ async def _run_agent(
     await asyncio.to_thread(models.warm_up)
     if agent_cfg.report_memory:
         console.print(f"[dim]memory: {models.memory_report(engine)}[/]")
-    from echoforge.agent.pipeline import voice_prompts, word_aligner
+    from echoforge.agent.pipeline import voice_prompts
     from echoforge.server.services.voices import VoiceStore
 
     prompts = voice_prompts(VoiceStore(settings.data_dir), engine, agent_cfg.speaker)  # a saved voice's pinned prompt
     agent = VoiceAgent(engine, agent_cfg, models.stt, models.llm, models.kb, models.emotion_detector,
-                       vad=models.new_detector(), voice_prompt=prompts, aligner=word_aligner(engine))  # fmt: skip
+                       vad=models.new_detector(), voice_prompt=prompts)  # fmt: skip
     recorded: list[np.ndarray] = []
     player = aec = None
     if sd is not None and output_file is None:

@@ -69,10 +69,7 @@ async def agent_models(app: FastAPI) -> Any:
 
 def new_agent(app: FastAPI, engine: Any, models: Any) -> Any:
     """One agent session on the app's engine and loaded models (``/api/agent`` and ``/v1/realtime``)."""
-    from echoforge.agent.pipeline import (  # as before: the agent package loads with the first session
-        VoiceAgent,
-        word_aligner,
-    )
+    from echoforge.agent.pipeline import VoiceAgent  # as before: the agent package loads with the first session
 
     return VoiceAgent(
         engine,
@@ -84,7 +81,6 @@ def new_agent(app: FastAPI, engine: Any, models: Any) -> Any:
         vad=models.new_detector(),
         voice_prompt=_voice_prompts(app, engine, models.settings.speaker),
         synthesize=_synthesize(app),
-        aligner=word_aligner(engine),
     )
 
 
