@@ -38,15 +38,15 @@ def refers_back(text: str) -> bool:
     "… of it" always do ("How do I get there?", "What is the price of it?").
     """
     flat = " ".join(re.sub(r"[^\w' ]+", " ", text).split())
-    t = _EXISTENTIAL.sub(" ", flat.lower())
+    # Existential "there" blanked out in place, so positions in ``t`` are positions in ``flat``.
+    t = _EXISTENTIAL.sub(lambda m: " " * len(m.group()), flat.lower())
     match = _REFERS_BACK.search(t)
     if not match:
         return False
-    if match.group(1) == "there" or t[: match.start()].endswith("of "):
+    before = t[: match.start()]
+    if match.group(1) == "there" or before.endswith("of "):
         return True
-    before_lower = t[: match.start()]
-    before = flat[: len(before_lower)] if len(flat) == len(t) else flat
-    return not (_DETERMINER_NP.search(before_lower) or _NAME.search(before))
+    return not (_DETERMINER_NP.search(before) or _NAME.search(flat[: match.start()]))
 
 
 @dataclass
