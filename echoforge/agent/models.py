@@ -124,6 +124,7 @@ class AgentModels:
         if self.kb is not None:
             t = time.perf_counter()
             self.kb.query("warm up", 1)
+            self.kb.warm_sentences()
             times["kb"] = time.perf_counter() - t
         t = time.perf_counter()
         for _ in self.llm.stream([{"role": "user", "content": "Hi"}], _t.Event(), 2, 0.0):

@@ -71,6 +71,7 @@ log = logging.getLogger("echoforge.agent.rag")
 # between the best unanswerable 0.145 and the weakest answerable 0.185).
 DEFAULT_THRESHOLD = 0.165
 DENSE_WEIGHT = 0.5
+SENTENCE_CACHE = 20_000  # sentence vectors kept by KnowledgeBase.sentence_vectors (~30 MB at MiniLM's 384 floats)
 
 
 def default_embedding_model() -> str:
@@ -186,6 +187,9 @@ class KnowledgeBase:
         self._chunks: dict[int, dict] = {}
         self._manifest: dict = {}
         self._lock = threading.Lock()
+        # Vectors of the notes' sentences (:meth:`sentence_vectors`): the same few hundred come back
+        # in every answer. Bounded; cleared whole when full.
+        self._sentence_vecs: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_settings(cls, agent, data_dir: Path, embedder: Embedder | None = None) -> KnowledgeBase:
@@ -316,6 +320,31 @@ class KnowledgeBase:
             self._chunks.pop(i, None)
 
     # -- query ------------------------------------------------------------------------------------
+    def sentence_vectors(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts`` (sentences with their headings), reusing those encoded before."""
+        known = {t: v for t in texts if (v := self._sentence_vecs.get(t)) is not None}
+        new = list(dict.fromkeys(t for t in texts if t not in known))
+        if new:
+            fresh = dict(zip(new, self.embedder.encode(new), strict=True))
+            known.update(fresh)
+            if len(self._sentence_vecs) + len(new) > SENTENCE_CACHE:
+                self._sentence_vecs = {}  # a new dict: a reader in another thread keeps the old one
+            self._sentence_vecs.update(fresh)
+        return np.stack([known[t] for t in texts])
+
+    def warm_sentences(self) -> int:
+        """Encode every chunk's sentences once, so answer selection (:func:`best_sentences`) only
+        encodes the question (~10 ms instead of ~80 ms per turn on a 2-core CPU). Returns how many
+        were encoded; a knowledge base too large for the cache is left to fill it as it is asked."""
+        if self._index is None and not self.load():
+            self.build()
+        with self._lock:
+            texts = [scored for c in self._chunks.values() for _, scored in sentence_rows(c["text"])]
+        if not texts or len(texts) > SENTENCE_CACHE:
+            return 0
+        self.sentence_vectors(texts)
+        return len(texts)
+
     def ensure_ready(self) -> None:
         """Load the index, building (incrementally) when it is missing or stale."""
         self.build()
@@ -368,31 +397,38 @@ def split_sentences(passage_text: str) -> tuple[str, list[str]]:
     return heading, sentences_of(body)  # the one sentence rule (echoforge.text)
 
 
+def sentence_rows(passage_text: str) -> list[tuple[str, str]]:
+    """``(sentence, scored text)`` of a chunk: each sentence with its heading as context."""
+    heading, sentences = split_sentences(passage_text)
+    return [(s, f"{heading}: {s}" if heading else s) for s in sentences]
+
+
 def best_sentences(
     kb: KnowledgeBase | None, question: str, passages: list[Passage], k: int = 1, ordered: bool = False
 ) -> list[tuple[str, str]]:
     """The ``k`` sentences of ``passages`` that answer ``question`` best, as ``(source, sentence)``.
 
     Each sentence is scored like a chunk (hybrid: MiniLM cosine + BM25 normalised with the knowledge
-    base's IDF), with its heading as context, less 0.05 per rank of its passage. Without a
-    knowledge base (tests) only the lexical part is used. In text order, or best first (``ordered``).
+    base's IDF), with its heading as context, less 0.02 per rank of its passage (near-tied passages
+    are common: the penalty only breaks ties). The BM25 here has no length normalisation (``b=0``):
+    a sentence is already a unit, and a longer one is usually a list that answers ("ships five
+    voices: atlas, …"), not a diluted document. Without a knowledge base (tests) only the lexical
+    part is used. In text order, or best first (``ordered``).
     """
-    rows = []
-    for rank, p in enumerate(passages):
-        heading, sentences = split_sentences(p.text)
-        rows += [(rank, p.source, s, f"{heading}: {s}" if heading else s) for s in sentences]
+    rows = [(rank, p.source, s, scored) for rank, p in enumerate(passages) for s, scored in sentence_rows(p.text)]
     if not rows:
         return []
-    bm25 = BM25([r[3] for r in rows])
+    bm25 = BM25([r[3] for r in rows], b=0.0)
     if kb is not None and kb._bm25 is not None:  # the whole KB's IDF: "server" is common, "port" is not
         bm25.use_idf(kb._bm25.idf, kb._bm25.max_idf)
     lexical = bm25.scores(question)
     dense = np.zeros(len(rows), np.float32)
     w = 0.0
     if kb is not None:
-        vecs = kb.embedder.encode([question] + [r[3] for r in rows])
-        dense, w = vecs[1:] @ vecs[0], kb.dense_weight
-    scores = w * dense + (1 - w) * lexical - 0.05 * np.asarray([r[0] for r in rows])
+        # The notes' sentences are encoded once (KnowledgeBase.warm_sentences), the question each time.
+        dense = kb.sentence_vectors([r[3] for r in rows]) @ kb.embedder.encode([question])[0]
+        w = kb.dense_weight
+    scores = w * dense + (1 - w) * lexical - 0.02 * np.asarray([r[0] for r in rows])
     order = np.argsort(-scores)[:k]
     return [(rows[i][1], rows[i][2]) for i in (order if ordered else sorted(order))]
 

@@ -129,3 +129,35 @@ def test_index_persists_across_instances(fresh_kb, tmp_path):
     # Different chunking settings invalidate the persisted index (full rebuild).
     other = KnowledgeBase(fresh_kb.kb_dir, fresh_kb.index_dir, fresh_kb.embedder, chunk_chars=500, chunk_overlap=60)
     assert other.build().embedded_chunks > 0
+
+
+@pytest.mark.integration
+def test_answer_selection_encodes_only_the_question_once_the_notes_are_warm(fresh_kb):
+    from echoforge.agent.rag import best_sentences
+
+    fresh_kb.build()
+    question = "What port does the server use?"
+    passages = fresh_kb.query(question, 3).passages
+    cold = best_sentences(fresh_kb, question, passages, 3, ordered=True)
+    assert fresh_kb.warm_sentences() > 0
+    encoded: list[list[str]] = []
+    encode = fresh_kb.embedder.encode
+    fresh_kb.embedder.encode = lambda texts: encoded.append(list(texts)) or encode(texts)
+    try:
+        warm = best_sentences(fresh_kb, question, passages, 3, ordered=True)
+    finally:
+        del fresh_kb.embedder.encode
+    assert encoded == [[question]]  # the notes' sentences came from the cache
+    assert warm == cold  # and rank exactly as when encoded afresh
+
+
+def test_sentences_are_scored_without_length_normalisation():
+    # A long sentence that lists the answer is not diluted by its length (b=0 for sentences).
+    from echoforge.agent.rag import Passage, best_sentences
+
+    text = (
+        "Voices: Five voices ship: atlas, an even friendly voice; orion, a low narrator; rowan, a bright one; "
+        "juniper, a warm voice; and maple, a calm one. New voices ship with each release of the server."
+    )
+    best = best_sentences(None, "which voices ship", [Passage("v.md", text, 1.0, 0)], 1)
+    assert best[0][1].startswith("Five voices ship")

@@ -44,7 +44,7 @@ async def test_answers_and_declines_on_the_labelled_set(project_kb):
     from benchmarks.agent_grounding import evaluate
 
     result = await evaluate(project_kb, LABELLED)
-    assert result["answer_recall"] >= 0.9, result["wrong_answers"]  # 23/25 today: two sentence-ranking misses
+    assert result["answer_recall"] >= 0.95, result["wrong_answers"]  # 24/25 (issue 24: ≥ 95 %)
     assert result["decline_rate"] >= 0.9, result["invented"]
     assert result["near_miss_decline_rate"] >= 0.9, result["invented"]
     assert result["decline_precision"] >= 0.9, result["wrong_declines"]
