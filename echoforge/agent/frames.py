@@ -211,6 +211,9 @@ class LLMFullResponseStartFrame(ControlFrame):
     too, for answers from notes). When ``known`` is set, only whole sentences are checked and
     spoken, so a rejected sentence is never spliced after its first words.
     ``grounded_answer`` replaces a piece that breaks that rule (a sentence quoted from the notes).
+    ``verbatim``: the reply's text is already decided (a sentence quoted from the notes, an honest
+    decline, the persona's small-talk line): it is spoken as it comes, its first words early, and
+    not checked.
     """
 
     turn_id: int = 0
@@ -218,6 +221,7 @@ class LLMFullResponseStartFrame(ControlFrame):
     known: str = ""
     strict: bool = False
     grounded_answer: str = ""
+    verbatim: bool = False
     sources: list[str] = field(default_factory=list)
 
 

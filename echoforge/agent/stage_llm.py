@@ -191,25 +191,24 @@ class LLMProcessor(FrameProcessor):
         known = " ".join([frame.text, *(t for _, t in history), *(p.text for p in g.passages)])
         if sources:
             log.info("turn %d answers from %s", turn_id, ", ".join(sources))
+        if chat:
+            decided = chat  # greetings, thanks, goodbye, "who are you", "what can you do": the persona answers
+        elif g.decline:
+            decided = g.decline
+        elif not g.relevant and asks_for_fact(g.query):
+            decided = DONT_KNOW  # nothing in the notes and a question of fact: no model can answer that truthfully
+        elif g.relevant and g.answer and self._quotes():
+            decided = g.answer  # the embedded 135M model paraphrases notes unreliably: their own sentence
+        else:
+            decided = ""
         await self.push_frame(
             LLMFullResponseStartFrame(
-                turn_id=turn_id, question=frame.text, known=known, strict=g.relevant, grounded_answer=g.answer, sources=sources
+                turn_id=turn_id, question=frame.text, known=known, strict=g.relevant, grounded_answer=g.answer,
+                verbatim=bool(decided), sources=sources,
             )
-        )
-        if chat:
-            # Greetings, thanks, goodbye, "who are you", "what can you do": the persona answers.
-            await self._say(turn_id, chat)
-            return
-        if g.decline:
-            await self._say(turn_id, g.decline)
-            return
-        if not g.relevant and asks_for_fact(g.query):
-            # Nothing in the notes and a question of fact: no model can answer that truthfully.
-            await self._say(turn_id, DONT_KNOW)
-            return
-        if g.relevant and g.answer and self._quotes():
-            # The embedded 135M model paraphrases notes unreliably: the answer is their own sentence.
-            await self._say(turn_id, g.answer)
+        )  # fmt: skip
+        if decided:
+            await self._say(turn_id, decided)
             return
         passages, relevant = g.passages, g.relevant
         messages = build_messages(

@@ -9,6 +9,7 @@ length limit; it stops generation upstream when a reply is complete. The splitte
 from __future__ import annotations
 
 import logging
+import re
 
 from echoforge.agent.frames import (
     Frame,
@@ -35,7 +36,9 @@ log = logging.getLogger("echoforge.agent")
 class SentenceProcessor(FrameProcessor):
     """Streamed LLM text → short pieces for the TTS, each checked before it is spoken.
 
-    * The first piece is a few words (the first audio starts early), then whole sentences.
+    * The first piece is a few words (the first audio starts early), then whole sentences; a reply
+      checked against the notes (``known``) goes out in whole sentences, and one decided before it
+      is spoken (``verbatim``: a quote, a decline, small talk) is not checked.
     * A piece with a number (or, for answers from notes, a name) that the model was not given, or an
       answer from notes made mostly of other words than theirs, is not spoken: the notes' own
       sentence replaces it, and generation stops.
@@ -65,7 +68,8 @@ class SentenceProcessor(FrameProcessor):
             self._done = False
             self._first = ""
             self._start = frame if isinstance(frame, LLMFullResponseStartFrame) else None
-            self.splitter = self._whole if self._start is not None and self._start.known else self._fast
+            checked = self._start is not None and self._start.known and not self._start.verbatim
+            self.splitter = self._whole if checked else self._fast
             self.splitter.reset()
         if isinstance(frame, LLMFullResponseEndFrame) and not self._done:
             # The last (maybe unpunctuated) sentence goes out before the end marker, unless the token
@@ -77,17 +81,21 @@ class SentenceProcessor(FrameProcessor):
                 await self._accept(piece if _ends_sentence(piece) else piece + ".", frame.turn_id)
         await self.push_frame(frame, direction)
         if isinstance(frame, LLMTextFrame) and not self._done:
-            for piece in self.splitter.push(frame.text):
-                if self._done:
-                    break
-                await self._accept(piece, frame.turn_id)
+            verbatim = self._start is not None and self._start.verbatim
+            # Decided text arrives whole: fed word by word, its first piece is a few words (the
+            # first audio starts early), exactly as when a model streams it.
+            for text in re.findall(r"\S+\s*", frame.text) if verbatim else [frame.text]:
+                for piece in self.splitter.push(text):
+                    if self._done:
+                        return
+                    await self._accept(piece, frame.turn_id)
 
     async def _accept(self, piece: str, turn_id: int) -> None:
         piece = strip_labels(piece)
         if not piece:
             return
         start = self._start
-        if start is not None and start.known:
+        if start is not None and start.known and not start.verbatim:
             bad = ungrounded(piece, start.known, names=start.strict)
             if start.strict and support(piece, start.known) < 0.5:
                 bad.append("words not from the notes")

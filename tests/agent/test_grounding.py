@@ -122,7 +122,7 @@ async def test_near_miss_unanswerable_is_declined_honestly(kb, question, offer):
     assert not any(ch.isdigit() for ch in reply.replace("9:00", "").replace("12", "")) or "euros" in reply
     assert not llm.calls  # never handed to the model: it could only invent
     start = next(f for f in down if isinstance(f, LLMFullResponseStartFrame))
-    assert start.sources == [] and not start.grounded_answer
+    assert start.sources == [] and not start.grounded_answer and start.verbatim
 
 
 async def test_endpoint_llm_is_not_asked_when_the_notes_hold_no_such_answer(kb):

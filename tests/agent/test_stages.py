@@ -227,6 +227,17 @@ async def test_llm_stage_quotes_the_notes_with_the_embedded_model(kb):
     assert not retrieval.fallback and retrieval.passages[0].source == "server.md"
     assert start.strict and start.sources == ["server.md"] and "8000" in start.grounded_answer
     assert "8000" in down[3].text and not llm.calls
+    assert start.verbatim  # decided before it is spoken: the sentence stage speaks its first words early
+
+
+async def test_llm_stage_a_generated_reply_is_not_verbatim(kb):
+    llm = FakeLLM("The server uses port 8000.", embedded=False)
+    down, _ = await run_pipeline(
+        LLMProcessor(llm, Conversation(), settings(), kb=kb),
+        [TranscriptionFrame(text="What port does the server use?")],
+    )
+    start = next(f for f in down if isinstance(f, LLMFullResponseStartFrame))
+    assert llm.calls and not start.verbatim  # the model's words are checked whole before they are spoken
 
 
 async def test_llm_stage_stop_from_downstream_ends_generation():
@@ -292,6 +303,23 @@ async def test_sentence_stage_replaces_an_ungrounded_number_with_the_notes():
     )
     assert texts(down, TTSTextFrame) == [grounded]
     assert [f.reason for f in up] == ["ungrounded"]
+
+
+async def test_sentence_stage_speaks_a_decided_reply_early_and_a_checked_one_whole():
+    quote = "By default the server listens on 127.0.0.1 at port 8000, so the web studio opens there."
+    notes = f"what port does it use  Server: {quote}"
+
+    def whole(verbatim: bool) -> list:
+        start = LLMFullResponseStartFrame(turn_id=1, known=notes, strict=True, grounded_answer=quote, verbatim=verbatim)
+        return [start, LLMTextFrame(text=quote, turn_id=1), LLMFullResponseEndFrame(turn_id=1, text=quote)]
+
+    # The notes' own sentence, decided before it is spoken: its first words go to the TTS at once.
+    down, up = await run_pipeline(SentenceProcessor(), whole(verbatim=True))
+    assert texts(down, TTSTextFrame) == ["By default the server", "listens on 127.0.0.1 at port 8000, so the web studio opens there."]
+    assert not up
+    # The same text as a model's answer is checked whole before any of it is spoken.
+    down, _ = await run_pipeline(SentenceProcessor(), whole(verbatim=False))
+    assert texts(down, TTSTextFrame) == [quote]
 
 
 async def test_sentence_stage_drops_the_tail_of_a_cut_reply():
