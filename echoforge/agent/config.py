@@ -130,6 +130,14 @@ class AgentSettings(BaseModel):
     stt_language: str | None = "en"
     stt_beam_size: int = Field(1, ge=1, le=10)
     stt_threads: int = Field(2, ge=1, le=64)
+    stt_glossary: list[str] = Field(
+        default_factory=list,
+        description="Names and terms Whisper should spell as written (your product, people, places); "
+        "added to those found in the notes.",
+    )
+    stt_glossary_from_notes: bool = Field(
+        True, description="Give Whisper the knowledge base's names and terms (EchoForge, Ollama…) as its prompt."
+    )
     stt_partial_ms: int = Field(
         200, ge=0, le=5000,
         description="Transcribe the turn so far at pauses this long (0: only at the end); the end of turn only decodes the rest.",
@@ -176,6 +184,12 @@ class AgentSettings(BaseModel):
     # --- Output ------------------------------------------------------------------------------
     output_chunk_ms: int = Field(40, ge=10, le=500, description="Size of the audio chunks sent to the player.")
     playback_lead_ms: int = Field(120, ge=0, le=2000, description="How far audio is sent ahead of real time.")
+    barge_in_alignment: bool = Field(
+        True,
+        description="On a barge-in, keep the words heard by when each was spoken for engines without their own "
+        "word timings (Piper, CSM): each sentence is aligned to its audio in a worker thread (~20 % of its "
+        "synthesis time). Off, or not aligned yet: the share of words that matches the share of audio played.",
+    )
     report_memory: bool = Field(True, description="Log what each model takes (RSS / CUDA) when the agent starts.")
 
     @model_validator(mode="before")

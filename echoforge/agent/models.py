@@ -101,6 +101,8 @@ class AgentModels:
                 log.info("knowledge base: %d chunks (%s)", report.total_chunks, report.as_dict())
             else:  # the agent can only say "I don't know" to questions of fact: say why, loudly
                 log.warning("knowledge base %s is empty: 0 chunks indexed; the agent cannot answer from notes", kb.kb_dir)
+        glossary = [*settings.stt_glossary, *(kb.glossary() if kb is not None and settings.stt_glossary_from_notes else [])]
+        stt.set_glossary(glossary)
         emotion = analysis_emotion_detector(settings.reply_policy) if settings.use_analysis else None
         models = cls(settings, stt, llm, kb, emotion, load_seconds=times, kb_chunks=kb_chunks)
         if settings.report_memory:

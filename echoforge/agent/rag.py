@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from echoforge.agent.rag_documents import SUFFIXES, chunk_text, read_document
-from echoforge.agent.rag_lexical import BM25, tokenize
+from echoforge.agent.rag_lexical import BM25, glossary, tokenize
 from echoforge.text import sentences_of
 
 __all__ = [
@@ -344,6 +344,12 @@ class KnowledgeBase:
             return 0
         self.sentence_vectors(texts)
         return len(texts)
+
+    def glossary(self, limit: int = 20) -> list[str]:
+        """The notes' names and terms a recogniser cannot spell from sound (:func:`glossary`)."""
+        with self._lock:
+            texts = [c["text"] for c in self._chunks.values()]
+        return glossary(texts, limit)
 
     def ensure_ready(self) -> None:
         """Load the index, building (incrementally) when it is missing or stale."""

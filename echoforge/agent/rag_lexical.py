@@ -121,3 +121,37 @@ class BM25:
         if ids:
             out = np.asarray(self._index.get_scores(ids), dtype=np.float32)
         return out / best if best > 0 else out
+
+
+_TERM = re.compile(r"[A-Za-z][\w.+-]*[\w+]|[A-Za-z]")
+
+
+def glossary(texts: list[str], limit: int = 20) -> list[str]:
+    """The names and terms of ``texts`` that a recogniser cannot spell from their sound, most frequent first.
+
+    CamelCase and mixed letter-digit words (EchoForge, SmolLM2, CSM-1B → CSM), acronyms (GPU), and
+    capitalised words after a sentence's first that the texts never write in lower case (Piper,
+    Ollama). Whisper given them as its prompt writes "EchoForge" and "Ollama" where it heard
+    "Echo Fort" and "Alama" — and retrieval finds the notes that name them.
+    """
+    counts: dict[str, int] = {}
+    lower: set[str] = set()
+    for text in texts:
+        lower.update(re.findall(r"\b[a-z][a-z'-]*\b", text))
+        for sentence in re.split(r"(?<=[.!?:])\s+|\n+", text):
+            for i, word in enumerate(_TERM.findall(sentence)):
+                if "_" in word or len(word) < 3:
+                    continue
+                head = word.split("-")[0]
+                if "-" in word and len(head) >= 3 and _special(head):
+                    word = head  # SmolLM2-135M-Instruct → SmolLM2, CSM-1B → CSM
+                if _special(word) or (i > 0 and word[0].isupper() and word.lower() not in lower):
+                    counts[word] = counts.get(word, 0) + 1
+    ranked = sorted(counts, key=lambda w: -counts[w])
+    return [w for w in ranked if len(w) <= 24][:limit]
+
+
+def _special(word: str) -> bool:
+    """CamelCase, letters with digits, or an acronym: a spelling no one hears."""
+    return bool(re.search(r"[a-z][A-Z]|[A-Z]{2}|[A-Za-z]\d|\d[A-Za-z]", word))
+

@@ -161,3 +161,19 @@ def test_sentences_are_scored_without_length_normalisation():
     )
     best = best_sentences(None, "which voices ship", [Passage("v.md", text, 1.0, 0)], 1)
     assert best[0][1].startswith("Five voices ship")
+
+
+def test_glossary_keeps_the_names_a_recogniser_cannot_spell():
+    from echoforge.agent.rag_lexical import glossary
+
+    notes = [
+        "Intro: EchoForge runs SmolLM2-135M-Instruct on the CPU. Connect Ollama or vLLM instead.",
+        "EchoForge speaks with Piper. The piper binary is not needed. Set ECHOFORGE_SERVER__PORT to move it.",
+        "Voices: The calm British voice is Maple. Every voice lives in data.",
+    ]
+    terms = glossary(notes)
+    assert terms[0] == "EchoForge"  # the most frequent first
+    assert {"SmolLM2", "CPU", "Ollama", "vLLM", "Maple", "British"} <= set(terms)
+    assert "Piper" not in terms  # the notes also write "piper": Whisper spells it from sound
+    assert not any("_" in t for t in terms) and "Intro" not in terms and "Voices" not in terms
+    assert glossary(notes, limit=2) == terms[:2]

@@ -132,3 +132,19 @@ async def test_quoted_answers_contain_the_fact(models, project_kb):
     replies = [(q, (await _reply(models, project_kb, q["q"] + "?", "auto"))[0]) for q in answerable]
     wrong = [(q["q"], q["fact"], r) for q, r in replies if q["fact"].lower() not in r.lower()]
     assert len(wrong) <= len(answerable) // 10, wrong
+
+
+@pytest.mark.integration
+def test_whisper_spells_the_notes_names_from_their_glossary(models, say, project_kb):
+    # Heard without a glossary: "Can I use Alama as …", "… does Echo Fort ship?" — retrieval then
+    # has nothing to match. With the notes' names as Whisper's prompt it writes them as the notes do.
+    glossary = project_kb.glossary()
+    assert {"EchoForge", "Ollama", "Piper", "SmolLM2"} <= set(glossary) and len(glossary) <= 20
+    stt, saved = models.stt, models.stt.prompt
+    try:
+        stt.set_glossary(glossary)
+        assert stt.prompt.startswith("Glossary: EchoForge")
+        assert "Ollama" in stt.transcribe(say("Can I use Ollama as the language model?")).text
+        assert "EchoForge" in stt.transcribe(say("How many voices does EchoForge ship?")).text
+    finally:
+        stt.prompt = saved
