@@ -65,7 +65,8 @@ class WhisperSTT:
     def set_glossary(self, terms: list[str]) -> None:
         """Names and terms to spell as written here ("EchoForge", "Ollama"), given to Whisper as its
         prompt ("Glossary: EchoForge, Ollama."). On the labelled questions spoken by Piper, word error
-        rate 8.7 % → 3.0 % for ~40 ms more per turn on a 2-core CPU (BENCHMARKS.md). Empty: no prompt."""
+        rate 10.6 % → 3.3 % for ~50 ms more per turn on a 2-core CPU (benchmarks/stt_glossary.py).
+        Empty: no prompt."""
         terms = list(dict.fromkeys(t.strip() for t in terms if t.strip()))
         self.prompt = f"Glossary: {', '.join(terms)}." if terms else None
 
