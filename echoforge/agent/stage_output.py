@@ -3,11 +3,17 @@
 Owns the playback buffer and its pacing task, what of a reply was actually heard (``_Sentence``,
 ``_Reply``: samples sent per sentence), the bot started / stopped speaking frames, the cut on an
 interruption and committing the assistant's turn (heard words only) to the conversation.
+
+Word timings for the cut: the engine's own (espeak-ng), else — with an ``aligner`` (Piper, CSM) —
+each sentence is aligned to its audio in a worker thread as soon as the TTS has finished it. The
+cut never waits for one: a sentence not aligned yet keeps the share of its words that matches the
+share of its audio played.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -43,8 +49,10 @@ class _Sentence:
     text: str
     sent: int = 0  # samples sent to the player
     complete: bool = False  # the TTS finished it
-    words: list[dict[str, Any]] | None = None  # its word timings, when the engine reports them
-    audio: list[np.ndarray] = field(default_factory=list)  # what reached the output (for alignment on a cut)
+    # Its word timings, one per word of ``text``: the engine's, or the aligner's once it has finished.
+    words: list[dict[str, Any]] | None = None
+    audio: list[np.ndarray] = field(default_factory=list)  # its audio so far, kept until it is aligned
+    aligning: asyncio.Future | None = None  # the alignment running in a worker thread
 
 
 @dataclass
@@ -75,9 +83,10 @@ class OutputProcessor(FrameProcessor):
     ) -> None:
         super().__init__()
         self.clock = clock or Clock()
-        # Word timings for engines that do not report their own (Piper, CSM): the cut sentence is
-        # aligned to its audio on a barge-in only (echoforge.engines.timing; ~50 ms once).
+        # Word timings for engines that do not report their own (Piper, CSM): each finished sentence
+        # is aligned to its audio in a worker thread (echoforge.engines.timing), never at the cut.
         self.aligner = aligner
+        self._align_failed = False  # one warning per session, not one per sentence
         self.conversation = conversation
         self.settings = settings
         self.detector = detector
@@ -101,6 +110,7 @@ class OutputProcessor(FrameProcessor):
         from echoforge.agent.processors import cancel_task
 
         await cancel_task(self._play_task)
+        _drop_alignments(self._reply)
         await super().stop()
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
@@ -110,6 +120,7 @@ class OutputProcessor(FrameProcessor):
         if isinstance(frame, UserStartedSpeakingFrame):
             self._hold = True
         elif isinstance(frame, LLMFullResponseStartFrame):
+            _drop_alignments(self._reply)
             self._reply = _Reply(frame.turn_id, sources=list(frame.sources))
         elif isinstance(frame, TTSAudioRawFrame):
             self._enqueue_audio(frame)
@@ -126,6 +137,15 @@ class OutputProcessor(FrameProcessor):
         reply = self._reply
         return {i: s.complete for i, s in reply.sentences.items()} if reply is not None else {}
 
+    async def alignments_done(self) -> None:
+        """Wait until the current reply's sentences started so far are aligned (tests; the cut never waits)."""
+        reply = self._reply
+        pending = [(s, s.aligning) for s in reply.sentences.values() if s.aligning is not None] if reply else []
+        if pending:
+            await asyncio.wait([future for _, future in pending])
+        for sentence, future in pending:
+            _aligned(sentence, future)  # at once, not when the loop gets to the future's callback
+
     def _enqueue_audio(self, frame: TTSAudioRawFrame) -> None:
         reply = self._reply
         if reply is None or reply.turn_id != frame.turn_id:
@@ -134,7 +154,12 @@ class OutputProcessor(FrameProcessor):
         sentence = reply.sentences.setdefault(frame.index, _Sentence(frame.text))
         if frame.last:
             sentence.complete = True
-            sentence.words = getattr(frame, "words", None)
+            words = getattr(frame, "words", None)
+            if words and len(words) == len(sentence.text.split()):
+                sentence.words = words
+            elif self.aligner is not None and sentence.audio:
+                self._start_alignment(sentence, frame.sample_rate)
+            sentence.audio = []
             return
         if self.aligner is not None:
             sentence.audio.append(frame.audio)
@@ -183,6 +208,7 @@ class OutputProcessor(FrameProcessor):
         if reply is None or reply.turn_id != turn_id:
             return
         self._reply = None
+        _drop_alignments(reply)
         text = " ".join(reply.sentences[i].text for i in sorted(reply.sentences)) or reply.full_text
         self._commit(reply, text, interrupted=False)
         await self.push_frame(AssistantTurnFrame(text=text, full_text=reply.full_text, interrupted=False, sources=reply.sources))
@@ -195,9 +221,9 @@ class OutputProcessor(FrameProcessor):
 
         Audio sent within the last ``playback_lead_ms`` is still in the player's buffer, so it is
         subtracted; the cut sentence keeps the words whose middle was heard — by the engine's own word
-        timings (espeak-ng) or, with an ``aligner``, by aligning its audio to its text (Piper, CSM) —
-        else the share of its words that matches the share of its audio heard (audio known so far:
-        sent + queued).
+        timings (espeak-ng) or, with an ``aligner`` (Piper, CSM), by its alignment if that has
+        finished — else the share of its words that matches the share of its audio heard (audio known
+        so far: sent + queued). Nothing here waits.
         """
         unplayed = max(0.0, self._play_until - self.clock.now()) * reply.sample_rate
         heard_left = sum(s.sent for s in reply.sentences.values()) - unplayed
@@ -211,30 +237,39 @@ class OutputProcessor(FrameProcessor):
             if total and heard >= total and sentence.complete:
                 words += sentence_words
                 continue
-            timed = sentence.words if sentence.words and len(sentence.words) == len(sentence_words) else None
-            if timed is None and self.aligner is not None and sentence.audio:
-                timed = self._align(sentence, reply.sample_rate)
-            if timed is not None:
+            if sentence.words is not None:
                 # When each word is spoken (the engine's or aligned): the words whose middle has played.
-                n = len(words_heard(timed, heard / reply.sample_rate))
+                n = len(words_heard(sentence.words, heard / reply.sample_rate))
             else:
                 n = int(len(sentence_words) * heard / total) if total else 0
             words += sentence_words[:n]
             break
         return " ".join(words)
 
-    def _align(self, sentence: _Sentence, sample_rate: int) -> list[dict[str, Any]] | None:
-        """The cut sentence's word timings from its audio (None when alignment is not possible)."""
+    def _start_alignment(self, sentence: _Sentence, sample_rate: int) -> None:
+        """Align the finished ``sentence`` in a worker thread; its timings land on ``sentence.words``."""
         audio = np.concatenate(sentence.audio)
+        future = asyncio.get_running_loop().run_in_executor(None, self._align, audio, sample_rate, sentence.text)
+        sentence.aligning = future
+        future.add_done_callback(functools.partial(_aligned, sentence))
+
+    def _align(self, audio: np.ndarray, sample_rate: int, text: str) -> list[dict[str, Any]] | None:
+        """A sentence's word timings from its audio, or None (worker thread; never raises)."""
         try:
-            recognized = self.aligner(audio, sample_rate, sentence.text)  # type: ignore[misc]
+            recognized = self.aligner(audio, sample_rate, text)  # type: ignore[misc]
         except Exception as exc:  # no espeak-ng library, odd audio: the share-of-audio rule stands in
-            log.warning("word alignment of a cut sentence failed (%s); using the share of audio heard", exc)
+            if not self._align_failed:
+                self._align_failed = True
+                log.warning(
+                    "word alignment of the agent's speech failed (%s); a barge-in keeps the share of audio heard", exc
+                )
+            else:
+                log.debug("word alignment failed again: %s", exc)
             return None
         if not recognized:
             return None
-        timed = align_words(sentence.text, recognized, audio.size / sample_rate)
-        return timed if len(timed) == len(sentence.text.split()) else None
+        timed = align_words(text, recognized, audio.size / sample_rate)
+        return timed if len(timed) == len(text.split()) else None
 
     def _sentence_total(self, reply: _Reply, index: int) -> int:
         """Samples of sentence ``index`` that reached the output buffer (sent + still queued)."""
@@ -246,6 +281,7 @@ class OutputProcessor(FrameProcessor):
         heard = ""
         if reply is not None and any(s.sent for s in reply.sentences.values()):
             heard = self._heard_text(reply)  # before the buffer is cleared: it sizes the cut sentence
+        _drop_alignments(reply)
         self._buffer.clear()
         self._hold = False
         self._play_until = self.clock.now()
@@ -262,3 +298,18 @@ class OutputProcessor(FrameProcessor):
         audio = np.concatenate(reply.audio) if reply.audio else None
         if text or interrupted:
             self.conversation.add(Turn("assistant", text, audio, reply.sample_rate, interrupted=interrupted))
+
+
+def _aligned(sentence: _Sentence, future: asyncio.Future) -> None:
+    """An alignment finished (on the event loop): its timings become the sentence's."""
+    if sentence.aligning is future and not future.cancelled():
+        sentence.words = future.result()  # _align never raises
+        sentence.aligning = None
+
+
+def _drop_alignments(reply: _Reply | None) -> None:
+    """Forget ``reply``'s alignments still running: their results are no longer wanted."""
+    for sentence in reply.sentences.values() if reply is not None else ():
+        if sentence.aligning is not None:
+            sentence.aligning.cancel()
+            sentence.aligning = None
