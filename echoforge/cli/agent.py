@@ -261,7 +261,7 @@ async def _run_agent(
 ) -> dict[str, Any]:
     from echoforge.agent import frames as F
     from echoforge.agent.models import AgentModels
-    from echoforge.agent.pipeline import LISTENING, VoiceAgent
+    from echoforge.agent.pipeline import LISTENING, VoiceAgent, word_aligner
     from echoforge.audio import load_audio, resample
     from echoforge.engines import create_engine
 
@@ -285,8 +285,9 @@ async def _run_agent(
     from echoforge.server.services.voices import VoiceStore
 
     prompts = voice_prompts(VoiceStore(settings.data_dir), engine, agent_cfg.speaker)  # a saved voice's pinned prompt
+    aligner = word_aligner(engine) if agent_cfg.barge_in_alignment else None  # barge-in: the words heard
     agent = VoiceAgent(engine, agent_cfg, models.stt, models.llm, models.kb, models.emotion_detector,
-                       vad=models.new_detector(), voice_prompt=prompts)  # fmt: skip
+                       vad=models.new_detector(), voice_prompt=prompts, aligner=aligner)  # fmt: skip
     recorded: list[np.ndarray] = []
     player = aec = None
     if sd is not None and output_file is None:

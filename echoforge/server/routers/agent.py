@@ -69,7 +69,7 @@ async def agent_models(app: FastAPI) -> Any:
 
 def new_agent(app: FastAPI, engine: Any, models: Any) -> Any:
     """One agent session on the app's engine and loaded models (``/api/agent`` and ``/v1/realtime``)."""
-    from echoforge.agent.pipeline import VoiceAgent  # as before: the agent package loads with the first session
+    from echoforge.agent.pipeline import VoiceAgent, word_aligner  # the agent package loads with the first session
 
     return VoiceAgent(
         engine,
@@ -81,6 +81,7 @@ def new_agent(app: FastAPI, engine: Any, models: Any) -> Any:
         vad=models.new_detector(),
         voice_prompt=_voice_prompts(app, engine, models.settings.speaker),
         synthesize=_synthesize(app),
+        aligner=word_aligner(engine) if models.settings.barge_in_alignment else None,
     )
 
 
