@@ -145,7 +145,9 @@ class CSMGenerator:
         # so each stream keeps decoding in its own thread there.
         if batch_decode is None:
             batch_decode = device.type == "cuda"
-        self.mimi_batcher = MimiBatcher(codec) if batch_decode else None
+        # Compiled (CUDA graphs per rows bucket and chunk length, warmed by :meth:`warmup`) with the frame step.
+        self.mimi_batcher = (MimiBatcher(codec, max_rows=max_batch_size, compile=device.type == "cuda" and compile)
+                             if batch_decode else None)  # fmt: skip
         self.device = device
         self.dtype = self.model.codebook0_head.weight.dtype
         self.num_codebooks = self.model.args.audio_num_codebooks
@@ -205,10 +207,11 @@ class CSMGenerator:
         self.prompts.max_reference_s = value
 
     def warmup(self) -> float:
-        """Run (and on CUDA capture) the sampled frame step once per batch-size bucket; returns seconds."""
-        if not self.static:  # the eager path has nothing to compile or capture
-            return 0.0
-        return self.scheduler.call(self.runner.warmup)  # CUDA graphs are recorded per thread: record on the scheduler's
+        """Run (and on CUDA capture) the sampled frame step once per batch-size bucket, and the Mimi batcher's
+        compiled decode once per bucket and chunk length; returns seconds. (The eager paths have nothing to warm.)"""
+        # CUDA graphs are recorded per thread: the frame step's on the scheduler's, Mimi's on the batcher's.
+        t = self.scheduler.call(self.runner.warmup) if self.static else 0.0
+        return t + (self.mimi_batcher.warmup() if self.mimi_batcher is not None else 0.0)
 
     # ------------------------------------------------------------------ construction
 

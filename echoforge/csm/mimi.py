@@ -10,6 +10,7 @@ must stay cheap for the streaming and batching modules' users).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from echoforge.csm.hub import resolve
-from echoforge.csm.mimi_stream import StreamingDecoder
+from echoforge.csm.mimi_stream import DecoderGraph, StreamingDecoder
 from echoforge.csm.rates import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE  # noqa: F401 - importable from here too
 
 log = logging.getLogger("echoforge.csm")
@@ -157,6 +158,11 @@ class MimiCodec:
             return torch.zeros(0, device=self.device)
         audio = self.model.decode(codes.transpose(0, 1)[None]).audio_values  # [1, 1, T]
         return audio.reshape(-1)
+
+    @functools.cached_property
+    def decoder_graph(self) -> DecoderGraph:
+        """The decoder as one function of explicit state (built once; what streaming decoders run)."""
+        return DecoderGraph(self)
 
     def streaming_decoder(self) -> StreamingDecoder:
         """A fresh stateful decoder: feed codes chunk by chunk, get audio chunk by chunk."""

@@ -9,12 +9,15 @@ transformers can stream only Mimi's *encoder* (a conv padding cache), so
   the next call's output (the full decode trims exactly that tail from the right end);
 * causal ``Conv1d`` layers: the last ``(kernel - 1) * dilation`` input samples, which
   stand in for the left zero padding of the full decode;
-* the decoder transformer: a key/value cache cut to the sliding window (``sliding_window
-  - 1`` past positions), with absolute RoPE positions.
+* the decoder transformer: a key/value cache of the sliding window (``sliding_window - 1``
+  past positions, always that long: columns before the stream's first step are masked), with
+  absolute RoPE positions.
 
-So each ``decode(codes[n])`` call costs O(n) (plus attention over at most one window),
-whatever was decoded before, and the concatenated chunks equal ``MimiCodec.decode`` of all
-codes up to float rounding. :func:`decode_batch` runs one call for several streams' decoders.
+All of it is one function of explicit state, :meth:`DecoderGraph.step`, whose shapes depend only on
+the rows and the chunk length: so each ``decode(codes[n])`` call costs O(n) (plus attention over one
+window), whatever was decoded before; the concatenated chunks equal ``MimiCodec.decode`` of all
+codes up to float rounding; :func:`decode_batch` runs one call for several streams' decoders, and
+:mod:`echoforge.csm.mimi_batch` keeps many streams' states in fixed per-slot buffers and compiles it.
 transformers' Mimi building blocks are imported where they are used, as in :mod:`echoforge.csm.mimi`.
 """
 
@@ -30,8 +33,9 @@ if TYPE_CHECKING:
     from echoforge.csm.mimi import MimiCodec
 
 
-class _ConvState:
-    """Causal stride-1 ``MimiConv1d``: keeps the last ``(kernel-1)*dilation`` inputs as left context."""
+class _Conv:
+    """Causal stride-1 ``MimiConv1d``: its state is the last ``(kernel-1)*dilation`` inputs ``[B, C_in, context]``
+    (zeros: the full decode's left zero padding)."""
 
     def __init__(self, m: nn.Module):
         conv = m.conv
@@ -41,22 +45,18 @@ class _ConvState:
             raise ValueError("streaming decode needs a causal Mimi (use_causal_conv=True)")
         if m.pad_mode not in ("constant", "zeros"):
             raise ValueError(f"streaming decode needs zero padding, not pad_mode={m.pad_mode!r}")
-        self.m = m
+        self.conv = conv
         self.context = (conv.kernel_size[0] - 1) * conv.dilation[0]
-        self.prev: Tensor | None = None  # [B, C_in, context]
+        self.state_shape = (conv.in_channels, self.context)
 
-    def __call__(self, x: Tensor) -> Tensor:  # [B, C_in, n] -> [B, C_out, n]
-        if self.context == 0:
-            return self.m.conv(x)
-        if self.prev is None:  # the full decode's left zero padding
-            self.prev = x.new_zeros(x.shape[0], x.shape[1], self.context)
-        x = torch.cat([self.prev, x], dim=-1)
-        self.prev = x[..., -self.context :]
-        return self.m.conv(x)
+    def __call__(self, x: Tensor, prev: Tensor) -> tuple[Tensor, Tensor]:  # [B, C_in, n] -> [B, C_out, n], state
+        x = torch.cat([prev, x], dim=-1)
+        return self.conv(x), x[..., x.shape[-1] - self.context :]
 
 
-class _ConvTransposeState:
-    """Causal ``MimiConvTranspose1d`` (right trim): overlap-adds the unfinished tail into the next call."""
+class _ConvTranspose:
+    """Causal ``MimiConvTranspose1d`` (right trim): its state is the unfinished overlap-add tail of the last
+    call ``[B, C_out, kernel - stride]`` (bias not added), summed into the start of the next call's output."""
 
     def __init__(self, m: nn.Module):
         conv = m.conv
@@ -67,62 +67,133 @@ class _ConvTransposeState:
         if conv.dilation[0] != 1 or conv.padding[0] != 0 or conv.output_padding[0] != 0:
             raise ValueError("streaming decode supports plain transposed convs only")
         self.conv = conv
-        self.tail: Tensor | None = None  # [B, C_out, kernel - stride], bias not yet added
+        self.state_shape = (conv.out_channels, self.kernel - self.stride)
 
-    def __call__(self, x: Tensor) -> Tensor:  # [B, C_in, n] -> [B, C_out, n * stride]
+    def __call__(self, x: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:  # [B, C_in, n] -> [B, C_out, n * stride]
         conv = self.conv
         # Without bias: the tail is summed into the next call and must not carry the bias twice.
         y = F.conv_transpose1d(x, conv.weight, None, self.stride, groups=conv.groups)  # [B, C_out, (n-1)*s + k]
         done = x.shape[-1] * self.stride
-        if self.tail is not None:
-            y[..., : self.tail.shape[-1]] += self.tail
-        self.tail = y[..., done:].clone()
+        y[..., : tail.shape[-1]] += tail
+        tail = y[..., done:].clone()
         y = y[..., :done]
-        if conv.bias is not None:
-            y = y + conv.bias[:, None]
-        return y
+        return (y if conv.bias is None else y + conv.bias[:, None]), tail
 
 
-class _TransformerState:
-    """Mimi's decoder transformer, one chunk at a time, with a sliding-window KV cache.
+class DecoderGraph:
+    """Mimi's decoder as one function of explicit state: :meth:`step` ``(codes, start, state) -> (audio, state)``.
 
-    Reuses the layer weights; attention is recomputed here because transformers' cache
-    path recomputes masks from the whole history. Query at position p sees keys in
-    ``(p - sliding_window, p]``, exactly the mask of the full decode.
+    A stream's state is a flat list of tensors with a leading row dimension, in a fixed order: every
+    convolution's context or tail (:attr:`n_conv` of them), then each transformer layer's keys, then
+    its values, ``[rows, H_kv, sliding_window - 1, head_dim]`` each (always full: columns before the
+    stream's first step are masked). Every shape depends only on the rows, so states of many streams
+    stack into one batch, and live in fixed per-slot buffers for a compiled step
+    (:mod:`echoforge.csm.mimi_batch`). One per codec (:attr:`MimiCodec.decoder_graph`).
     """
 
-    def __init__(self, tm: nn.Module):
+    def __init__(self, codec: MimiCodec):
+        from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
+
+        dec = codec.model.decoder
+        if dec is None:
+            raise ValueError("this Mimi has no decoder")
+        self.quantizer = codec.model.quantizer
+        # transformers computes a codebook's table on first use and caches it on the module (``_embed``):
+        # compute them now, so a traced step reads fixed tensors instead of tracing (and guarding on) the fill.
+        with torch.no_grad():
+            self.codebooks: list[Tensor] = [m.embed for m in self.quantizer.modules() if hasattr(m, "embed_sum")]
+        self.frame_size = codec.frame_size
+        tm = dec.decoder_transformer
         self.tm = tm
+        window = tm.config.sliding_window
+        if not window or window < 2:
+            raise ValueError(f"streaming decode needs Mimi's sliding-window attention, not sliding_window={window!r}")
+        self.window = int(window)
+        self.upsample = _ConvTranspose(dec.upsample) if dec.upsample is not None else None
+        self.steps_per_frame = self.upsample.stride if self.upsample is not None else 1
+        stateful: list[Any] = [] if self.upsample is None else [self.upsample]
+
+        def wrap(m: nn.Module) -> Any:  # a stride-1 conv without context (kernel 1) has no state
+            if isinstance(m, MimiConv1d):
+                c = _Conv(m)
+                if not c.context:
+                    return m.conv
+                stateful.append(c)
+                return c
+            if isinstance(m, MimiConvTranspose1d):
+                stateful.append(_ConvTranspose(m))
+                return stateful[-1]
+            return m  # activations (ELU), identity: pointwise
+
+        # SEANet as callables mirroring MimiDecoder.forward; a resnet block as (block layers, [shortcut]).
+        self.seanet: list[Any] = []
+        for layer in dec.decoder_seanet.layers:
+            if isinstance(layer, MimiResnetBlock):
+                block = [wrap(m) for m in layer.block]
+                self.seanet.append((block, [wrap(layer.shortcut)]))
+            else:
+                self.seanet.append(wrap(layer))
+        self.n_conv = len(stateful)
+        self._conv_shapes = [s.state_shape for s in stateful]
         cfg = tm.config
-        self.window = int(cfg.sliding_window) if cfg.sliding_window else None
-        self.pos = 0  # absolute position of the next input step
-        self.k: list[Tensor | None] = [None] * len(tm.layers)  # each [B, H_kv, S, D], S <= window-1
-        self.v: list[Tensor | None] = [None] * len(tm.layers)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.kv_shape = (cfg.num_key_value_heads, self.window - 1, head_dim)
+        self.n_layers = len(tm.layers)
 
-    def __call__(self, x: Tensor) -> Tensor:  # [B, n, C] -> [B, n, C]
+    def zeros(self, rows: int, device: torch.device) -> list[Tensor]:
+        """The state of ``rows`` fresh streams."""
+        shapes = self._conv_shapes + [self.kv_shape] * (2 * self.n_layers)
+        return [torch.zeros(rows, *s, device=device) for s in shapes]
 
-        b, n, _ = x.shape
-        pos = torch.arange(self.pos, self.pos + n, device=x.device)
-        cos, sin = self.tm.rotary_emb(x, pos[None])  # [1, n, D] each
-        past = 0 if self.k[0] is None else self.k[0].shape[2]
-        kv_pos = torch.arange(self.pos - past, self.pos + n, device=x.device)
-        allowed = kv_pos[None, :] <= pos[:, None]  # causal, [n, past + n]
-        if self.window is not None:
-            allowed &= kv_pos[None, :] > pos[:, None] - self.window
-        keep = past + n if self.window is None else min(past + n, self.window - 1)
-        for i, layer in enumerate(self.tm.layers):
-            q, k, v = _rotated_qkv(layer, x, cos, sin)
-            if self.k[i] is not None:
-                k = torch.cat([self.k[i], k], dim=2)  # [B, H_kv, past + n, D]
-                v = torch.cat([self.v[i], v], dim=2)
-            self.k[i], self.v[i] = k[:, :, -keep:], v[:, :, -keep:]
-            x = _attend_and_mlp(layer, x, q, k, v, allowed)
-        self.pos += n
+    def step(self, codes: Tensor, start: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """``codes [B, n, K]`` of ``B`` streams, ``start [B]`` the transformer steps each has decoded before
+        (``steps_per_frame`` per frame), their ``state`` -> audio ``[B, n * frame_size]`` and the state after.
+
+        Pure tensor code of fixed shapes (no host reads): traceable whole by ``torch.compile``.
+        """
+        new: list[Tensor] = []
+        conv = iter(state[: self.n_conv])
+        x = self.quantizer.decode(codes.transpose(1, 2))  # [B, hidden, n]
+        if self.upsample is not None:
+            x, s = self.upsample(x, next(conv))  # [B, hidden, n * steps_per_frame]
+            new.append(s)
+        h, kv = self._transformer(x.transpose(1, 2), start, state[self.n_conv :])
+        x = self._seanet(self.seanet, h.transpose(1, 2), conv, new)  # [B, 1, n * frame_size]
+        return x.reshape(x.shape[0], -1), new + kv
+
+    def _seanet(self, layers: list[Any], x: Tensor, conv: Any, new: list[Tensor]) -> Tensor:
+        for layer in layers:
+            if isinstance(layer, tuple):  # resnet block: block(x) + shortcut(x)
+                block, short = layer
+                h = self._seanet(block, x, conv, new)
+                x = self._seanet(short, x, conv, new) + h
+            elif isinstance(layer, (_Conv, _ConvTranspose)):  # noqa: UP038 - a tuple: dynamo traces it
+                x, s = layer(x, next(conv))
+                new.append(s)
+            else:
+                x = layer(x)
         return x
 
-    @property
-    def cache_len(self) -> int:
-        return 0 if self.k[0] is None else int(self.k[0].shape[2])
+    def _transformer(self, x: Tensor, start: Tensor, kv: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The decoder transformer over ``x [B, n, C]``, row ``b`` at absolute positions ``start[b]..``, each
+        layer's keys and values after the row's cached ``sliding_window - 1`` ones (masked before the
+        stream's first step): the mask of the full decode, query ``p`` seeing keys in ``(p - window, p]``."""
+        tm, w = self.tm, self.window
+        past, n = w - 1, x.shape[1]
+        kv_pos = start[:, None] - past + torch.arange(past + n, device=x.device)  # [B, P + n] key positions
+        qpos = kv_pos[:, past:]  # [B, n]
+        rel = kv_pos[:, None, :] - qpos[:, :, None]  # [B, n, P + n]
+        mask = ((kv_pos >= 0)[:, None, :] & (rel <= 0) & (rel > -w))[:, None]  # [B, 1, n, P + n]
+        cos, sin = tm.rotary_emb(x, qpos)  # [B, n, D]
+        keys, values = [], []
+        for i, layer in enumerate(tm.layers):
+            q, k, v = _rotated_qkv(layer, x, cos, sin)
+            k = torch.cat([kv[i], k], dim=2)  # [B, H_kv, P + n, D]
+            v = torch.cat([kv[self.n_layers + i], v], dim=2)
+            keys.append(k[:, :, n:])
+            values.append(v[:, :, n:])
+            x = _attend_and_mlp(layer, x, q, k, v, mask)
+        return x, keys + values
 
 
 class StreamingDecoder:
@@ -135,95 +206,48 @@ class StreamingDecoder:
     Attributes:
         frames_decoded: frames fed since the last :meth:`reset`.
         last_call_steps: transformer steps computed by the last call (``n * latent_stride``).
+        state: the stream's :class:`DecoderGraph` state (None before the first call).
     """
 
     def __init__(self, codec: MimiCodec):
         self.codec = codec
-        dec = codec.model.decoder
-        if dec is None:
-            raise ValueError("this Mimi has no decoder")
-        self._dec = dec
+        self.graph: DecoderGraph = codec.decoder_graph
         self.reset()
 
     def reset(self) -> None:
         """Forget all state; the next call starts a new stream."""
-        from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
-
-        dec = self._dec
-        self._upsample = _ConvTransposeState(dec.upsample) if dec.upsample is not None else None
-        self._transformer = _TransformerState(dec.decoder_transformer)
-        # SEANet as a list of callables mirroring MimiDecoder.forward; resnet blocks as (block, shortcut).
-        self._seanet: list[Any] = []
-        for layer in dec.decoder_seanet.layers:
-            if isinstance(layer, MimiConv1d):
-                self._seanet.append(_ConvState(layer))
-            elif isinstance(layer, MimiConvTranspose1d):
-                self._seanet.append(_ConvTransposeState(layer))
-            elif isinstance(layer, MimiResnetBlock):
-                block = [_ConvState(m) if isinstance(m, MimiConv1d) else m for m in layer.block]
-                short = _ConvState(layer.shortcut) if isinstance(layer.shortcut, MimiConv1d) else layer.shortcut
-                self._seanet.append((block, short))
-            else:  # activations (ELU): pointwise
-                self._seanet.append(layer)
+        self.state: list[Tensor] | None = None
         self.frames_decoded = 0
         self.last_call_steps = 0
 
     @property
+    def steps(self) -> int:
+        """Transformer steps decoded so far (the RoPE position of the next one)."""
+        return self.frames_decoded * self.graph.steps_per_frame
+
+    @property
     def cache_len(self) -> int:
-        """Past transformer positions held in the KV cache (bounded by ``sliding_window - 1``)."""
-        return self._transformer.cache_len
+        """Past transformer positions the attention can see (bounded by ``sliding_window - 1``)."""
+        return min(self.steps, self.graph.window - 1)
 
     @torch.inference_mode()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``[n, K]`` -> the next ``n * 1920`` audio samples (1-D float)."""
         codes = self.codec._check_codes(codes)
-        n = codes.shape[0]
-        if n == 0:
+        if codes.shape[0] == 0:
             return torch.zeros(0, device=self.codec.device)
-        x = self._run(self.codec.model.quantizer.decode(codes.transpose(0, 1)[None]), self._transformer)  # [1, 1, T]
-        self.frames_decoded += n
-        return x.reshape(-1)  # [n * frame_size]
-
-    def _run(self, x: Tensor, transformer: Any) -> Tensor:
-        """Latents ``[B, hidden, n]`` -> audio ``[B, 1, n * frame_size]`` through this decoder's states."""
-        if self._upsample is not None:
-            x = self._upsample(x)  # [B, hidden, n * latent_stride]
-        steps = x.shape[-1]
-        x = transformer(x.transpose(1, 2)).transpose(1, 2)  # [B, hidden, steps]
-        self.last_call_steps = steps
-        for layer in self._seanet:
-            if isinstance(layer, tuple):
-                block, short = layer
-                h = x
-                for m in block:
-                    h = m(h)
-                x = short(x) + h
-            else:
-                x = layer(x)
-        return x
-
-    def _conv_states(self) -> list[Any]:
-        """Every convolution state, in a fixed order (the same for every decoder of one codec)."""
-        out: list[Any] = [] if self._upsample is None else [self._upsample]
-        for layer in self._seanet:
-            if isinstance(layer, tuple):
-                block, short = layer
-                out += [m for m in block if isinstance(m, _ConvState)]
-                out += [short] if isinstance(short, _ConvState) else []
-            elif isinstance(layer, _ConvState | _ConvTransposeState):
-                out.append(layer)
-        return out
+        return _advance([self], codes[None])[0]
 
 
 @torch.inference_mode()
 def decode_batch(decoders: list[StreamingDecoder], codes: Tensor) -> list[Tensor]:
     """Many streams' next chunks in one call: ``codes [B, n, K]`` (row ``b`` for ``decoders[b]``).
 
-    Each decoder's state advances exactly as if it had decoded its own row alone (the same
-    operations on a batch: convolution contexts and overlap-add tails stacked, the transformer's
-    sliding-window caches left-padded under a per-row mask with per-row RoPE positions), so the
-    audio equals per-stream :meth:`StreamingDecoder.decode` up to float rounding. Streams may be at
-    different points (different frames decoded); all rows of one call have the same ``n``.
+    The decoders' states are stacked into one batch (every state has the same shape), advanced by
+    one :meth:`DecoderGraph.step` and handed back row by row, so each decoder advances exactly as if
+    it had decoded its own row alone and the audio equals per-stream :meth:`StreamingDecoder.decode`
+    up to float rounding. Streams may be at different points (different frames decoded); all rows
+    of one call have the same ``n``.
 
     Returns: per decoder, its ``n * 1920`` audio samples (1-D float, on the codec's device).
     """
@@ -232,81 +256,30 @@ def decode_batch(decoders: list[StreamingDecoder], codes: Tensor) -> list[Tensor
     codec = decoders[0].codec
     if any(d.codec is not codec for d in decoders):
         raise ValueError("decode_batch: every decoder must belong to the same codec")
-    if len(decoders) == 1:
-        return [decoders[0].decode(codes[0])]
     b, n = codes.shape[0], codes.shape[1]
     if b != len(decoders):
         raise ValueError(f"decode_batch: {len(decoders)} decoders but {b} rows of codes")
     codes = codec._check_codes(codes.reshape(b * n, -1)).view(b, n, -1)  # [B, n, K] on the codec's device
     if n == 0:
         return [torch.zeros(0, device=codec.device) for _ in decoders]
-    batch = StreamingDecoder(codec)  # fresh states to hold the stacked ones
-    rows = [d._conv_states() for d in decoders]
-    stacked = batch._conv_states()
-    dev = codec.device
-    for j, st in enumerate(stacked):  # stack each state; a fresh stream's is the zeros its first call would use
-        if isinstance(st, _ConvState):
-            if st.context:
-                c = st.m.conv.in_channels
-                st.prev = torch.cat([r[j].prev if r[j].prev is not None else torch.zeros(1, c, st.context, device=dev)
-                                     for r in rows])  # fmt: skip
-        else:
-            c, t = st.conv.out_channels, st.kernel - st.stride
-            st.tail = torch.cat(
-                [r[j].tail if r[j].tail is not None else torch.zeros(1, c, t, device=dev) for r in rows]
-            )
-    x = codec.model.quantizer.decode(codes.transpose(1, 2))  # [B, hidden, n]
-    audio = batch._run(x, lambda h: _transformer_batch([d._transformer for d in decoders], h))  # [B, 1, T]
-    for j, st in enumerate(stacked):  # hand each row's state back
-        for i, r in enumerate(rows):
-            if isinstance(st, _ConvState):
-                if st.context:
-                    r[j].prev = st.prev[i : i + 1]
-            else:
-                r[j].tail = st.tail[i : i + 1]
+    return _advance(decoders, codes)
+
+
+def _advance(decoders: list[StreamingDecoder], codes: Tensor) -> list[Tensor]:
+    """:func:`decode_batch` of checked ``codes [B, n>0, K]`` on the codec's device."""
+    b, n = codes.shape[0], codes.shape[1]
+    graph, dev = decoders[0].graph, decoders[0].codec.device
     for d in decoders:
+        if d.state is None:
+            d.state = graph.zeros(1, dev)
+    state = [torch.cat(rows) for rows in zip(*(d.state for d in decoders), strict=True)] if b > 1 else decoders[0].state
+    start = torch.tensor([d.steps for d in decoders], device=dev)
+    audio, state = graph.step(codes, start, state)
+    for i, d in enumerate(decoders):  # hand each row's state back
+        d.state = [s[i : i + 1] for s in state]
         d.frames_decoded += n
-        d.last_call_steps = batch.last_call_steps
-    return [a.reshape(-1) for a in audio]
-
-
-def _transformer_batch(states: list[_TransformerState], x: Tensor) -> Tensor:
-    """Mimi's decoder transformer over ``x [B, n, C]``, row ``b`` continuing ``states[b]`` (its own
-    position and sliding-window cache), as :class:`_TransformerState` computes one row."""
-
-    tm, window = states[0].tm, states[0].window
-    b, n, _ = x.shape
-    dev = x.device
-    past = [s.cache_len for s in states]
-    p_max = max(past)
-    start = torch.tensor([s.pos for s in states], device=dev)  # [B] next absolute position of each row
-    qpos = start[:, None] + torch.arange(n, device=dev)  # [B, n]
-    cos, sin = tm.rotary_emb(x, qpos)  # [B, n, D]
-    # Keys: row b's cache right-aligned in p_max columns (left padding masked), then the n new ones.
-    col = torch.arange(p_max + n, device=dev)
-    kv_pos = start[:, None] - p_max + col  # [B, P+n]: absolute position of each key column
-    valid = col[None, :] >= p_max - torch.tensor(past, device=dev)[:, None]  # [B, P+n]
-    allowed = valid[:, None, :] & (kv_pos[:, None, :] <= qpos[:, :, None])  # [B, n, P+n]
-    if window is not None:
-        allowed &= kv_pos[:, None, :] > qpos[:, :, None] - window
-    mask = allowed[:, None]  # [B, 1, n, P+n]
-    for i, layer in enumerate(tm.layers):
-        q, k, v = _rotated_qkv(layer, x, cos, sin)
-        if p_max:
-            hk, d = k.shape[1], k.shape[3]
-            pk = [s.k[i] if s.k[i] is not None else k.new_zeros(1, hk, 0, d) for s in states]
-            pv = [s.v[i] if s.v[i] is not None else v.new_zeros(1, hk, 0, d) for s in states]
-            pad = [k.new_zeros(1, hk, p_max - t.shape[2], d) for t in pk]
-            k = torch.cat([torch.cat([torch.cat([z, t], dim=2) for z, t in zip(pad, pk, strict=True)]), k], dim=2)
-            v = torch.cat([torch.cat([torch.cat([z, t], dim=2) for z, t in zip(pad, pv, strict=True)]), v], dim=2)
-        for r, s in enumerate(states):  # each row keeps its own last window-1 keys/values
-            have = past[r] + n
-            keep = have if window is None else min(have, window - 1)
-            s.k[i], s.v[i] = k[r : r + 1, :, -keep:], v[r : r + 1, :, -keep:]
-        x = _attend_and_mlp(layer, x, q, k, v, mask)
-    for s in states:
-        s.pos += n
-    return x
+        d.last_call_steps = n * graph.steps_per_frame
+    return list(audio)
 
 
 def _rotated_qkv(layer: nn.Module, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:

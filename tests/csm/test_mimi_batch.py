@@ -78,7 +78,8 @@ def test_batcher_decodes_waiting_chunks_in_one_call(codec):
         for f, solo, c in zip(futs, solos, streams, strict=True):
             torch.testing.assert_close(f.result(), solo.decode(c[p : p + n]), **TOL)
         p += n
-    assert batcher.stats == {"chunks": n_streams * len(chunks), "calls": len(chunks), "max_rows": n_streams}
+    assert batcher.stats == {"chunks": n_streams * len(chunks), "calls": len(chunks), "graph_calls": 0,
+                             "max_rows": n_streams}  # fmt: skip
     # two chunks of one stream in one round: the second waits for the first's state (next round)
     d = batcher.decoder()
     with batcher.paused():
@@ -148,3 +149,120 @@ def test_generator_streams_through_the_batcher_equal_per_stream_decode(tiny_csm_
     for a, b in zip(out[True], out[False], strict=True):
         assert [c.numel() for c in a] == [c.numel() for c in b] == [2 * 1920, 4 * 1920, 4 * 1920, 3 * 1920]
         torch.testing.assert_close(torch.cat(a), torch.cat(b), **TOL)
+
+
+# ---------------------------------------------------------------------- the compiled path (slot buffers, buckets)
+
+
+@pytest.fixture(scope="module")
+def codec5():
+    return MimiCodec(build_tiny_mimi(sliding_window=5))
+
+
+def run_rounds(batcher, codec, rounds, streams):
+    """``rounds``: per round, {stream name: frames}; chunks of one round are queued together (one call per
+    length). Each chunk is checked against the same stream decoded alone, eagerly. A name mapped to
+    None closes that stream (its slot is free for the next one)."""
+    decs, solos, pos = {}, {}, {}
+    for rnd in rounds:
+        futs = []
+        with batcher.paused():
+            for name, n in rnd.items():
+                if n is None:
+                    decs.pop(name).close()
+                    continue
+                if name not in decs:
+                    decs[name], solos[name], pos[name] = batcher.decoder(), codec.streaming_decoder(), 0
+                c = streams[name][pos[name] : pos[name] + n]
+                futs.append((name, c, batcher.submit(decs[name], c)))
+                pos[name] += n
+        for name, c, f in futs:
+            got, want = f.result(), solos[name].decode(c)
+            assert got.shape == want.shape == (c.shape[0] * 1920,)
+            torch.testing.assert_close(got, want, **TOL)
+    return decs
+
+
+ROUNDS = [
+    {"a": 2, "b": 2, "c": 2},  # three fresh streams: bucket 4, one padding row
+    {"a": 4, "b": 4},  # two rows: bucket 2
+    {"c": 4, "d": 2},  # c alone (bucket 1) and d joins: two lengths, two calls
+    {"a": 4, "c": 4, "d": 4, "b": None},  # three rows; b leaves
+    {"e": 2, "a": 2},  # e joins in b's old slot (its state must read as fresh)
+    {"a": 6, "c": 6, "d": 6, "e": 6},  # 6 frames: a compiled 4 and a compiled 2, four rows
+    {"a": 3},  # 3 frames: a compiled 2 and a 1-frame remainder (not warmed: eager)
+]
+
+
+def test_compiled_batched_decode_is_exact_and_never_recompiles_after_warm_up(codec5):
+    """The compiled step (traced by dynamo; a counting backend runs the traced graphs) over slot buffers:
+    every chunk equals that stream decoded alone while streams join, leave, reuse a slot and change the
+    row count within a bucket; nothing is traced after warm-up (one graph per bucket and length)."""
+    traced = []
+
+    def backend(gm, example_inputs):
+        traced.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    batcher = MimiBatcher(codec5, max_rows=4, compile=True, chunk_frames=(2, 4), backend=backend)
+    assert batcher.buckets == [1, 2, 4] and batcher.states.scratch == 8
+    batcher.warmup()
+    assert len(traced) == 3 * 2 and batcher.compile_error is None
+    assert {(t["bucket"], t["frames"]) for t in batcher.warm_times} == {(b, m) for b in (1, 2, 4) for m in (2, 4)}
+    streams = {k: codes_for(300 + i, 40) for i, k in enumerate("abcde")}
+    decs = run_rounds(batcher, codec5, ROUNDS, streams)
+    assert len(traced) == 6  # nothing traced after warm-up
+    s = batcher.stats
+    assert s["calls"] - s["graph_calls"] == 1 and s["graph_calls"] == 9  # only the 1-frame remainder ran eager
+    assert decs["e"].slot == 1 and batcher.states.free == 8 - 4  # e took b's slot
+    batcher.close()
+
+
+def test_streams_beyond_the_slots_decode_from_their_own_state(codec5):
+    batcher = MimiBatcher(codec5, max_rows=2, slots=2)
+    streams = {k: codes_for(400 + i, 20) for i, k in enumerate("abc")}
+    decs = run_rounds(batcher, codec5, [{"a": 2, "b": 2, "c": 2}, {"a": 4, "b": 4, "c": 4}, {"a": 1, "c": 1}], streams)
+    assert [decs[k].slot for k in "abc"] == [0, 1, None] and decs["c"].dec is not None
+    decs["a"].close()
+    assert batcher.states.free == 1
+    batcher.close()
+
+
+def test_aot_compiled_decode_equals_eager(codec5):
+    """Through AOTAutograd (``aot_eager``: the functionalized graph inductor would get, the slot buffers'
+    in-place writes turned into graph outputs and copied back): the same audio as eager. (Inductor on
+    this CPU: 69 s to compile one shape of the tiny Mimi, so not here; the CUDA test below runs it.)"""
+    codec = codec5
+    torch._dynamo.reset()
+    batcher = MimiBatcher(codec, max_rows=2, compile=True, chunk_frames=(2,), backend="aot_eager")
+    batcher.warmup(buckets=[2])
+    assert batcher.compile_error is None
+    streams = {k: codes_for(500 + i, 12) for i, k in enumerate("ab")}
+    run_rounds(batcher, codec, [{"a": 2, "b": 2}] * 4, streams)
+    assert batcher.stats["graph_calls"] == 4
+    batcher.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_decode_exactly_and_capture_everything_at_warm_up():
+    """On CUDA, the default: inductor + CUDA graphs (``reduce-overhead``), captured at warm-up on the
+    batcher's thread; chunks equal per-stream eager decode in exact fp32, nothing compiles after warm-up
+    and no graph is skipped (the slot buffers are mutated in place: static addresses)."""
+    from torch._dynamo.utils import counters
+
+    from echoforge.csm.generator import use_exact_math
+
+    use_exact_math()
+    codec = MimiCodec(build_tiny_mimi(sliding_window=5).cuda())
+    torch._dynamo.reset()
+    counters.clear()
+    batcher = MimiBatcher(codec, max_rows=2, chunk_frames=(2,))
+    assert batcher.compile and batcher.warmup() > 0 and batcher.compile_error is None
+    graphs = counters["stats"]["unique_graphs"]
+    streams = {k: codes_for(600 + i, 12) for i, k in enumerate("abc")}
+    run_rounds(batcher, codec, [{"a": 2, "b": 2}, {"a": 2}, {"a": 2, "c": 2, "b": None}, {"a": 2, "c": 2}], streams)
+    assert counters["stats"]["unique_graphs"] == graphs and batcher.stats["graph_calls"] == 4
+    assert not counters["inductor"].get("cudagraph_skips"), dict(counters["inductor"])
+    batcher.close()
