@@ -26,9 +26,16 @@ order, and each one appends its markdown table to ``--markdown`` and its JSON li
                 warm, or that would start after the deadline, is skipped (and says so).
 8. ``ttfa``     the same cloned voice at batch ``--ttfa-batch`` (N requests at once), cached vs
                 uncached (prefix cache disabled for the uncached run): TTFA p50 / p95.
+9. ``mimi``     Mimi decode of one ``--mimi-frames`` chunk for ``--mimi-rows`` streams in one call
+                (the batcher's slot step): eager, then compiled (on CUDA: CUDA-graphed) for that
+                rows bucket, ms per chunk, compile + capture s, and the largest difference of the
+                compiled audio from the eager one; one table per row count, eager always, each
+                compile only while the last one's measured time (first: a 60-s guess) still fits
+                before ``--budget``. ``--mimi-only`` builds just the codec and runs this section.
 
     .venv/bin/python benchmarks/csm_serving_check.py --device cpu --size tiny --streams 1,8 --frames 8
     python3 benchmarks/csm_serving_check.py --device cuda --size full --budget 380   # device_check.sh
+    python3 benchmarks/csm_serving_check.py --device cuda --size full --mimi-only --budget 140
 """
 
 from __future__ import annotations
@@ -451,6 +458,79 @@ def streams_run(gen: CSMGenerator, n: int, frames: int) -> dict:
                 bucket=gen.runner.rows_for(n))  # fmt: skip
 
 
+def build_codec(size: str, device: torch.device):
+    """A random Mimi of ``size``'s codec (tiny or the real one) built on ``device``, fp32, random codebooks."""
+    from transformers import MimiConfig, MimiModel
+
+    from echoforge.csm.mimi import MimiCodec
+    from echoforge.csm.tiny import randomize_mimi_codebooks, tiny_mimi_config
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = MimiModel(tiny_mimi_config() if SIZES[size][3] == "tiny" else MimiConfig()).eval()
+    with torch.no_grad():
+        randomize_mimi_codebooks(model, torch.Generator().manual_seed(0))
+    return MimiCodec(model)
+
+
+def _mimi_rounds(batcher, codes: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """``codes [rounds, rows, frames, K]``: ``rows`` fresh streams decode one chunk each per round, queued
+    together (one call a round). Median ms of a round (the first left out), and the audio ``[rows, T]``."""
+    decs = [batcher.decoder() for _ in range(codes.shape[1])]
+    times, audio = [], []
+    for rnd in codes:
+        with batcher.paused():
+            futs = [batcher.submit(d, c) for d, c in zip(decs, rnd, strict=True)]
+            t0 = time.perf_counter()
+        audio.append(torch.stack([f.result() for f in futs]))
+        times.append(time.perf_counter() - t0)
+    for d in decs:
+        d.close()
+    return 1000 * statistics.median(times[1:]), torch.cat(audio, dim=1)
+
+
+def mimi_decode(rep: Report, codec, rows_list: list[int], compile: bool, frames: int, reps: int,
+                deadline: float) -> list[dict]:  # fmt: skip
+    """Section ``mimi``: one chunk of ``frames`` frames for each of ``rows_list`` streams in one call, eager
+    and compiled (a batcher of its own, ``max_rows = max(rows_list)``: the same buckets as serving's)."""
+    from echoforge.csm.mimi_batch import MimiBatcher
+    from echoforge.csm.runner import bucket_for
+
+    top = max(rows_list)
+    batcher = MimiBatcher(codec, max_rows=top, compile=compile, chunk_frames=(frames,))
+    gen = torch.Generator().manual_seed(0)
+    cols = ["rows", "bucket", "eager ms/chunk", "compiled ms/chunk", "eager / compiled", "compile + capture s",
+            "max abs diff (peak)", "note"]  # fmt: skip
+    out, est = [], 60.0  # seconds of the next compile: a guess, then the last one measured
+    try:
+        for r in rows_list:
+            codes = torch.randint(0, codec.codebook_size, (reps + 1, r, frames, codec.num_codebooks), generator=gen)
+            eager_ms, eager = _mimi_rounds(batcher, codes)  # the shape is not warm yet: the eager step
+            row = dict(rows=r, frames=frames, bucket=bucket_for(r, top), eager_ms=eager_ms, compiled_ms=None,
+                       speedup=None, compile_s=None, max_abs_diff=None, peak=float(eager.abs().max()), note="")  # fmt: skip
+            if not compile:
+                row["note"] = "not compiled: eager only"
+            elif batcher.compile_error:
+                row["note"] = "compile failed earlier"
+            elif time.perf_counter() + 1.5 * est > deadline:
+                row["note"] = "compile skipped: time budget"
+            else:
+                est = row["compile_s"] = batcher.warmup(buckets=[row["bucket"]], chunk_frames=[frames])
+                if batcher.compile_error:
+                    row["note"] = f"compile failed: {batcher.compile_error[:200]}"
+                else:
+                    ms, audio = _mimi_rounds(batcher, codes)
+                    row.update(compiled_ms=ms, speedup=eager_ms / ms, max_abs_diff=float((audio - eager).abs().max()))
+            diff = None if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2g} ({row['peak']:.3g})"
+            rep.emit("mimi", f"Mimi decode, one {frames}-frame chunk for {r} streams in one call", cols,
+                     [[r, row["bucket"], eager_ms, row["compiled_ms"], row["speedup"], row["compile_s"], diff,
+                       row["note"] or "-"]], row)  # fmt: skip
+            out.append(row)
+    finally:
+        batcher.close()
+    return out
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -475,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention", default="flex", choices=["flex", "sdpa", "auto"],
                     help="the static step's backbone attention (flex: per-row-length block mask)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--mimi-rows", default="1,8,32", help="streams per Mimi decode call ('' skips the section)")
+    ap.add_argument("--mimi-frames", type=int, default=8, help="frames of the Mimi chunk (the server's chunk_frames)")
+    ap.add_argument("--mimi-reps", type=int, default=5, help="timed Mimi calls per case (median)")
+    ap.add_argument("--mimi-only", action="store_true", help="build only the codec and run the mimi section")
+    ap.add_argument("--mimi-compile", action="store_true", help="compile the Mimi step on CPU too (inductor)")
     ap.add_argument("--markdown", default="", help="file to append the tables to")
     ap.add_argument("--jsonl", default="", help="file to append the JSON lines to")
     a = ap.parse_args(argv)
@@ -497,6 +582,20 @@ def main(argv: list[str] | None = None) -> int:
               f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}; random weights; "
               f"{'compiled (CUDA graphs)' if compile else 'static shapes, eager'} frame step, one scheduler of "
               f"{max_rows} slots shared by every section; sampling T=0.9, top-k 50.")  # fmt: skip
+    mimi_rows = [int(x) for x in a.mimi_rows.split(",") if x.strip()]
+    mimi_compile = compile or (a.mimi_compile and not a.no_compile)
+    if a.mimi_only:
+        header = (f"## Mimi decode check — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+                  f"`benchmarks/csm_serving_check.py --mimi-only --size {a.size} --device {a.device} --mimi-rows "
+                  f"{a.mimi_rows} --mimi-frames {a.mimi_frames} --mimi-reps {a.mimi_reps} --budget {a.budget:g}"
+                  f"{' --mimi-compile' if a.mimi_compile else ''}` on "
+                  f"{machine}; torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}; random Mimi "
+                  f"({'tiny' if SIZES[a.size][3] == 'tiny' else 'real size'}), fp32; the batcher's slot step, eager vs "
+                  f"{'compiled (CUDA graphs)' if compile else 'compiled (inductor)' if mimi_compile else 'not compiled'}.")  # fmt: skip
+        rep = Report(a.markdown, a.jsonl, header, device)
+        mimi_decode(rep, build_codec(a.size, device), mimi_rows, mimi_compile, a.mimi_frames, a.mimi_reps, deadline)
+        print(f"mimi check: {time.perf_counter() - t_start:.1f} s")
+        return 0
     rep = Report(a.markdown, a.jsonl, header, device)
     failed: list[str] = []
 
@@ -661,6 +760,12 @@ def main(argv: list[str] | None = None) -> int:
                    r["ratio_p50"]]], r)  # fmt: skip
 
     section("ttfa", do_ttfa_n)
+
+    def do_mimi() -> None:
+        mimi_decode(rep, gen.codec, mimi_rows, mimi_compile, a.mimi_frames, a.mimi_reps, deadline)
+
+    if mimi_rows:
+        section("mimi", do_mimi)
 
     def compile_big_topk() -> None:
         """Bucket 1 at the other top-k bound (the whole vocabulary), if the time measured for the

@@ -13,16 +13,26 @@
 #                32, 64 one by one, each only if the previous one's measured time still fits before
 #                55 % of the step's budget (a bucket that does not fit runs eager and says so);
 #                how many of 1 / 8 / 32 / 64 streams stay real time (every stream's RTF < 1, max and
-#                p50, TTFA p50 / p95); TTFA with the cloned voice at batch 16, cached vs uncached.
+#                p50, TTFA p50 / p95); TTFA with the cloned voice at batch 16, cached vs uncached; Mimi
+#                decode of one 8-frame chunk for 1 / 8 / 32 streams in one call, eager, then compiled +
+#                CUDA-graphed per rows bucket while the budget lasts (ms per chunk, compile s, and the
+#                compiled audio's largest difference from the eager one).
 #   2. drift     benchmarks/precision_drift.py at full size (built on the device): bf16 / fp16 /
 #                tf32 vs exact fp32, teacher-forced agreement and first divergence
 #   3. tests     CUDA tests of the CSM engine (tests/csm/test_cuda.py): compiled == eager codes in
 #                exact fp32, CUDA == CPU, bf16 agreement above a floor
 #   (speed, concurrency: the older csm_speed.py / concurrency.py steps, with --only)
+#   (mimi: the serving check's Mimi section alone, codec only (csm_serving_check.py --mimi-only), then
+#    the CUDA test of tests/csm/test_mimi_batch.py (compiled == eager in exact fp32, no compile after
+#    warm-up, no CUDA graph skipped); with --only ...,mimi: every compile gets its time when the serving
+#    step's budget ran out before them. H100 never measured: ~10 imports + ~5 build + 3 x (compile +
+#    capture, guessed 20-40 s) + ms of decoding, + the test (~10 imports, one tiny compile)
 #
 # Time (s). CPU dry run (`--device cpu --sizes tiny --quick`, 2 shared cores, load ~3, 2026-12-06):
 # serving 15 (build 2, bucket-1 warm-up 0.1, kernels 1, vs transformers 1, TTFA b1 0.3, buckets
-# 8..64 0.6, streams 1/8/32/64 x 6 frames 6, TTFA b16 1), drift 6, tests 11: 38 s in all.
+# 8..64 0.6, streams 1/8/32/64 x 6 frames 6, TTFA b16 1), drift 6, tests 11: 38 s in all; with the
+# Mimi section (1/8/32 rows x 6 eager calls, ~1 s) at load 3.5, 21:42 UTC: serving 18, drift 9,
+# tests 11: 43 s. `--only mimi`: 11 s (codec build, 1/8/32 eager, the CUDA test skipped).
 # H100, full size, extrapolated (never measured; the step measures and reports each figure):
 #   serving  ~10 imports + ~15 build (random init in fp32 and the bf16 cast, on the device, ~12 GiB
 #            peak) + compile: the static step is three graphs (codebooks 0-1, one depth-decoder
@@ -58,9 +68,9 @@
 #          --out DIR (default $OUT, else ./device_check_out)  --python PY (default python3, or
 #          .venv/bin/python for --device cpu when it exists)  --quick (few frames: CI)
 #          --budget SECONDS (whole run; default 560 on a GPU, 1200 on CPU)
-#          --only serving,drift,tests,speed,concurrency (default serving,drift,tests)
-# Step time limits (seconds): T_SERVING T_DRIFT T_TESTS T_SPEED T_CONCURRENCY in the environment
-# override the defaults (GPU: 370 90 75 230 90; CPU, slow and often shared: 300 each).
+#          --only serving,drift,tests,speed,concurrency,mimi (default serving,drift,tests)
+# Step time limits (seconds): T_SERVING T_DRIFT T_TESTS T_SPEED T_CONCURRENCY T_MIMI in the environment
+# override the defaults (GPU: 370 90 75 230 90 150; CPU, slow and often shared: 300 each).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -90,7 +100,7 @@ while [ $# -gt 0 ]; do
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $pkgs || exit 1
       ls .whl && du -sh .whl
       exit 0 ;;
-    -h|--help) sed -n '2,63p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,69p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -100,7 +110,7 @@ fi
 OUTDIR=${OUTDIR:-$REPO/device_check_out}
 if [ "$DEVICE" = cpu ]; then d=300; BUDGET=${BUDGET:-1200}; else d=""; BUDGET=${BUDGET:-560}; fi
 T_SERVING=${T_SERVING:-${d:-370}} T_TESTS=${T_TESTS:-${d:-75}} T_SPEED=${T_SPEED:-${d:-230}} T_DRIFT=${T_DRIFT:-${d:-90}}
-T_CONCURRENCY=${T_CONCURRENCY:-${d:-90}}
+T_CONCURRENCY=${T_CONCURRENCY:-${d:-90}} T_MIMI=${T_MIMI:-${d:-150}}
 mkdir -p "$OUTDIR"
 : >"$OUTDIR/results.md"; : >"$OUTDIR/results.jsonl"
 SUMMARY=$OUTDIR/summary.txt
@@ -167,6 +177,10 @@ step tests "$T_TESTS" "${TEST_ENV[@]}" "$PY" -m pytest -q -p no:cacheprovider te
 step speed "$T_SPEED" "$PY" benchmarks/csm_speed.py --device "$DEVICE" --sizes "$SIZES" --frames $FRAMES \
   --full-frames $FULL_FRAMES --batches $BATCHES --repeats $REPEATS --markdown "$OUTDIR/results.md"
 step concurrency "$T_CONCURRENCY" "$PY" benchmarks/concurrency.py --device "$DEVICE" --sizes "$SIZES" --streams "$([ $QUICK = 1 ] && echo 1,4 || echo 1,4,8,16,32)" --frames $FRAMES --full-frames "$([ $QUICK = 1 ] && echo 6 || echo 32)" --budget $((T_CONCURRENCY > 40 ? T_CONCURRENCY - 25 : 15)) --markdown "$OUTDIR/results.md"
+step mimi "$T_MIMI" bash -c "\"\$0\" benchmarks/csm_serving_check.py --mimi-only --device $DEVICE --size $SERVE_SIZE \
+  --mimi-rows 1,8,32 --mimi-reps $((REPEATS * 3)) --budget $((T_MIMI > 60 ? T_MIMI - 40 : T_MIMI)) \
+  --markdown $OUTDIR/results.md --jsonl $OUTDIR/results.jsonl && \"\$0\" -m pytest -q -p no:cacheprovider \
+  tests/csm/test_mimi_batch.py -m gpu" "$PY"
 
 {
   echo

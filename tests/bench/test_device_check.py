@@ -27,7 +27,7 @@ NOT_ON_DEVICE = [
 
 
 SERVING = ["serving_build", "serving_compile", "serving_kernels", "serving_vs_hf", "serving_ttfa", "serving_compile",
-           "serving_streams", "serving_ttfa", "serving_compile"]  # fmt: skip
+           "serving_streams", "serving_ttfa", "serving_mimi", "serving_mimi", "serving_mimi", "serving_compile"]  # fmt: skip
 
 
 def _dry_run(out: Path, only: str, **popen) -> subprocess.Popen:
@@ -49,7 +49,7 @@ def test_dry_run_writes_results(tmp_path):
     assert "echoforge importable" in summary
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [x["benchmark"] for x in lines] == [*SERVING, "precision_drift"]
-    build, c1, kern, vs, ttfa1, rest, streams, ttfa16, big_topk, drift = lines
+    build, c1, kern, vs, ttfa1, rest, streams, ttfa16, *mimi, big_topk, drift = lines
     assert build["size"] == "tiny" and build["build_s"] > 0
     # compile time per bucket, measured: bucket 1 first, then every bucket the stream counts need
     assert [b["bucket"] for b in c1["buckets"]] == [1] and c1["buckets"][0]["first_s"] > 0
@@ -67,6 +67,9 @@ def test_dry_run_writes_results(tmp_path):
         assert r["total_frames"] == r["streams"] * r["frames"] and 0 <= r["realtime"] <= r["streams"]
         assert r["rtf_max"] >= r["rtf_p50"] > 0 and r["bucket"] == r["streams"] and r["path"] == "static"
     assert ttfa16["batch"] == 16 and ttfa16["cached_p50_ms"] > 0 and ttfa16["uncached_p50_ms"] > 0
+    # Mimi decode of one chunk for 1 / 8 / 32 streams in one call (eager on CPU: nothing compiled)
+    assert [(m["rows"], m["bucket"]) for m in mimi] == [(1, 1), (8, 8), (32, 32)]
+    assert all(m["eager_ms"] > 0 and m["compiled_ms"] is None for m in mimi)
     dtypes = {r["dtype"]: r for r in drift["rows"]}
     assert set(dtypes) == {"float32", "bfloat16", "float16"}
     assert dtypes["float32"]["c0_agree"] == 1.0 and dtypes["float32"]["first_divergence"] is None
