@@ -144,7 +144,8 @@ class CSMEngine(BaseEngine):
                 prefix_cache_mb=csm.prefix_cache_mb,  # KV of voice prompts, computed once per voice
             )
             # Run (on CUDA: capture) the sampled frame step for every batch bucket now, not on a request.
-            log.info("CSM frame step warmed up in %.2f s", generator.warmup())
+            warm = generator.warmup(chunk_frames=(csm.first_chunk_frames, csm.chunk_frames))
+            log.info("CSM frame step warmed up in %.2f s", warm)
         except EngineUnavailable:
             raise
         except (ImportError, OSError, RuntimeError, ValueError, KeyError) as exc:

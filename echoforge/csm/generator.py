@@ -206,10 +206,13 @@ class CSMGenerator:
     def max_reference_s(self, value: float | None) -> None:
         self.prompts.max_reference_s = value
 
-    def warmup(self) -> float:
+    def warmup(self, chunk_frames: Sequence[int] | None = None) -> float:
         """Run (and on CUDA capture) the sampled frame step once per batch-size bucket, and the Mimi batcher's
-        compiled decode once per bucket and chunk length; returns seconds. (The eager paths have nothing to warm.)"""
+        compiled decode once per bucket and chunk length (``chunk_frames``: the engine's first and later
+        chunk lengths; default 2 and 8); returns seconds. (The eager paths have nothing to warm.)"""
         # CUDA graphs are recorded per thread: the frame step's on the scheduler's, Mimi's on the batcher's.
+        if chunk_frames and self.mimi_batcher is not None:
+            self.mimi_batcher.chunk_frames = sorted(set(chunk_frames), reverse=True)
         t = self.scheduler.call(self.runner.warmup) if self.static else 0.0
         return t + (self.mimi_batcher.warmup() if self.mimi_batcher is not None else 0.0)
 

@@ -266,3 +266,14 @@ def test_cuda_graphs_decode_exactly_and_capture_everything_at_warm_up():
     assert counters["stats"]["unique_graphs"] == graphs and batcher.stats["graph_calls"] == 4
     assert not counters["inductor"].get("cudagraph_skips"), dict(counters["inductor"])
     batcher.close()
+
+
+def test_generator_warms_the_engines_chunk_lengths(tiny_csm_dir):
+    """``csm.first_chunk_frames`` / ``csm.chunk_frames`` (the engine passes them to warm-up) are the
+    lengths the batcher warms and splits chunks into, not only its defaults (2, 8)."""
+    from echoforge.csm import CSMGenerator
+
+    gen = CSMGenerator.from_pretrained(tiny_csm_dir, device="cpu", max_batch_size=2, batch_decode=True)
+    assert gen.mimi_batcher.chunk_frames == [8, 2]
+    gen.warmup(chunk_frames=(3, 5))
+    assert gen.mimi_batcher.chunk_frames == [5, 3]
