@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace) -> dict:
     from echoforge.agent.config import agent_settings
     from echoforge.agent.frames import AssistantTurnFrame, BotStartedSpeakingFrame
     from echoforge.agent.models import AgentModels
-    from echoforge.agent.pipeline import VoiceAgent
+    from echoforge.agent.pipeline import VoiceAgent, word_aligner
     from echoforge.audio import resample
     from echoforge.config import load_settings
     from echoforge.engines import SynthesisRequest, create_engine
@@ -82,7 +82,8 @@ async def run(args: argparse.Namespace) -> dict:
     models = AgentModels.load(cfg, settings.data_dir)
     load_s = time.perf_counter() - t0
     warm = models.warm_up()
-    agent = VoiceAgent(engine, cfg, models.stt, models.llm, models.kb, None, vad=models.new_detector())
+    aligner = word_aligner(engine) if cfg.barge_in_alignment else None  # as the server and the CLI do
+    agent = VoiceAgent(engine, cfg, models.stt, models.llm, models.kb, None, vad=models.new_detector(), aligner=aligner)
     await agent.start()
     rows = []
     silence = np.zeros(int(16_000 * (max(cfg.turn.silence_ms, cfg.turn.incomplete_silence_ms) / 1000 + 0.5)), np.float32)
