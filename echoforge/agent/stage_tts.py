@@ -24,6 +24,7 @@ from echoforge.agent.frames import (
 )
 from echoforge.agent.processors import Direction, FrameProcessor, iterate_in_thread
 from echoforge.engines.base import Segment, SynthesisRequest, TTSEngine
+from echoforge.text import audio_budget_ms
 
 
 class TTSProcessor(FrameProcessor):
@@ -75,6 +76,9 @@ class TTSProcessor(FrameProcessor):
             + self.conversation.tts_context(s.tts_context_turns, self.engine.sample_rate),
             should_stop=stop.is_set,  # barge-in: CSM drops this row at the next frame
             speed=self.speed,
+            # The sentence's own budget (twice its expected length + 2 s), as the server gives each
+            # request: a CSM sentence that never samples its end frame stops there, not after 90 s.
+            max_audio_length_ms=audio_budget_ms(frame.text, self.speed),
         )
         timer = None
         if getattr(self.engine, "reports_word_timings", False):  # the engine's own word events: free

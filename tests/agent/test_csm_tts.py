@@ -58,7 +58,9 @@ async def test_barge_in_drops_the_csm_row(csm_engine):
     sched = csm_engine.generator.scheduler
     proc, out = _tts(csm_engine)
     before = sched.stats["frames"]
-    task = asyncio.ensure_future(proc.process_frame(TTSTextFrame(text="how are you today", turn_id=2), DOWN))
+    # A sentence long enough that its own audio budget (~52 s, 650 frames) is far beyond the check below.
+    text = "how are you today, " * 20
+    task = asyncio.ensure_future(proc.process_frame(TTSTextFrame(text=text, turn_id=2), DOWN))
     for _ in range(500):  # the first audio chunk arrives
         if out:
             break
@@ -72,6 +74,6 @@ async def test_barge_in_drops_the_csm_row(csm_engine):
             break
         await asyncio.sleep(0.01)
     assert sched.active == 0
-    # The default budget is 90 s (1125 frames); the row stopped a few frames after the barge-in.
+    # The sentence's budget is ~52 s (650 frames); the row stopped a few frames after the barge-in.
     assert sched.stats["frames"] - before < 200
     assert np.concatenate([f.audio for f in out]).size > 0

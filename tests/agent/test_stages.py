@@ -59,6 +59,7 @@ from echoforge.agent.testing import (
 )
 from echoforge.agent.vad import TurnDetector, VADParams
 from echoforge.engines.base import Segment
+from echoforge.text import audio_budget_ms
 
 
 def settings(**kw) -> AgentSettings:
@@ -350,6 +351,8 @@ async def test_tts_stage_speaks_each_sentence_with_the_conversation_as_context()
     request = engine.requests[0]
     assert request.voice == "v1" and request.context[0].pinned and request.context[1].text == "hi"
     assert request.context[1].audio.size == 12_000  # the user's 0.5 s, resampled to the engine's rate
+    # Each sentence gets its own audio budget (as the server's requests do), not the 90-s default.
+    assert request.max_audio_length_ms == audio_budget_ms("Hello there friend.") < 10_000
 
 
 async def test_tts_stage_interruption_stops_the_engine():
