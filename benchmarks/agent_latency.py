@@ -82,7 +82,7 @@ async def run(args: argparse.Namespace) -> dict:
     models = AgentModels.load(cfg, settings.data_dir)
     load_s = time.perf_counter() - t0
     warm = models.warm_up()
-    aligner = word_aligner(engine) if cfg.barge_in_alignment else None  # as the server and the CLI do
+    aligner = word_aligner(engine, cfg)  # as the server and the CLI do
     agent = VoiceAgent(engine, cfg, models.stt, models.llm, models.kb, None, vad=models.new_detector(), aligner=aligner)
     await agent.start()
     rows = []

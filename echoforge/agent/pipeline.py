@@ -287,12 +287,17 @@ class VoiceAgent:
             _metrics.observe_agent_latency(latency)
 
 
-def word_aligner(engine: TTSEngine) -> Callable[[np.ndarray, int, str], list[tuple[str, float, float]]] | None:
-    """The aligner for barge-in truncation: none when the engine reports its own word timings
-    (espeak-ng), else the default one (DTW against an espeak-ng rendition)."""
+def word_aligner(
+    engine: TTSEngine, settings: AgentSettings | None = None
+) -> Callable[[np.ndarray, int, str], list[tuple[str, float, float]]] | None:
+    """The aligner for barge-in truncation: none when ``settings.barge_in_alignment`` is off or the
+    engine reports its own word timings (espeak-ng), else the default one (DTW against an espeak-ng
+    rendition)."""
     from echoforge.engines.timing import default_aligner, engine_reports_words
 
-    return None if engine_reports_words(engine) else default_aligner()
+    if (settings is not None and not settings.barge_in_alignment) or engine_reports_words(engine):
+        return None
+    return default_aligner()
 
 
 def vad_params(s: AgentSettings) -> VADParams:

@@ -285,7 +285,7 @@ async def _run_agent(
     from echoforge.server.services.voices import VoiceStore
 
     prompts = voice_prompts(VoiceStore(settings.data_dir), engine, agent_cfg.speaker)  # a saved voice's pinned prompt
-    aligner = word_aligner(engine) if agent_cfg.barge_in_alignment else None  # barge-in: the words heard
+    aligner = word_aligner(engine, agent_cfg)  # barge-in: the words heard
     agent = VoiceAgent(engine, agent_cfg, models.stt, models.llm, models.kb, models.emotion_detector,
                        vad=models.new_detector(), voice_prompt=prompts, aligner=aligner)  # fmt: skip
     recorded: list[np.ndarray] = []

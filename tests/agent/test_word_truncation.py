@@ -171,12 +171,15 @@ async def test_an_aligner_that_fails_falls_back_to_the_share_of_audio(caplog):
 
 @pytest.mark.skipif(not espeak_events.available(), reason="libespeak-ng not installed")
 def test_the_default_aligner_times_piper_speech_for_the_cut(piper):
+    from echoforge.agent.config import AgentSettings
     from echoforge.agent.pipeline import word_aligner
     from echoforge.analysis.alignment import align_words
     from echoforge.captions import words_heard
     from echoforge.engines import SynthesisRequest
 
     assert word_aligner(EspeakEngine()) is None  # espeak-ng reports its own word events
+    assert word_aligner(piper, AgentSettings(barge_in_alignment=False)) is None  # turned off
+    assert word_aligner(piper, AgentSettings()) is not None  # on by default
     aligner = word_aligner(piper)
     text = "The quick brown fox jumps over the lazy dog."
     audio = piper.synthesize(SynthesisRequest(text=text))

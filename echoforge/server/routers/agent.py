@@ -81,7 +81,7 @@ def new_agent(app: FastAPI, engine: Any, models: Any) -> Any:
         vad=models.new_detector(),
         voice_prompt=_voice_prompts(app, engine, models.settings.speaker),
         synthesize=_synthesize(app),
-        aligner=word_aligner(engine) if models.settings.barge_in_alignment else None,
+        aligner=word_aligner(engine, models.settings),
     )
 
 
